@@ -1,0 +1,36 @@
+"""Console logging for every process: loguru, structured, level from GAME_AGENT_LOG_LEVEL.
+
+Each record carries its context (agent_id, turn_id, worker...) as ``extra`` fields, printed as
+``key=value`` after the message, or as one JSON object per line with GAME_AGENT_LOG_FORMAT=json.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from loguru import logger
+
+_FORMAT = (
+    "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+    "<cyan>{extra[process_role]}</cyan> {message}{extra[kv]}"
+)
+
+
+def _add_kv(record: dict) -> None:
+    extra = record["extra"]
+    extra.setdefault("process_role", "main")
+    extra["kv"] = "".join(
+        f" {k}={v}" for k, v in extra.items() if k not in ("process_role", "kv")
+    )
+
+
+def configure_logging(level: str, role: str) -> None:
+    """(Re)configure the console sink of this process; ``role`` names the process in each line."""
+    level = os.environ.get("GAME_AGENT_LOG_LEVEL", level).upper()
+    logger.remove()
+    logger.configure(extra={"process_role": role}, patcher=_add_kv)
+    if os.environ.get("GAME_AGENT_LOG_FORMAT", "").lower() == "json":
+        logger.add(sys.stderr, level=level, serialize=True)
+    else:
+        logger.add(sys.stderr, level=level, format=_FORMAT, colorize=None)

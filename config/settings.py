@@ -1,0 +1,151 @@
+"""Settings: defaults from ``defaults.toml``, overlaid by an operator's file, the environment and flags.
+
+One frozen, picklable object is built once in ``run.py`` and handed to every actor, so that all
+processes agree on the configuration and nothing re-reads files or the environment later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
+ENV_PREFIX = "GAME_AGENT_"
+
+# The LLM endpoint's conventional variables (contract: protocol-contract.md, "Start-up").
+STANDARD_ENV = {
+    "OPENAI_API_BASE": "llm_base_url",
+    "OPENAI_API_KEY": "llm_api_key",
+    "LLM_MODEL": "llm_model",
+    "ACTIVE_STREAM_LLM_MODEL": "llm_stream_model",
+    "LLM_STALL_TIMEOUT_S": "llm_stall_timeout_s",
+}
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used: unknown key, wrong type, or impossible value."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    max_frame_bytes: int
+    workers: int
+    admin_port: int
+    startup_timeout_s: float
+    snapshot_timeout_s: float
+    history_budget_chars: int
+    history_max_entries: int
+    log_level: str
+    log_dir: str
+    llm_input_log_turns: int
+    llm_base_url: str
+    llm_api_key: str = field(repr=False)
+    llm_model: str
+    llm_stream_model: str
+    llm_temperature: float
+    llm_max_tokens: int
+    llm_connect_timeout_s: float
+    llm_first_token_timeout_s: float
+    llm_stall_timeout_s: float
+    llm_turn_timeout_s: float
+    llm_max_retries: int
+    llm_retry_base_s: float
+    llm_retry_max_s: float
+    llm_max_concurrent: int
+    llm_include_usage: bool
+
+    @property
+    def worker_count(self) -> int:
+        """Workers to start: the configured count, or one per CPU."""
+        return self.workers if self.workers > 0 else (os.cpu_count() or 1)
+
+    @property
+    def turn_model(self) -> str:
+        """The model for streamed turns: ACTIVE_STREAM_LLM_MODEL, else LLM_MODEL."""
+        return self.llm_stream_model or self.llm_model
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def load_settings(
+    config_file: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings: defaults, then ``config_file`` (or GAME_AGENT_CONFIG), env, overrides."""
+    env = os.environ if env is None else env
+    values = _read_toml(DEFAULTS_FILE)
+    config_file = config_file or env.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        _merge(values, _read_toml(Path(config_file)), f"config file {config_file}")
+    for name, key in STANDARD_ENV.items():
+        if env.get(name):
+            values[key] = _coerce(key, env[name], values[key], name)
+    for key, default in list(values.items()):
+        name = ENV_PREFIX + key.upper()
+        if name in env:
+            values[key] = _coerce(key, env[name], default, name)
+    _merge(values, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc}") from exc
+
+
+def _merge(values: dict[str, Any], new: Mapping[str, Any], origin: str) -> None:
+    for key, value in new.items():
+        if key not in values:
+            known = ", ".join(sorted(values))
+            raise SettingsError(f"unknown setting {key!r} in {origin}; known settings: {known}")
+        values[key] = _coerce(key, value, values[key], origin)
+
+
+def _coerce(key: str, value: Any, default: Any, origin: str) -> Any:
+    """Give ``value`` the type of the default, accepting strings from the environment."""
+    kind = type(default)
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                return lowered in ("1", "true", "yes", "on")
+            if isinstance(value, bool):
+                return value
+            raise ValueError(value)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        if isinstance(value, bool) and kind is not bool:
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise SettingsError(
+            f"setting {key!r} from {origin} must be {kind.__name__}, got {value!r}"
+        ) from None
+
+
+def _check(s: Settings) -> None:
+    positive = [f.name for f in fields(s) if f.name.endswith("_s") or f.name in (
+        "max_frame_bytes", "history_budget_chars", "history_max_entries")]
+    for name in positive:
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"setting {name!r} must be positive, got {getattr(s, name)!r}")
+    for name in ("workers", "llm_max_retries", "llm_max_concurrent", "llm_input_log_turns", "port"):
+        if getattr(s, name) < 0:
+            raise SettingsError(f"setting {name!r} must not be negative, got {getattr(s, name)!r}")
+    if not 0 < s.admin_port < 65536:
+        raise SettingsError(f"setting 'admin_port' must be a TCP port, got {s.admin_port!r}")
