@@ -1,0 +1,61 @@
+"""config.settings: defaults, file, environment and flags, in that order; bad settings named."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from config.settings import SettingsError, load_settings
+
+
+def test_defaults_come_from_the_defaults_file():
+    s = load_settings(env={})
+    assert (s.host, s.port, s.admin_port, s.workers) == ("127.0.0.1", 8000, 1900, 0)
+    assert s.worker_count >= 1
+    assert s.turn_model == s.llm_model
+
+
+def test_file_then_env_then_flags(tmp_path):
+    config = tmp_path / "server.toml"
+    config.write_text('port = 9000\nworkers = 3\nsnapshot_timeout_s = 2\nlog_level = "WARNING"\n')
+    s = load_settings(config, env={"GAME_AGENT_WORKERS": "5", "GAME_AGENT_LLM_INCLUDE_USAGE": "off"},
+                      overrides={"workers": None, "port": 9100})
+    assert (s.port, s.workers, s.snapshot_timeout_s, s.log_level) == (9100, 5, 2.0, "WARNING")
+    assert s.llm_include_usage is False
+
+
+def test_standard_llm_variables():
+    s = load_settings(env={"OPENAI_API_BASE": "http://x/v1", "OPENAI_API_KEY": "sk-secret",
+                           "LLM_MODEL": "m1", "ACTIVE_STREAM_LLM_MODEL": "m2", "LLM_STALL_TIMEOUT_S": "7"})
+    assert (s.llm_base_url, s.llm_api_key, s.llm_model, s.turn_model) == ("http://x/v1", "sk-secret", "m1", "m2")
+    assert s.llm_stall_timeout_s == 7.0
+
+
+def test_the_key_never_shows_in_repr_and_settings_pickle():
+    s = load_settings(env={"OPENAI_API_KEY": "sk-secret-123"})
+    assert "sk-secret-123" not in repr(s)
+    assert pickle.loads(pickle.dumps(s)) == s
+
+
+@pytest.mark.parametrize("content, words", [
+    ("colour = 3", ["unknown setting 'colour'"]),
+    ('port = "high"', ["'port'", "int"]),
+    ("workers = -1", ["'workers'", "negative"]),
+    ("snapshot_timeout_s = 0", ["'snapshot_timeout_s'", "positive"]),
+    ("port = [", ["cannot read"]),
+])
+def test_bad_files_are_named(tmp_path, content, words):
+    config = tmp_path / "bad.toml"
+    config.write_text(content)
+    with pytest.raises(SettingsError) as info:
+        load_settings(config, env={})
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_bad_environment_value_is_named():
+    with pytest.raises(SettingsError, match="GAME_AGENT_WORKERS"):
+        load_settings(env={"GAME_AGENT_WORKERS": "many"})
+    with pytest.raises(SettingsError, match="GAME_AGENT_LLM_INCLUDE_USAGE"):
+        load_settings(env={"GAME_AGENT_LLM_INCLUDE_USAGE": "maybe"})
