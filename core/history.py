@@ -1,0 +1,106 @@
+"""An NPC's confirmed history, rendered as the chat messages the model reads before each turn.
+
+The history holds what the game confirmed: the events the NPC reacted to, notifications, its
+turns as Godot actually played them (an interrupted turn only up to the cut) and tool results.
+Entries stay plain JSON-ready dicts so they are logged and journaled as they are:
+
+- ``{"kind": "event", "event_id": str | None, "event": {"kind"?, "source"?, "text"?, "data"?}}``
+- ``{"kind": "notification", "event": {...}}``
+- ``{"kind": "turn", "turn_id": str, "status": "completed" | "interrupted" | "pending",
+  "tags": [{"tag": str, "attrs": {...}, "text": str}]}``: a turn enters the history as "pending"
+  when it starts (so it keeps its place before any event that interrupts it) and is filled in by
+  Godot's ``agent_turn_result``; a turn Godot never confirmed is not shown to the model.
+- ``{"kind": "tool_results", "turn_id": str, "results": [{"call_id"?, "tool", "ok"?, "output"}]}``
+
+A turn becomes an assistant message written exactly as the model writes turns, so the model sees
+its past self in the format it must keep using; everything else is user-side. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from xml.sax.saxutils import escape
+
+from core.spec import as_text
+
+INTERRUPTED_NOTE = "[your previous turn was interrupted here]"
+PENDING = "pending"  # a turn not (yet) confirmed by Godot
+_ATTR_ESCAPES = {'"': "&quot;"}
+_ABSENT = (None, "", {}, [])
+
+
+def render_tags(tags: Sequence[dict]) -> str:
+    """Played tags as the XML the model wrote, e.g. ``<say>Hi &amp; bye</say><action name="wave"></action>``."""
+    return "".join(_render_tag(tag) for tag in tags)
+
+
+def _render_tag(tag: dict) -> str:
+    name = tag["tag"]
+    attrs = "".join(
+        f' {attr}="{escape(as_text(value), _ATTR_ESCAPES)}"' for attr, value in (tag.get("attrs") or {}).items()
+    )
+    return f"<{name}{attrs}>{escape(as_text(tag.get('text') or ''))}</{name}>"
+
+
+def to_messages(entries: Sequence[dict]) -> list[dict]:
+    """OpenAI chat messages: a turn is an assistant message, runs of other entries one user message."""
+    messages: list[dict] = []
+    user_lines: list[str] = []
+    for entry in entries:
+        if entry["kind"] == "turn":
+            if entry.get("status") == PENDING:
+                continue
+            _append(messages, "user", "\n".join(user_lines))
+            _append(messages, "assistant", render_tags(entry.get("tags") or []))
+            user_lines = [INTERRUPTED_NOTE] if entry.get("status") == "interrupted" else []
+        else:
+            user_lines.append(_user_text(entry))
+    _append(messages, "user", "\n".join(user_lines))
+    return messages
+
+
+def entry_size(entry: dict) -> int:
+    """An upper bound of the characters ``entry`` adds to the contents of ``to_messages``."""
+    if entry["kind"] != "turn":
+        return len(_user_text(entry)) + 1  # + the newline joining it to its neighbour
+    if entry.get("status") == PENDING:
+        return 0
+    note = len(INTERRUPTED_NOTE) + 1 if entry.get("status") == "interrupted" else 0
+    return len(render_tags(entry.get("tags") or [])) + note
+
+
+def _append(messages: list[dict], role: str, content: str) -> None:
+    """Append a message unless it would be empty."""
+    if content:
+        messages.append({"role": role, "content": content})
+
+
+def _user_text(entry: dict) -> str:
+    """A user-side entry as readable lines, e.g. ``[speech from player] Hello there``."""
+    if entry["kind"] == "tool_results":
+        lines = [_tool_result_line(result) for result in entry.get("results") or []]
+        return "\n".join(lines) or "[no tool results]"
+    if entry["kind"] not in ("event", "notification"):
+        raise ValueError(f"unknown history entry kind {entry['kind']!r}")
+    event = entry.get("event") or {}
+    kind, source = event.get("kind"), event.get("source")
+    if entry["kind"] == "notification":
+        label = f"notification: {as_text(kind)}" if kind else "notification"
+    else:
+        label = as_text(kind) if kind else "event"
+    if source:
+        label = f"{label} from {as_text(source)}"
+    return _line(label, event.get("text"), event.get("data"))
+
+
+def _tool_result_line(result: dict) -> str:
+    """``[tool result call_id=c1 tool=open_door ok=true] output``."""
+    fields = "".join(
+        f" {key}={as_text(result[key])}" for key in ("call_id", "tool", "ok") if result.get(key) not in _ABSENT
+    )
+    return _line(f"tool result{fields}", result.get("output"))
+
+
+def _line(label: str, *parts: object) -> str:
+    """``[label] part part``, leaving out absent parts."""
+    return " ".join([f"[{label}]", *(as_text(part) for part in parts if part not in _ABSENT)])
