@@ -1,0 +1,255 @@
+"""One NPC: its history, its latest spec and its streaming turn, inside a worker's event loop.
+
+An agent is a small in-process actor (``pykka``-style): messages reach ``receive`` one at a time in
+arrival order and are handled without awaiting, so a new ``interaction_event`` can always cut into
+a streaming turn. The turn itself is a task the agent owns; ending it (finish, error, interruption,
+disconnect) goes through ``_end`` alone, which closes the open tag, sends the one final frame and
+makes sure nothing of that turn follows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from core import protocol as p
+from core.history import PENDING
+from core.prompt import build_messages
+from core.spec import AgentSpec, SpecError, parse_spec
+from core.tagstream import TagChunk, TagClose, TagOpen, TagStreamParser
+from llm.client import LLMError
+
+if TYPE_CHECKING:
+    from actors.host import AgentHost
+
+RECENT_TURNS = 64  # turns remembered for validating late agent_turn_result / tool_results
+REQUEST_SUFFIX = ".state"  # request_id of a turn's get_agent_state: "<turn_id>.state"
+
+
+def _request_turn(request_id: str) -> str:
+    return request_id.removesuffix(REQUEST_SUFFIX)
+
+
+@dataclass(eq=False)
+class Turn:
+    turn_id: str
+    event_id: str | None
+    request_id: str
+    spec_waiter: asyncio.Future
+    task: asyncio.Task | None = None
+    parser: TagStreamParser | None = None
+    ended: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class Agent:
+    """History, spec and the current turn of one NPC in one session."""
+
+    def __init__(self, host: AgentHost, session: str, agent_id: str) -> None:
+        self.host = host
+        self.session = session
+        self.agent_id = agent_id
+        self.history: deque[dict] = deque(maxlen=host.settings.history_max_entries)
+        self.spec: AgentSpec | None = None
+        self.turn: Turn | None = None
+        self.recent_turns: OrderedDict[str, dict] = OrderedDict()  # turn_id -> its history entry
+        self.last_request_id: str | None = None
+        self.llm_inputs: deque[dict] = deque(maxlen=max(1, host.settings.llm_input_log_turns))
+        self.log = logger.bind(agent_id=agent_id, session=session)
+
+    # --- mailbox -------------------------------------------------------------------------
+
+    def receive(self, message: p.AgentMessage) -> None:
+        """Handle one message; never raises (a bad message becomes an ``error`` frame)."""
+        try:
+            handler = self._handlers[type(message)]
+            handler(self, message)
+        except Exception as exc:  # noqa: BLE001 - one bad message must not take the agent down
+            self.log.exception("message {} failed", type(message).__name__)
+            self._error(p.TURN_ERROR, f"internal error handling {type(message).__name__}: {exc}", message)
+
+    def _on_interaction(self, msg: p.InteractionEvent) -> None:
+        self._interrupt("new_event", msg.event_id)
+        self._remember({"kind": "event", "event_id": msg.event_id, "event": msg.event})
+        self._start_turn(msg.event_id)
+
+    def _on_notification(self, msg: p.NotificationEvent) -> None:
+        self._remember({"kind": "notification", "event": msg.event})
+
+    def _on_snapshot(self, msg: p.AgentStateSnapshot) -> None:
+        """The spec a turn waits for; a late answer to the latest request still updates the spec."""
+        if msg.request_id != self.last_request_id:
+            if _request_turn(msg.request_id) not in self.recent_turns:
+                self._error(p.UNKNOWN_REQUEST, f"no get_agent_state with request_id {msg.request_id!r} "
+                            f"was sent for agent {self.agent_id!r}", msg, request_id=msg.request_id)
+            return  # an answer to an older request: a newer spec is already on its way
+        try:
+            spec = parse_spec(msg.state)
+        except SpecError as exc:
+            self._error(p.BAD_STATE, f"agent_state_snapshot rejected: {exc}", msg, request_id=msg.request_id)
+            return
+        self.spec = spec
+        turn = self.turn
+        if turn is not None and turn.request_id == msg.request_id and not turn.spec_waiter.done():
+            turn.spec_waiter.set_result(spec)
+
+    def _on_turn_result(self, msg: p.AgentTurnResult) -> None:
+        """Fill in the turn's place in history with what Godot actually played."""
+        entry = self.recent_turns.get(msg.turn_id)
+        if entry is None or entry["status"] != PENDING:
+            why = "was already confirmed" if entry else "is not a recent turn of this agent"
+            self._error(p.UNKNOWN_TURN, f"agent_turn_result: turn {msg.turn_id!r} {why}", msg,
+                        turn_id=msg.turn_id)
+        elif self.turn is not None and self.turn.turn_id == msg.turn_id:
+            self._error(p.TURN_NOT_ENDED, f"agent_turn_result: turn {msg.turn_id!r} is still running; "
+                        "send it after agent_turn_finished or agent_turn_interrupted", msg, turn_id=msg.turn_id)
+        else:
+            entry["status"], entry["tags"] = msg.status, msg.tags
+
+    def _on_tool_results(self, msg: p.ToolResults) -> None:
+        if msg.turn_id not in self.recent_turns:
+            self._error(p.UNKNOWN_TURN, f"tool_results: turn {msg.turn_id!r} is not a recent turn "
+                        "of this agent", msg, turn_id=msg.turn_id)
+            return
+        self._remember({"kind": "tool_results", "turn_id": msg.turn_id, "results": msg.results})
+        if msg.cont:
+            self._interrupt("new_event", None)
+            self._start_turn(None)
+
+    _handlers = {
+        p.InteractionEvent: _on_interaction,
+        p.NotificationEvent: _on_notification,
+        p.AgentStateSnapshot: _on_snapshot,
+        p.AgentTurnResult: _on_turn_result,
+        p.ToolResults: _on_tool_results,
+    }
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def connection_closed(self) -> None:
+        """Godot went away: a running turn has nobody to play it; stop paying for tokens."""
+        self._interrupt("disconnected", None)
+
+    def close(self) -> None:
+        self._interrupt("shutdown", None)
+
+    # --- the turn --------------------------------------------------------------------------
+
+    def _start_turn(self, event_id: str | None) -> None:
+        turn_id = uuid.uuid4().hex[:16]
+        turn = Turn(turn_id, event_id, f"{turn_id}{REQUEST_SUFFIX}",
+                    spec_waiter=asyncio.get_running_loop().create_future())
+        self.turn = turn
+        self.last_request_id = turn.request_id
+        entry = {"kind": "turn", "turn_id": turn_id, "status": PENDING, "tags": []}
+        self._remember(entry)
+        self.recent_turns[turn_id] = entry
+        while len(self.recent_turns) > RECENT_TURNS:
+            self.recent_turns.popitem(last=False)
+        self._emit(p.turn_started(self.agent_id, turn_id, event_id))
+        turn.task = asyncio.get_running_loop().create_task(self._run_turn(turn))
+
+    async def _run_turn(self, turn: Turn) -> None:
+        log = self.log.bind(turn_id=turn.turn_id)
+        try:
+            spec = await self._fetch_spec(turn)
+            if spec is None:
+                self._end(turn, "finished", "error", error=(
+                    p.SNAPSHOT_TIMEOUT,
+                    f"no valid agent_state_snapshot within {self.host.settings.snapshot_timeout_s} s "
+                    f"and no earlier spec for agent {self.agent_id!r}"))
+                return
+            messages = build_messages(spec, self.history, budget_chars=self.host.settings.history_budget_chars)
+            self.llm_inputs.append({"turn_id": turn.turn_id, "time": time.time(),
+                                    "model": self.host.settings.turn_model, "messages": messages})
+            turn.parser = parser = TagStreamParser(spec.allowed_tags)
+            usage = None
+            async for delta in self.host.llm.stream(messages, extra_body=self.host.extra_body(spec)):
+                if delta.content and not turn.ended:
+                    self._emit_tags(turn, parser.feed(delta.content))
+                if delta.usage:
+                    usage = delta.usage
+            self._end(turn, "finished", "completed", usage=usage)
+            log.debug("turn completed in {:.3f} s", time.monotonic() - turn.started_at)
+        except asyncio.CancelledError:
+            self._end(turn, "interrupted", "cancelled")  # no-op when the interrupter ended it
+            raise
+        except LLMError as exc:
+            log.warning("LLM failed: {} {}", exc.code, exc)
+            self._end(turn, "finished", "error", error=(p.LLM_ERROR, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - the turn ends cleanly whatever went wrong
+            log.exception("turn failed")
+            self._end(turn, "finished", "error", error=(p.TURN_ERROR, f"turn failed: {exc}"))
+
+    async def _fetch_spec(self, turn: Turn) -> AgentSpec | None:
+        """Ask Godot for the latest spec; after the timeout fall back to the last one known."""
+        self._emit(p.get_agent_state(turn.request_id, self.agent_id, turn.event_id))
+        try:
+            return await asyncio.wait_for(turn.spec_waiter, self.host.settings.snapshot_timeout_s)
+        except TimeoutError:
+            self.log.bind(turn_id=turn.turn_id).warning("no agent_state_snapshot in time; using last spec")
+            return self.spec
+
+    def _emit_tags(self, turn: Turn, events: list) -> None:
+        agent_id, turn_id = self.agent_id, turn.turn_id
+        for ev in events:
+            if type(ev) is TagChunk:
+                self._emit(p.tag_chunk(agent_id, turn_id, ev.index, ev.tag, ev.text))
+            elif type(ev) is TagOpen:
+                attrs = ev.attrs
+                if ev.tag == "tool" and "call_id" not in attrs:
+                    attrs = {**attrs, "call_id": f"{turn_id}.{ev.index}"}
+                self._emit(p.tag_open(agent_id, turn_id, ev.index, ev.tag, attrs))
+            elif type(ev) is TagClose:
+                self._emit(p.tag_close(agent_id, turn_id, ev.index, ev.tag))
+
+    def _interrupt(self, reason: str, by_event_id: str | None) -> None:
+        turn = self.turn
+        if turn is not None and not turn.ended:
+            self._end(turn, "interrupted", reason, by_event_id=by_event_id)
+
+    def _end(self, turn: Turn, how: str, reason: str, *, usage: dict | None = None,
+             error: tuple[str, str] | None = None, by_event_id: str | None = None) -> None:
+        """The single way a turn ends: close its tag, send its last frame, stop its task."""
+        if turn.ended:
+            return
+        turn.ended = True
+        if turn.parser is not None:
+            self._emit_tags(turn, turn.parser.close())
+        if error is not None:
+            self._error(error[0], error[1], turn_id=turn.turn_id)
+        if how == "interrupted":
+            self._emit(p.turn_interrupted(self.agent_id, turn.turn_id, reason, by_event_id))
+        else:
+            self._emit(p.turn_finished(self.agent_id, turn.turn_id, reason, usage))
+        if self.turn is turn:
+            self.turn = None
+        if turn.task is not None and turn.task is not asyncio.current_task():
+            turn.task.cancel()  # closes the LLM HTTP stream at once
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _remember(self, entry: dict) -> None:
+        self.history.append(entry)
+
+    def _emit(self, frame: dict) -> None:
+        self.host.emit(self.session, frame)
+
+    def _error(self, code: str, message: str, about: p.AgentMessage | None = None, **ref: str) -> None:
+        """An ``error`` frame; ``ref`` names the agent, the message type it concerns and its ids."""
+        if about is not None:
+            ref["type"] = p.TYPE_NAMES[type(about)]
+        self._emit(p.error(code, message, {"agent_id": self.agent_id, **ref}))
+
+    def log_records(self) -> tuple[dict, dict]:
+        """The conversation log and the LLM-input log, as written on disconnect."""
+        head = {"session": self.session, "agent_id": self.agent_id,
+                "name": self.spec.name if self.spec else None, "written_at": time.time()}
+        return ({**head, "history": list(self.history)},
+                {**head, "turns": list(self.llm_inputs)})

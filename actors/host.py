@@ -1,0 +1,124 @@
+"""The event-loop side of a worker process: its agents, its LLM client, its way out to the gateway.
+
+Items from the gateway arrive in order through ``deliver``; each agent gets its messages in that
+order. Frames leave serialised once, here, so the gateway forwards bytes without touching them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable, Hashable
+
+import orjson
+from loguru import logger
+
+from actors.agent import Agent
+from actors.messages import CONNECTION_CLOSED, FLUSH, FLUSHED, FRAME, TO_AGENT
+from config.settings import Settings
+from core.spec import AgentSpec
+from llm.client import ChatStreamer, LLMSettings
+
+GATEWAY = "gateway"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def llm_settings(settings: Settings) -> LLMSettings:
+    """This worker's share of the LLM settings (the global concurrency cap is split evenly)."""
+    per_worker = math.ceil(settings.llm_max_concurrent / settings.worker_count) if settings.llm_max_concurrent else 0
+    return LLMSettings(
+        base_url=settings.llm_base_url or DEFAULT_BASE_URL,
+        api_key=settings.llm_api_key,
+        model=settings.turn_model,
+        temperature=settings.llm_temperature,
+        max_tokens=settings.llm_max_tokens,
+        connect_timeout_s=settings.llm_connect_timeout_s,
+        first_token_timeout_s=settings.llm_first_token_timeout_s,
+        stall_timeout_s=settings.llm_stall_timeout_s,
+        turn_timeout_s=settings.llm_turn_timeout_s,
+        max_retries=settings.llm_max_retries,
+        retry_base_s=settings.llm_retry_base_s,
+        retry_max_s=settings.llm_retry_max_s,
+        max_concurrent=per_worker,
+        include_usage=settings.llm_include_usage,
+    )
+
+
+class AgentHost:
+    """All agents of one worker, keyed by (session, agent_id)."""
+
+    def __init__(self, settings: Settings, index: int, post: Callable[[Hashable, Any], None]) -> None:
+        self.settings = settings
+        self.index = index
+        self._post = post
+        self.agents: dict[tuple[str, str], Agent] = {}
+        self.llm = ChatStreamer(llm_settings(settings))
+
+    def extra_body(self, spec: AgentSpec) -> dict | None:
+        """Provider-specific request fields for a turn of an agent with this spec."""
+        return None
+
+    def emit(self, session: str, frame: dict) -> None:
+        self._post(GATEWAY, (FRAME, session, orjson.dumps(frame)))
+
+    def deliver(self, items: list[tuple]) -> None:
+        """Handle one batch from the gateway, item by item, in order."""
+        for item in items:
+            try:
+                op = item[0]
+                if op == TO_AGENT:
+                    self._agent(item[1], item[2]).receive(item[3])
+                elif op == CONNECTION_CLOSED:
+                    self._connection_closed(*item[1:])
+                elif op == FLUSH:
+                    self._post(GATEWAY, (FLUSHED, item[1]))
+                else:
+                    logger.error("unknown item {!r} from the gateway", op)
+            except Exception:  # noqa: BLE001 - one item must not lose the rest of the batch
+                logger.exception("item {!r} failed", item[:3])
+
+    def _agent(self, session: str, agent_id: str) -> Agent:
+        agent = self.agents.get((session, agent_id))
+        if agent is None:
+            agent = self.agents[(session, agent_id)] = Agent(self, session, agent_id)
+            logger.debug("agent {} of session {} created", agent_id, session)
+        return agent
+
+    def _connection_closed(self, session: str, connection_id: str, agent_ids: list[str], end_turns: bool) -> None:
+        """Write the agents' conversation and LLM-input logs; end their turns if nobody took over."""
+        folder = Path(self.settings.log_dir) / _safe(session) / _safe(connection_id)
+        for agent_id in agent_ids:
+            agent = self.agents.get((session, agent_id))
+            if agent is None:
+                continue
+            if end_turns:
+                agent.connection_closed()
+            conversation, llm_input = agent.log_records()
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                stem = folder / _safe(agent_id)
+                stem.with_name(stem.name + ".conversation.json").write_bytes(
+                    orjson.dumps(conversation, option=orjson.OPT_INDENT_2))
+                stem.with_name(stem.name + ".llm_input.json").write_bytes(
+                    orjson.dumps(llm_input, option=orjson.OPT_INDENT_2))
+            except OSError as exc:
+                logger.error("cannot write logs of agent {} to {}: {}", agent_id, folder, exc)
+
+    async def aclose(self) -> None:
+        for agent in self.agents.values():
+            agent.close()
+        await self.llm.aclose()
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe form of an id (ids come from the game and may contain anything).
+
+    An id that had to change gets a short hash of the original, so two ids never share a file.
+    """
+    safe = _UNSAFE_FILENAME.sub("_", name)[:100]
+    if safe != name:
+        safe += "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return safe

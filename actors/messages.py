@@ -1,0 +1,92 @@
+"""Messages between run.py, the gateway actor, the worker pool and the workers.
+
+Start-up and shut-down use one small class each. Everything on the hot path travels inside a
+``Batch`` as plain tuples (cheap to pickle), tagged by their first element:
+
+gateway -> worker
+    (TO_AGENT, session, agent_id, message)    a validated core.protocol message for one agent
+    (CONNECTION_CLOSED, session, connection_id, agent_ids, end_turns)
+                                              write the agents' logs; end their turns if end_turns
+    (FLUSH, token)                            answer (FLUSHED, token) once everything before it is done
+worker -> gateway
+    (FRAME, session, frame_bytes)             one JSON frame for the session's Godot connection
+    (FLUSHED, token)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from thespian.actors import ActorAddress
+
+from config.settings import Settings
+
+# Capability of an actor system that may host NPC workers (placement through Thespian).
+NPC_HOST = "NPC Host"
+
+TO_AGENT = "agent"
+CONNECTION_CLOSED = "closed"
+FLUSH = "flush"
+FRAME = "frame"
+FLUSHED = "flushed"
+
+
+@dataclass
+class Batch:
+    """Everything one side queued for the other since its last send."""
+
+    origin: int  # worker index of the sender; -1 for the gateway
+    items: list[tuple]
+
+
+@dataclass
+class StartGateway:
+    settings: Settings
+
+
+@dataclass
+class GatewayStarted:
+    url: str
+    workers: int
+
+
+@dataclass
+class StartFailed:
+    reason: str
+
+
+@dataclass
+class StopGateway:
+    pass
+
+
+@dataclass
+class GatewayStopped:
+    pass
+
+
+@dataclass
+class SpawnWorkers:
+    settings: Settings
+    gateway: ActorAddress
+    count: int
+
+
+@dataclass
+class ConfigureWorker:
+    settings: Settings
+    gateway: ActorAddress
+    index: int
+
+
+@dataclass
+class WorkerReady:
+    index: int
+    pid: int
+
+
+@dataclass
+class WorkerFailed:
+    index: int
+    reason: Any

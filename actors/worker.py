@@ -1,0 +1,66 @@
+"""The worker actor: one process hosting many NPC agents on its own event loop.
+
+Thespian places it (capability ``NPC Host``) and carries its batches; the agents themselves live
+in ``AgentHost`` on the loop thread. This class only moves messages between the two.
+"""
+
+from __future__ import annotations
+
+import os
+
+from loguru import logger
+from thespian.actors import Actor, ActorExitRequest, WatchMessage, requireCapability
+
+from actors.bridge import LoopBridge
+from actors.host import AgentHost
+from actors.messages import NPC_HOST, Batch, ConfigureWorker, WorkerFailed, WorkerReady
+from config.log import configure_logging
+
+
+@requireCapability(NPC_HOST)
+class WorkerActor(Actor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bridge: LoopBridge | None = None
+        self.host: AgentHost | None = None
+        self.gateway = None
+        self.index = -1
+
+    def receiveMessage(self, message, sender):
+        try:
+            if isinstance(message, WatchMessage):
+                for _, items in self.bridge.drain().items():
+                    self.send(self.gateway, Batch(self.index, items))
+            elif isinstance(message, Batch):
+                self.bridge.call(self.host.deliver, message.items)
+            elif isinstance(message, ConfigureWorker):
+                self._configure(message)
+            elif isinstance(message, ActorExitRequest):
+                self._stop()
+        except Exception as exc:  # noqa: BLE001 - an actor must not die on one message
+            logger.exception("worker {} failed on {}", self.index, type(message).__name__)
+            if isinstance(message, ConfigureWorker):
+                self.send(message.gateway, WorkerFailed(message.index, repr(exc)))
+        return self.bridge.watch if self.bridge is not None else None
+
+    def _configure(self, message: ConfigureWorker) -> None:
+        configure_logging(message.settings.log_level, f"worker-{message.index}")
+        self.index, self.gateway = message.index, message.gateway
+        self.bridge = LoopBridge(f"worker-{self.index}-loop")
+
+        async def make_host() -> AgentHost:
+            return AgentHost(message.settings, self.index, self.bridge.post)
+
+        self.host = self.bridge.run(make_host(), timeout=30)
+        logger.info("worker {} ready (pid {})", self.index, os.getpid())
+        self.send(self.gateway, WorkerReady(self.index, os.getpid()))
+
+    def _stop(self) -> None:
+        if self.bridge is None:
+            return
+        try:
+            self.bridge.run(self.host.aclose(), timeout=5)
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("worker {} did not close cleanly: {}", self.index, exc)
+        self.bridge.stop()
+        logger.complete()

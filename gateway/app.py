@@ -1,0 +1,74 @@
+"""The gateway's HTTP side: the aiohttp application, its routes, and its start and stop.
+
+Runs on the gateway actor's event loop. ``GatewayServer`` owns the router and the endpoints and
+exposes what the actor needs: start listening, hand over worker batches, stop gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any, Callable, Hashable
+
+from aiohttp import web
+from loguru import logger
+
+from config.settings import Settings
+from gateway.godot import GodotEndpoint
+from gateway.router import Router
+
+
+class GatewayServer:
+    def __init__(self, settings: Settings, worker_count: int, post: Callable[[Hashable, Any], None]) -> None:
+        self.settings = settings
+        self.router = Router(worker_count, post)
+        self.godot = GodotEndpoint(self.router, settings.max_frame_bytes)
+        self.runner: web.AppRunner | None = None
+        self._flush_tokens = itertools.count(1)
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/ws", self.godot.handle)
+        app.router.add_get("/healthz", self.healthz)
+        return app
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"status": "ok", "workers": len(self.router.load), "agents": self.router.agent_count})
+
+    async def start(self) -> str:
+        """Listen on the configured address; return the base URL."""
+        self.runner = web.AppRunner(self.make_app(), handle_signals=False, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.settings.host, self.settings.port)
+        await site.start()
+        host, port = self.runner.addresses[0][:2]
+        url = f"http://{host}:{port}"
+        logger.info("gateway listening on {} (/ws, /healthz)", url)
+        return url
+
+    async def stop(self, timeout: float) -> None:
+        """Close every connection (agents write their logs), wait for the workers, stop serving."""
+        await self.godot.close_all()
+        try:
+            await asyncio.wait_for(self.flush_workers(), timeout)
+        except TimeoutError:
+            logger.warning("workers did not confirm their logs within {} s", timeout)
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def flush_workers(self) -> None:
+        """Return once every worker has handled everything sent to it before this call."""
+        remaining = len(self.router.load)
+        if not remaining:
+            return
+        done = asyncio.get_running_loop().create_future()
+
+        def one_done(_token: int) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0 and not done.done():
+                done.set_result(None)
+
+        self.router.flush(next(self._flush_tokens), one_done)
+        await done

@@ -1,0 +1,130 @@
+"""The Godot socket, ``/ws``: one handler per game connection.
+
+Reads frames, validates them (core.protocol), answers what the gateway answers itself (``ping``,
+errors about the frame or an unknown agent) and routes the rest to the agent's worker. Outbound
+frames arrive already serialised and are written in order by one writer task per connection, so
+a burst from the workers never waits on a socket inside the router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+
+import orjson
+from aiohttp import WSMsgType, web
+from loguru import logger
+
+from core import protocol as p
+from gateway.router import Router
+
+DEFAULT_SESSION = "default"
+REPLACED_CLOSE_CODE = 4000  # a newer connection took this session over
+HARD_FRAME_FACTOR = 4  # frames up to this many times max_frame_bytes are read, then refused
+_connection_ids = itertools.count(1)
+
+
+class GodotConnection:
+    """One Godot WebSocket: its session, the agents it talked to, and its ordered outbox."""
+
+    def __init__(self, ws: web.WebSocketResponse, session: str) -> None:
+        self.ws = ws
+        self.session = session
+        self.connection_id = f"c{next(_connection_ids)}"
+        self.agents: set[str] = set()
+        self._outbox: deque[bytes] = deque()
+        self._wake = asyncio.Event()
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        self.log = logger.bind(session=session, connection=self.connection_id)
+
+    def send(self, data: bytes) -> None:
+        self._outbox.append(data)
+        self._wake.set()
+
+    def send_json(self, frame: dict) -> None:
+        self.send(orjson.dumps(frame))
+
+    def replaced(self) -> None:
+        asyncio.get_running_loop().create_task(
+            self.ws.close(code=REPLACED_CLOSE_CODE, message=b"session taken over by a newer connection"))
+
+    async def _write_loop(self) -> None:
+        outbox, ws = self._outbox, self.ws
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while outbox:
+                    await ws.send_frame(outbox.popleft(), WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError) as exc:
+            self.log.debug("writer stopped: {}", exc)
+
+    async def close(self) -> None:
+        self._writer.cancel()
+        await asyncio.gather(self._writer, return_exceptions=True)
+
+
+class GodotEndpoint:
+    """The aiohttp handler of ``/ws``."""
+
+    def __init__(self, router: Router, max_frame_bytes: int) -> None:
+        self.router = router
+        self.max_frame_bytes = max_frame_bytes
+        self.connections: set[GodotConnection] = set()
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        # aiohttp's own cap closes the connection (1009); below it, an oversize frame gets an error.
+        ws = web.WebSocketResponse(max_msg_size=HARD_FRAME_FACTOR * self.max_frame_bytes, heartbeat=30)
+        await ws.prepare(request)
+        conn = GodotConnection(ws, request.query.get("session") or DEFAULT_SESSION)
+        self.connections.add(conn)
+        self.router.attach(conn)
+        conn.log.info("Godot connected from {}", request.remote)
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    self.on_frame(conn, msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    conn.send_json(p.error(p.BAD_FRAME, "binary frames are not supported; send JSON as text"))
+                elif msg.type is WSMsgType.ERROR:
+                    conn.log.warning("connection error: {}", ws.exception())
+        finally:
+            self.connections.discard(conn)
+            self.router.detach(conn)
+            await conn.close()
+            conn.log.info("Godot disconnected ({} agents)", len(conn.agents))
+        return ws
+
+    def on_frame(self, conn: GodotConnection, data: str) -> None:
+        if len(data) * 4 > self.max_frame_bytes and len(data.encode()) > self.max_frame_bytes:
+            conn.send_json(p.error(p.FRAME_TOO_LARGE, f"frame of {len(data.encode())} bytes is over the "
+                                   f"limit of {self.max_frame_bytes} bytes (setting max_frame_bytes)"))
+            return
+        try:
+            message = p.parse_frame(data)
+        except p.ProtocolError as exc:
+            conn.send_json(exc.frame())
+            return
+        kind = type(message)
+        if kind is p.Ping:
+            conn.send_json(p.pong(message.id))
+        elif kind is p.InteractionEvent:
+            self.router.to_agent(conn, message.agent_id, message, create=True)
+        elif kind is p.NotificationEvent:
+            for agent_id in message.agent_ids:
+                self.router.to_agent(conn, agent_id, message, create=True)
+        elif not self.router.to_agent(conn, message.agent_id, message, create=False):
+            ref = {"type": p.TYPE_NAMES[kind], "agent_id": message.agent_id}
+            for key in ("turn_id", "request_id"):
+                if hasattr(message, key):
+                    ref[key] = getattr(message, key)
+            conn.send_json(p.error(
+                p.UNKNOWN_AGENT,
+                f"agent {message.agent_id!r} has had no interaction_event or notification_event "
+                f"in session {conn.session!r}", ref))
+
+    async def close_all(self) -> None:
+        for conn in list(self.connections):
+            await conn.ws.close(code=1001, message=b"server shutting down")
+

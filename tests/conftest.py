@@ -1,0 +1,176 @@
+"""Fixtures that run the real thing: ``run.py`` as a process (actor system, gateway, workers) and
+the shipped scripted LLM server as another, both on free loopback ports, both always stopped.
+
+Every process a server fixture started is found again by its unique admin port on the command
+line (Thespian's admin daemonises, so its actors are not our children) and must be gone after
+the stop: a leftover process fails the test run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+
+from tests.godot_peer import GodotPeer
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_API_KEY = "sk-test-SECRET-do-not-log-4242"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s:\n{_tail(log)}")
+
+
+def _tail(log: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class ScriptedLLM:
+    """The scripted OpenAI-compatible server, run as ``python run.py llm-server``."""
+
+    def __init__(self, tmp: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / f"llm-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "run.py", "llm-server", "--port", str(self.port), *args],
+            cwd=ROOT, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        _wait_http(self.url + "/v1/models", self.proc, self.log, 30)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    async def _control(self, method: str, path: str, body=None):
+        async with aiohttp.ClientSession() as http:
+            async with http.request(method, self.url + "/_control/" + path, json=body) as response:
+                response.raise_for_status()
+                return await response.json()
+
+    async def script(self, *replies: dict) -> None:
+        await self._control("POST", "script", list(replies))
+
+    async def reset(self) -> None:
+        await self._control("POST", "reset")
+
+    async def defaults(self, **settings) -> None:
+        await self._control("POST", "defaults", settings)
+
+    async def requests(self) -> list[dict]:
+        return await self._control("GET", "requests")
+
+
+class ServerProcess:
+    """``python run.py`` with its own ports, pointed at a scripted LLM."""
+
+    def __init__(self, tmp: Path, llm_url: str, workers: int = 2, **env: str) -> None:
+        self.port, self.admin_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_dir = tmp / f"logs-{self.port}"
+        self.log = tmp / f"server-{self.port}.log"
+        self.env = {
+            **os.environ,
+            "OPENAI_API_BASE": llm_url + "/v1",
+            "OPENAI_API_KEY": TEST_API_KEY,
+            "LLM_MODEL": "scripted-model",
+            "GAME_AGENT_LOG_DIR": str(self.log_dir),
+            "GAME_AGENT_SNAPSHOT_TIMEOUT_S": "1.5",
+            "GAME_AGENT_LOG_LEVEL": "DEBUG",
+            **env,
+        }
+        self.argv = [sys.executable, "run.py", "--port", str(self.port), "--workers", str(workers),
+                     "--admin-port", str(self.admin_port)]
+        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env,
+                                     stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        try:
+            _wait_http(self.url + "/healthz", self.proc, self.log, 60)
+        except BaseException:
+            self.stop(check=False)
+            raise
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process of this server: run.py, the admin, the gateway, pool and workers."""
+        marker = str(self.admin_port)
+        found = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            cmdline = proc.info["cmdline"] or []
+            if "run.py" in cmdline and marker in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        return found
+
+    def server_log(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, check: bool = True) -> None:
+        """SIGTERM run.py; every process it started must be gone shortly after."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        deadline = time.monotonic() + 10
+        while (left := self.processes()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for proc in left:
+            proc.kill()
+        if check:
+            assert not left, f"processes left behind: {[p.pid for p in left]}\n{_tail(self.log)}"
+            assert self.proc.returncode == 0, f"run.py exited with {self.proc.returncode}\n{_tail(self.log)}"
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory) -> ScriptedLLM:
+    server = ScriptedLLM(tmp_path_factory.mktemp("llm"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(llm, tmp_path_factory) -> ServerProcess:
+    proc = ServerProcess(tmp_path_factory.mktemp("server"), llm.url)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+async def godot(server, llm) -> GodotPeer:
+    await llm.reset()
+    peer = await GodotPeer.connect(server.url)
+    yield peer
+    await peer.close()
