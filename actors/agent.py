@@ -23,7 +23,7 @@ from core.history import PENDING
 from core.prompt import build_messages
 from core.spec import AgentSpec, SpecError, parse_spec
 from core.tagstream import TagChunk, TagClose, TagOpen, TagStreamParser
-from llm.client import LLMError
+from providers.client import LLMError
 
 if TYPE_CHECKING:
     from actors.host import AgentHost

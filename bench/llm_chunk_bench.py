@@ -35,8 +35,8 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llm import scripted  # noqa: E402
-from llm.client import ChatStreamer, LLMSettings  # noqa: E402
+from providers import scripted  # noqa: E402
+from providers.client import ChatStreamer, LLMSettings  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Tell me about the road north."}]
 MODEL = "bench-model"

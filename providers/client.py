@@ -4,7 +4,7 @@ Why it is built this way:
 
 - The openai SDK is kept for what it does well (auth, base URL, typed HTTP errors), but
   its parsed stream costs ~150 µs of CPU per chunk; we open its *streaming response*
-  and decode the raw body with `llm.sse` instead, several times cheaper.
+  and decode the raw body with `providers.sse` instead, several times cheaper.
 - An NPC must never say a sentence twice, so a failure is retried (backoff with full
   jitter, honouring Retry-After) only until the first content token has been yielded;
   later it surfaces as `LLMError`.
@@ -32,7 +32,7 @@ import httpx2
 import openai
 from loguru import logger
 
-from llm.sse import DONE, Delta, MalformedChunk, ProviderError, SSEDecoder, excerpt, parse_chunk
+from providers.sse import DONE, Delta, MalformedChunk, ProviderError, SSEDecoder, excerpt, parse_chunk
 
 _MESSAGE_LIMIT: Final = 300
 _DRAIN_GRACE_S: Final = 1.0

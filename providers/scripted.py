@@ -8,6 +8,12 @@ none queued, a default generator answers in the NPC tag format. Every chat reque
 recorded, with how it ended, so tests can assert that an interrupted turn really
 closed its connection.
 
+For load tests, `stamp_tokens` makes every text token carry its sequence number and
+the moment it was written (`stamp_token`), so a client measures each token's latency
+and checks that none was lost, repeated or reordered without asking this server, and
+a last user message holding `[[tool:NAME]]` makes the default answer end with a call
+of that tool, so tool calls happen without scripting each reply.
+
 Run it with `serve()` (or `main(argv)`), or any aiohttp runner created with
 `handler_cancellation=True`: a client that leaves is then noticed at once, even by a
 stalled or slowly paced stream, without polling.
@@ -52,6 +58,8 @@ _THOUGHT_WORDS: Final = ("I", "should", "answer", "this", "traveller", "plainly"
 _SAY_WORDS: Final = ("Well", "met,", "friend.", "The", "road", "is", "long", "and", "the", "night", "cold,",
                      "so", "rest", "by", "the", "fire", "a", "while.")
 _ECHO_WORDS: Final = 6
+_TOOL_DIRECTIVE: Final = re.compile(r"\[\[tool:([A-Za-z][A-Za-z0-9_.:-]*)\]\]")
+TOOL_ARGUMENTS: Final = '{"asked":true}'  # the arguments of a tool call asked for with [[tool:NAME]]
 _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -63,6 +71,7 @@ class Defaults:
     first_token_delay_s: float = 0.0
     tokens_per_s: float = 0.0  # 0 = as fast as possible
     record_chunk_times: bool = False
+    stamp_tokens: bool = False  # see Reply.stamp_tokens
     model: str = "scripted"
 
     def __post_init__(self) -> None:
@@ -94,6 +103,10 @@ class Reply:
     error_after_chunks: int | None = None  # an in-stream error object, as OpenRouter sends
     no_done: bool = False
     variants: frozenset[str] = frozenset()
+    # Streamed answers only: each chunk that is not markup (does not start with "<") is sent as
+    # stamp_token(n) instead, n = 0, 1, 2... over the reply, stamped as it is written; the pacing
+    # is unchanged.
+    stamp_tokens: bool = False
 
     def __post_init__(self) -> None:
         if self.chunks is not None:
@@ -160,6 +173,15 @@ class RequestRecord:
             self.closed_at = time.time()
 
 
+def stamp_token(seq: int) -> str:
+    """A stamped token, `" w<seq>@<time.time() in integer microseconds>"`, taken as it is written.
+
+    The 16-digit stamp has a fixed width (until the year 2286), so a reader can tell a whole
+    token from a cut one.
+    """
+    return f" w{seq}@{time.time_ns() // 1000}"
+
+
 def count_tokens(text: str) -> int:
     """Tokens as this server counts them: one per whitespace-separated word, at least one."""
     return max(1, len(text.split()))
@@ -168,14 +190,18 @@ def count_tokens(text: str) -> int:
 def default_answer(last_user_text: str, tokens: int) -> list[str]:
     """A deterministic `<thought>…</thought><say>…</say>` answer of exactly `tokens` tokens.
 
-    It echoes the start of the user's last message, so a test can tell answers apart.
+    It echoes the start of the user's last message, so a test can tell answers apart. When that
+    message holds `[[tool:NAME]]`, one more chunk follows: `<tool name="NAME">{"asked":true}</tool>`.
     """
     echo = re.sub(r"[<>&]", "", last_user_text).split()[:_ECHO_WORDS]
     words = tokens - 4
     thought = list(itertools.islice(itertools.cycle(_THOUGHT_WORDS), max(1, words // 3)))
     say_start = ["You", "said:", *echo] if echo else []
     say = list(itertools.islice(itertools.chain(say_start, itertools.cycle(_SAY_WORDS)), words - len(thought)))
-    return ["<thought>", *_spaced(thought), "</thought>", "<say>", *_spaced(say), "</say>"]
+    answer = ["<thought>", *_spaced(thought), "</thought>", "<say>", *_spaced(say), "</say>"]
+    if tool := _TOOL_DIRECTIVE.search(last_user_text):
+        answer.append(f'<tool name="{tool[1]}">{TOOL_ARGUMENTS}</tool>')
+    return answer
 
 
 def _spaced(words: list[str]) -> list[str]:
@@ -236,7 +262,8 @@ class ScriptedLLM:
         last_user = next((_text(m) for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), "")
         defaults = self.defaults
         answer = Reply(chunks=tuple(default_answer(last_user, defaults.default_tokens)),
-                       first_token_delay_s=defaults.first_token_delay_s, tokens_per_s=defaults.tokens_per_s)
+                       first_token_delay_s=defaults.first_token_delay_s, tokens_per_s=defaults.tokens_per_s,
+                       stamp_tokens=defaults.stamp_tokens)
         return answer, "default"
 
 
@@ -389,9 +416,12 @@ class _Exchange:
             if "null_content" in variants:
                 await self._event(self._choice({"content": None}))
             last = len(self._chunks) - 1
+            stamped = itertools.count() if reply.stamp_tokens else None
             for index, (chunk, offset) in enumerate(zip(self._chunks, self._offsets)):
                 await self._fault(index)
                 await self._sleep_until(offset)
+                if stamped is not None and not chunk.startswith("<"):
+                    chunk = stamp_token(next(stamped))
                 finish = reply.finish_reason if index == last and "finish_with_content" in variants else None
                 await self._event(self._choice({"content": chunk}, finish))
                 record.chunks_sent += 1
@@ -502,6 +532,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens-per-s", type=float, default=Defaults.tokens_per_s,
                         help="default pace; 0 = as fast as possible (default %(default)s)")
     parser.add_argument("--record-chunk-times", action="store_true", help="record each chunk's write time")
+    parser.add_argument("--stamp-tokens", action="store_true",
+                        help="send each text token of the default answer as ' w<seq>@<write time in µs>'")
     parser.add_argument("--model", default=Defaults.model, help="model name listed by /v1/models")
     parser.add_argument("--max-records", type=int, default=10_000, help="request records kept (newest)")
 

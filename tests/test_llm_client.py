@@ -15,9 +15,9 @@ import httpx2
 import pytest
 from loguru import logger
 
-from llm.client import ChatStreamer, LLMError, LLMSettings, _retry_after_s
-from llm.scripted import VARIANTS, ScriptedLLM, make_app
-from llm.sse import Delta
+from providers.client import ChatStreamer, LLMError, LLMSettings, _retry_after_s
+from providers.scripted import VARIANTS, ScriptedLLM, make_app
+from providers.sse import Delta
 
 KEY = "sk-test-KEY-never-shown-0123456789"
 USER = [{"role": "user", "content": "Hello there, guard."}]

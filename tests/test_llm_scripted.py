@@ -12,7 +12,7 @@ import time
 import orjson
 import pytest
 
-from llm.scripted import ScriptedLLM, add_arguments, default_answer, make_app, serve
+from providers.scripted import ScriptedLLM, add_arguments, default_answer, make_app, serve
 
 USER = [{"role": "system", "content": "You are Bram."}, {"role": "user", "content": "Who goes there?"}]
 
@@ -108,6 +108,22 @@ async def test_pacing_follows_first_token_delay_and_rate(http, llm):
     assert len(record.chunk_times) == 20
     assert 0.18 < record.chunk_times[0] - started < 0.3
     assert 0.33 < record.chunk_times[-1] - record.chunk_times[0] < 0.45  # 19 tokens at 50/s = 0.38 s
+
+
+async def test_stamped_tokens_carry_their_order_and_write_time(http, llm):
+    llm.set_defaults(default_tokens=10, tokens_per_s=200, stamp_tokens=True, record_chunk_times=True)
+    before = time.time_ns() // 1000
+    payloads = [orjson.loads(c) for c in (await events(http))[1:-2]]
+    content = [p["choices"][0]["delta"]["content"] for p in payloads]
+    tool_asked = default_answer("Open it [[tool:open_door]]", 10)
+    assert tool_asked[-1] == '<tool name="open_door">{"asked":true}</tool>' and len(tool_asked) == 11
+    assert [c for c in content if c.startswith("<")] == ["<thought>", "</thought>", "<say>", "</say>"]
+    tokens = [re.fullmatch(r" w(\d+)@(\d{16})", c) for c in content if not c.startswith("<")]
+    assert [int(t[1]) for t in tokens] == list(range(6))
+    stamps = [int(t[2]) for t in tokens]
+    assert before <= stamps[0] and stamps == sorted(stamps)
+    written = [t for c, t in zip(content, llm.requests[0].chunk_times) if not c.startswith("<")]
+    assert all(abs(w * 1e6 - s) < 5000 for w, s in zip(written, stamps))  # stamped as written
 
 
 async def test_records_redact_secrets_and_tell_how_requests_ended(http, llm):

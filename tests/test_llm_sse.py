@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llm.sse import DONE, Delta, MalformedChunk, ProviderError, SSEDecoder, parse_chunk
+from providers.sse import DONE, Delta, MalformedChunk, ProviderError, SSEDecoder, parse_chunk
 
 
 def chunk(delta: dict | None = None, finish_reason: str | None = None, **extra) -> bytes:

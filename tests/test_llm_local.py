@@ -1,0 +1,185 @@
+"""The embedded model server for real: SmolLM2 in a child process, over HTTP, via the OpenAI SDK."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import openai
+import psutil
+import pytest
+from openai import AsyncOpenAI
+
+from providers.grammar import tags_grammar
+from providers.embedded import LocalModelProcess
+
+NPC_TAGS = ["thought", "say", "action"]
+SYSTEM = (
+    "You are Bram, the grumpy village blacksmith. Answer the player in character: your "
+    "private thought in <thought></thought>, what you say aloud in <say></say>, a gesture in "
+    "<action></action>."
+)
+# Never complete, so the model cannot stop by itself: only max_tokens or a disconnect ends it.
+ENDLESS = "root ::= [a-z ] root"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalModelProcess]:
+    process = LocalModelProcess()
+    try:
+        process.start()
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+async def client(server: LocalModelProcess) -> AsyncIterator[AsyncOpenAI]:
+    async with AsyncOpenAI(base_url=server.base_url, api_key="none", max_retries=0) as client:
+        yield client
+
+
+def chat(user: str) -> list[dict]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+async def test_streams_well_formed_tags(client: AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model="anything",
+        messages=chat("Hello! Can you fix my sword?"),
+        stream=True,
+        stream_options={"include_usage": True},
+        max_tokens=300,
+        temperature=0.7,
+        extra_body={"grammar": tags_grammar(NPC_TAGS)},
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+    tags = re.findall(r"<([\w.-]+)>([^<]+)</\1>", text)
+    assert re.sub(r"<([\w.-]+)>[^<]+</\1>", "", text).strip() == "", text
+    assert 1 <= len(tags) <= 4 and {name for name, _ in tags} <= set(NPC_TAGS), text
+    said = " ".join(body for name, body in tags if name == "say")
+    assert len(re.findall(r"[A-Za-z]{2,}", said)) >= 2, text
+
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None
+    assert usage.prompt_tokens > 40 and usage.completion_tokens > 5
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+async def test_answers_without_streaming(client: AsyncOpenAI) -> None:
+    completion = await client.chat.completions.create(
+        model="anything", messages=chat("Good morning!"), max_tokens=8
+    )
+    assert completion.choices[0].message.content
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage is not None and 0 < completion.usage.completion_tokens <= 9
+
+
+async def test_an_invalid_grammar_is_a_bad_request(client: AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="grammar"):
+        await client.chat.completions.create(
+            model="anything",
+            messages=chat("Hi"),
+            extra_body={"grammar": 'root ::= "<say>" missing'},
+        )
+
+
+async def test_a_client_disconnect_frees_the_model(client: AsyncOpenAI) -> None:
+    endless = await client.chat.completions.create(
+        model="anything",
+        messages=chat("Talk."),
+        stream=True,
+        max_tokens=4000,  # about a minute of generation if it were not stopped
+        extra_body={"grammar": ENDLESS},
+    )
+    received = 0
+    async for chunk in endless:
+        received += bool(chunk.choices and chunk.choices[0].delta.content)
+        if received == 5:
+            break
+    await endless.close()
+
+    started = time.monotonic()
+    reply = await client.chat.completions.create(
+        model="anything", messages=chat("Hi"), max_tokens=16
+    )
+    assert reply.choices[0].message.content
+    assert time.monotonic() - started < 10
+
+
+async def test_npcs_taking_turns_resume_their_own_prompt(client: AsyncOpenAI) -> None:
+    async def first_token_seconds(npc: str, turns: int) -> float:
+        lore = f"{npc} has lived in the village for forty years and knows every family. " * 25
+        messages = [{"role": "system", "content": f"You are {npc}. {lore}"}]
+        messages += [{"role": "user", "content": f"Question {turn}?"} for turn in range(turns)]
+        started = time.monotonic()
+        stream = await client.chat.completions.create(
+            model="anything", messages=messages, stream=True, max_tokens=2
+        )
+        arrivals = [time.monotonic() async for chunk in stream if chunk.choices[0].delta.content]
+        return arrivals[0] - started  # read to the end: only finished generations are kept
+
+    first_visit = await first_token_seconds("Bram", 1)
+    await first_token_seconds("Mira", 1)  # another NPC's long prompt in between
+    assert await first_token_seconds("Bram", 2) < first_visit / 2
+
+
+def test_a_failed_start_raises_with_the_child_output() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        process = LocalModelProcess(port=taken.getsockname()[1])
+        with pytest.raises(RuntimeError, match="(?i)address already in use"):
+            process.start(timeout=60)
+    process.stop()
+
+
+def test_stop_leaves_no_process_behind() -> None:
+    process = LocalModelProcess()
+    process.start()
+    child = psutil.Process(process.pid)
+    started = time.monotonic()
+    process.stop()
+    assert time.monotonic() - started < LocalModelProcess.STOP_TIMEOUT  # SIGTERM was enough
+    assert not child.is_running()
+    process.stop()  # idempotent
+
+
+def test_the_server_exits_when_its_parent_dies() -> None:
+    script = (
+        "import time; from providers.embedded import LocalModelProcess; "
+        "p = LocalModelProcess(); p.start(); print(p.pid, flush=True); time.sleep(600)"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ) as parent:
+        try:
+            orphan = psutil.Process(int(parent.stdout.readline()))
+        finally:
+            parent.kill()
+    deadline = time.monotonic() + 10
+    while running(orphan):
+        if time.monotonic() > deadline:
+            orphan.kill()
+            pytest.fail("the model server outlived its parent")
+        time.sleep(0.1)
+
+
+def running(process: psutil.Process) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whoever adopted it)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
