@@ -56,7 +56,7 @@ def serve(argv: list[str]) -> int:
 
 
 def llm_server(argv: list[str]) -> int:
-    from llm import scripted
+    from providers import scripted
 
     return scripted.main(argv)
 

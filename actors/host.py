@@ -19,10 +19,11 @@ from actors.agent import Agent
 from actors.messages import CONNECTION_CLOSED, FLUSH, FLUSHED, FRAME, TO_AGENT
 from config.settings import Settings
 from core.spec import AgentSpec
-from llm.client import ChatStreamer, LLMSettings
+from providers.client import ChatStreamer, LLMSettings
+from providers.grammar import tags_grammar
 
 GATEWAY = "gateway"
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
+GRAMMAR_MAX_TAGS, GRAMMAR_MAX_CHARS = 3, 200  # short, snappy turns from a grammar-bound model
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -30,7 +31,7 @@ def llm_settings(settings: Settings) -> LLMSettings:
     """This worker's share of the LLM settings (the global concurrency cap is split evenly)."""
     per_worker = math.ceil(settings.llm_max_concurrent / settings.worker_count) if settings.llm_max_concurrent else 0
     return LLMSettings(
-        base_url=settings.llm_base_url or DEFAULT_BASE_URL,
+        base_url=settings.llm_base_url,
         api_key=settings.llm_api_key,
         model=settings.turn_model,
         temperature=settings.llm_temperature,
@@ -58,8 +59,10 @@ class AgentHost:
         self.llm = ChatStreamer(llm_settings(settings))
 
     def extra_body(self, spec: AgentSpec) -> dict | None:
-        """Provider-specific request fields for a turn of an agent with this spec."""
-        return None
+        """Provider-specific request fields: a grammar that forces the agent's tag format."""
+        if self.settings.llm_grammar != "on":
+            return None
+        return {"grammar": tags_grammar(spec.allowed_tags, max_tags=GRAMMAR_MAX_TAGS, max_chars=GRAMMAR_MAX_CHARS)}
 
     def emit(self, session: str, frame: dict) -> None:
         self._post(GATEWAY, (FRAME, session, orjson.dumps(frame)))

@@ -26,6 +26,9 @@ STANDARD_ENV = {
 }
 
 
+GRAMMAR_MODES = ("auto", "on", "off")
+
+
 class SettingsError(ValueError):
     """A setting that cannot be used: unknown key, wrong type, or impossible value."""
 
@@ -59,6 +62,10 @@ class Settings:
     llm_retry_max_s: float
     llm_max_concurrent: int
     llm_include_usage: bool
+    llm_grammar: str
+    embedded_model_threads: int
+    embedded_history_budget_chars: int
+    embedded_max_tokens: int
 
     @property
     def worker_count(self) -> int:
@@ -144,8 +151,11 @@ def _check(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"setting {name!r} must be positive, got {getattr(s, name)!r}")
-    for name in ("workers", "llm_max_retries", "llm_max_concurrent", "llm_input_log_turns", "port"):
+    for name in ("workers", "llm_max_retries", "llm_max_concurrent", "llm_input_log_turns", "port",
+                 "embedded_model_threads"):
         if getattr(s, name) < 0:
             raise SettingsError(f"setting {name!r} must not be negative, got {getattr(s, name)!r}")
+    if s.llm_grammar not in GRAMMAR_MODES:
+        raise SettingsError(f"setting 'llm_grammar' must be one of {', '.join(GRAMMAR_MODES)}, got {s.llm_grammar!r}")
     if not 0 < s.admin_port < 65536:
         raise SettingsError(f"setting 'admin_port' must be a TCP port, got {s.admin_port!r}")

@@ -25,6 +25,7 @@ class ServiceError(RuntimeError):
 class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.embedded_model = None
         self.system: ActorSystem | None = None
         self.gateway = None
         self.url: str | None = None
@@ -37,10 +38,11 @@ class Service:
                 f"Thespian admin port {s.admin_port} is already in use: another server is running, "
                 "or a crashed one left its actor system behind. Stop it, or choose another port "
                 "with --admin-port / GAME_AGENT_ADMIN_PORT.")
-        logger.info("starting actor system ({}, admin port {})", SYSTEM_BASE, s.admin_port)
-        self.system = ActorSystem(
-            SYSTEM_BASE, capabilities={"Admin Port": s.admin_port, NPC_HOST: True}, transientUnique=True)
         try:
+            self.settings = s = self._provider(s)
+            logger.info("starting actor system ({}, admin port {})", SYSTEM_BASE, s.admin_port)
+            self.system = ActorSystem(
+                SYSTEM_BASE, capabilities={"Admin Port": s.admin_port, NPC_HOST: True}, transientUnique=True)
             self.gateway = self.system.createActor(GatewayActor)
             reply = self.system.ask(self.gateway, StartGateway(s), s.startup_timeout_s)
             if not isinstance(reply, GatewayStarted):
@@ -53,19 +55,37 @@ class Service:
         logger.info("NPC turn server ready at {} with {} workers", reply.url, reply.workers)
         return reply.url
 
+    def _provider(self, s: Settings) -> Settings:
+        """The LLM endpoint: the configured one, or the embedded demo model started here."""
+        if s.llm_base_url:
+            return s.replace(llm_grammar="off") if s.llm_grammar == "auto" else s
+        from providers.embedded import LocalModelProcess
+
+        logger.warning("no LLM endpoint configured (OPENAI_API_BASE): using the embedded demo model, "
+                       "a tiny 135M model for trying things out; see the README to use a real one")
+        self.embedded_model = LocalModelProcess(threads=s.embedded_model_threads or None)
+        try:
+            url = self.embedded_model.start()
+        except RuntimeError as exc:
+            raise ServiceError(str(exc)) from None
+        return s.replace(
+            llm_base_url=url, llm_grammar="on" if s.llm_grammar == "auto" else s.llm_grammar,
+            history_budget_chars=s.embedded_history_budget_chars, llm_max_tokens=s.embedded_max_tokens)
+
     def stop(self) -> None:
         """Close connections (logs get written), then shut the actor system and every process down."""
-        if self.system is None:
-            return
         system, self.system = self.system, None
         try:
-            if self.gateway is not None and self.url is not None:
+            if system is not None and self.gateway is not None and self.url is not None:
                 reply = system.ask(self.gateway, StopGateway(), 20)
                 if not isinstance(reply, GatewayStopped):
                     logger.warning("the gateway did not confirm a clean stop")
         finally:
-            system.shutdown()
-            logger.info("actor system stopped")
+            if system is not None:
+                system.shutdown()
+                logger.info("actor system stopped")
+            if self.embedded_model is not None:
+                self.embedded_model.stop()
 
 
 def _port_in_use(port: int) -> bool:

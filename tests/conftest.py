@@ -20,6 +20,7 @@ import aiohttp
 import psutil
 import pytest
 
+from config.settings import ENV_PREFIX, STANDARD_ENV
 from tests.godot_peer import GodotPeer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,18 +96,19 @@ class ScriptedLLM:
 
 
 class ServerProcess:
-    """``python run.py`` with its own ports, pointed at a scripted LLM."""
+    """``python run.py`` with its own ports, pointed at a scripted LLM (None: the embedded model)."""
 
-    def __init__(self, tmp: Path, llm_url: str, workers: int = 2, **env: str) -> None:
+    def __init__(self, tmp: Path, llm_url: str | None, workers: int = 2, **env: str) -> None:
         self.port, self.admin_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = tmp / f"logs-{self.port}"
         self.log = tmp / f"server-{self.port}.log"
+        provider = {} if llm_url is None else {
+            "OPENAI_API_BASE": llm_url + "/v1", "OPENAI_API_KEY": TEST_API_KEY, "LLM_MODEL": "scripted-model"}
+        inherited = {k: v for k, v in os.environ.items() if k not in STANDARD_ENV and not k.startswith(ENV_PREFIX)}
         self.env = {
-            **os.environ,
-            "OPENAI_API_BASE": llm_url + "/v1",
-            "OPENAI_API_KEY": TEST_API_KEY,
-            "LLM_MODEL": "scripted-model",
+            **inherited,
+            **provider,
             "GAME_AGENT_LOG_DIR": str(self.log_dir),
             "GAME_AGENT_SNAPSHOT_TIMEOUT_S": "1.5",
             "GAME_AGENT_LOG_LEVEL": "DEBUG",
