@@ -166,17 +166,17 @@ class Agent:
                     f"and no earlier spec for agent {self.agent_id!r}"))
                 return
             messages = build_messages(spec, self.history, budget_chars=self.host.settings.history_budget_chars)
-            self.llm_inputs.append({"turn_id": turn.turn_id, "time": time.time(),
-                                    "model": self.host.settings.turn_model, "messages": messages})
+            record = {"turn_id": turn.turn_id, "time": time.time(),
+                      "model": self.host.settings.turn_model, "messages": messages, "usage": None}
+            self.llm_inputs.append(record)
             turn.parser = parser = TagStreamParser(spec.allowed_tags)
-            usage = None
             async for delta in self.host.llm.stream(messages, extra_body=self.host.extra_body(spec)):
                 if delta.content and not turn.ended:
                     self._emit_tags(turn, parser.feed(delta.content))
                 if delta.usage:
-                    usage = delta.usage
-            self._end(turn, "finished", "completed", usage=usage)
-            log.debug("turn completed in {:.3f} s", time.monotonic() - turn.started_at)
+                    record["usage"] = delta.usage
+            self._end(turn, "finished", "completed", usage=record["usage"])
+            log.debug("turn completed in {:.3f} s, usage {}", time.monotonic() - turn.started_at, record["usage"])
         except asyncio.CancelledError:
             self._end(turn, "interrupted", "cancelled")  # no-op when the interrupter ended it
             raise

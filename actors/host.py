@@ -29,7 +29,10 @@ _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
 
 def llm_settings(settings: Settings) -> LLMSettings:
     """This worker's share of the LLM settings (the global concurrency cap is split evenly)."""
-    per_worker = math.ceil(settings.llm_max_concurrent / settings.worker_count) if settings.llm_max_concurrent else 0
+    caps = [settings.llm_max_concurrent_per_worker] if settings.llm_max_concurrent_per_worker else []
+    if settings.llm_max_concurrent:
+        caps.append(math.ceil(settings.llm_max_concurrent / settings.worker_count))
+    per_worker = min(caps, default=0)
     return LLMSettings(
         base_url=settings.llm_base_url,
         api_key=settings.llm_api_key,

@@ -61,6 +61,7 @@ class Settings:
     llm_retry_base_s: float
     llm_retry_max_s: float
     llm_max_concurrent: int
+    llm_max_concurrent_per_worker: int
     llm_include_usage: bool
     llm_grammar: str
     embedded_model_threads: int
@@ -151,7 +152,8 @@ def _check(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"setting {name!r} must be positive, got {getattr(s, name)!r}")
-    for name in ("workers", "llm_max_retries", "llm_max_concurrent", "llm_input_log_turns", "port",
+    for name in ("workers", "llm_max_retries", "llm_max_concurrent", "llm_max_concurrent_per_worker",
+                 "llm_input_log_turns", "port",
                  "embedded_model_threads"):
         if getattr(s, name) < 0:
             raise SettingsError(f"setting {name!r} must not be negative, got {getattr(s, name)!r}")
