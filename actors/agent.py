@@ -5,6 +5,10 @@ arrival order and are handled without awaiting, so a new ``interaction_event`` c
 a streaming turn. The turn itself is a task the agent owns; ending it (finish, error, interruption,
 disconnect) goes through ``_end`` alone, which closes the open tag, sends the one final frame and
 makes sure nothing of that turn follows it.
+
+A person on ``/events`` may play the NPC (``Takeover``): its turns then wait for that person's
+input instead of calling the LLM, and go through the same parser and the same ``_end``, so Godot
+sees the same lifecycle. When nobody answers in time, the LLM takes the turn and the NPC back.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from core.history import PENDING
 from core.prompt import build_messages
 from core.spec import AgentSpec, SpecError, parse_spec
 from core.tagstream import TagChunk, TagClose, TagOpen, TagStreamParser
+from core.taleweave import PlayerInput, Takeover, TakeoverEnded, TurnPrompt, actions_of
 from providers.client import LLMError
 
 if TYPE_CHECKING:
@@ -44,6 +49,7 @@ class Turn:
     spec_waiter: asyncio.Future
     task: asyncio.Task | None = None
     parser: TagStreamParser | None = None
+    input_waiter: asyncio.Future | None = None  # a person's markup, when a person plays this turn
     ended: bool = False
     started_at: float = field(default_factory=time.monotonic)
 
@@ -60,19 +66,21 @@ class Agent:
         self.turn: Turn | None = None
         self.recent_turns: OrderedDict[str, dict] = OrderedDict()  # turn_id -> its history entry
         self.last_request_id: str | None = None
+        self.takeover: Takeover | None = None  # the person playing this NPC, if any
         self.llm_inputs: deque[dict] = deque(maxlen=max(1, host.settings.llm_input_log_turns))
         self.log = logger.bind(agent_id=agent_id, session=session)
 
     # --- mailbox -------------------------------------------------------------------------
 
-    def receive(self, message: p.AgentMessage) -> None:
-        """Handle one message; never raises (a bad message becomes an ``error`` frame)."""
+    def receive(self, message: p.AgentMessage | Takeover | PlayerInput) -> None:
+        """Handle one message; never raises (a bad Godot message becomes an ``error`` frame)."""
         try:
             handler = self._handlers[type(message)]
             handler(self, message)
         except Exception as exc:  # noqa: BLE001 - one bad message must not take the agent down
             self.log.exception("message {} failed", type(message).__name__)
-            self._error(p.TURN_ERROR, f"internal error handling {type(message).__name__}: {exc}", message)
+            if type(message) in p.TYPE_NAMES:  # Godot knows nothing of takeovers
+                self._error(p.TURN_ERROR, f"internal error handling {type(message).__name__}: {exc}", message)
 
     def _on_interaction(self, msg: p.InteractionEvent) -> None:
         self._interrupt("new_event", msg.event_id)
@@ -122,12 +130,29 @@ class Agent:
             self._interrupt("new_event", None)
             self._start_turn(None)
 
+    def _on_takeover(self, msg: Takeover) -> None:
+        """A person takes the NPC over, or gives it back; a turn waiting for the one who left
+        goes on with the LLM."""
+        self.takeover = msg if msg.client is not None else None
+        waiter = self.turn.input_waiter if self.turn is not None else None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _on_player_input(self, msg: PlayerInput) -> None:
+        waiter = self.turn.input_waiter if self.turn is not None else None
+        if waiter is not None and not waiter.done() and self.takeover and self.takeover.client == msg.client:
+            waiter.set_result(msg.markup)
+        else:
+            self.log.info("input from {} came when no turn waited for it: dropped", msg.client)
+
     _handlers = {
         p.InteractionEvent: _on_interaction,
         p.NotificationEvent: _on_notification,
         p.AgentStateSnapshot: _on_snapshot,
         p.AgentTurnResult: _on_turn_result,
         p.ToolResults: _on_tool_results,
+        Takeover: _on_takeover,
+        PlayerInput: _on_player_input,
     }
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -166,10 +191,16 @@ class Agent:
                     f"and no earlier spec for agent {self.agent_id!r}"))
                 return
             messages = build_messages(spec, self.history, budget_chars=self.host.settings.history_budget_chars)
+            turn.parser = parser = TagStreamParser(spec.allowed_tags)
+            markup = await self._ask_player(turn, spec, messages[-1]["content"])
+            if markup is not None:
+                self._emit_tags(turn, parser.feed(markup))
+                self._end(turn, "finished", "completed")
+                log.debug("turn played by a person in {:.3f} s", time.monotonic() - turn.started_at)
+                return
             record = {"turn_id": turn.turn_id, "time": time.time(),
                       "model": self.host.settings.turn_model, "messages": messages, "usage": None}
             self.llm_inputs.append(record)
-            turn.parser = parser = TagStreamParser(spec.allowed_tags)
             async for delta in self.host.llm.stream(messages, extra_body=self.host.extra_body(spec)):
                 if delta.content and not turn.ended:
                     self._emit_tags(turn, parser.feed(delta.content))
@@ -195,6 +226,30 @@ class Agent:
         except TimeoutError:
             self.log.bind(turn_id=turn.turn_id).warning("no agent_state_snapshot in time; using last spec")
             return self.spec
+
+    async def _ask_player(self, turn: Turn, spec: AgentSpec, prompt: str) -> str | None:
+        """Tell the gateway the turn needs an answer; when a person plays the NPC, wait for theirs.
+
+        None means the LLM answers: nobody plays the NPC, the person left, or did not answer
+        within the takeover timeout (then the LLM keeps the NPC, and the gateway is told).
+        """
+        takeover = self.takeover
+        if takeover is None:
+            self.host.report(self.session, TurnPrompt(self.agent_id, turn.turn_id, None, prompt, []))
+            return None
+        client = takeover.client
+        self.host.report(self.session, TurnPrompt(self.agent_id, turn.turn_id, client, prompt, actions_of(spec)))
+        turn.input_waiter = asyncio.get_running_loop().create_future()
+        timeout = self.host.settings.events_takeover_timeout_s
+        try:
+            return await asyncio.wait_for(turn.input_waiter, timeout)
+        except TimeoutError:
+            if self.takeover is takeover:  # not already replaced by a newer takeover
+                self.log.bind(turn_id=turn.turn_id).info("{} did not answer within {} s: the LLM plays again",
+                                                         client, timeout)
+                self.takeover = None
+                self.host.report(self.session, TakeoverEnded(self.agent_id, client, takeover.grant))
+            return None
 
     def _emit_tags(self, turn: Turn, events: list) -> None:
         agent_id, turn_id = self.agent_id, turn.turn_id

@@ -16,9 +16,10 @@ import orjson
 from loguru import logger
 
 from actors.agent import Agent
-from actors.messages import CONNECTION_CLOSED, FLUSH, FLUSHED, FRAME, TO_AGENT
+from actors.messages import CONNECTION_CLOSED, FLUSH, FLUSHED, FRAME, TO_AGENT, TO_FEED
 from config.settings import Settings
 from core.spec import AgentSpec
+from core.taleweave import TakeoverEnded, TurnPrompt
 from providers.client import ChatStreamer, LLMSettings
 from providers.grammar import tags_grammar
 
@@ -69,6 +70,10 @@ class AgentHost:
 
     def emit(self, session: str, frame: dict) -> None:
         self._post(GATEWAY, (FRAME, session, orjson.dumps(frame)))
+
+    def report(self, session: str, report: TurnPrompt | TakeoverEnded) -> None:
+        """Tell the session's /events feed what only the agent knows (queued in order with frames)."""
+        self._post(GATEWAY, (TO_FEED, session, report))
 
     def deliver(self, items: list[tuple]) -> None:
         """Handle one batch from the gateway, item by item, in order."""

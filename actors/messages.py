@@ -4,12 +4,14 @@ Start-up and shut-down use one small class each. Everything on the hot path trav
 ``Batch`` as plain tuples (cheap to pickle), tagged by their first element:
 
 gateway -> worker
-    (TO_AGENT, session, agent_id, message)    a validated core.protocol message for one agent
+    (TO_AGENT, session, agent_id, message)    a validated core.protocol message for one agent, or a
+                                              core.taleweave Takeover / PlayerInput from /events
     (CONNECTION_CLOSED, session, connection_id, agent_ids, end_turns)
                                               write the agents' logs; end their turns if end_turns
     (FLUSH, token)                            answer (FLUSHED, token) once everything before it is done
 worker -> gateway
     (FRAME, session, frame_bytes)             one JSON frame for the session's Godot connection
+    (TO_FEED, session, report)                a core.taleweave TurnPrompt / TakeoverEnded for /events
     (FLUSHED, token)
 """
 
@@ -29,6 +31,7 @@ TO_AGENT = "agent"
 CONNECTION_CLOSED = "closed"
 FLUSH = "flush"
 FRAME = "frame"
+TO_FEED = "feed"
 FLUSHED = "flushed"
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from core.tagstream import TAG_NAME
+
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
 ENV_PREFIX = "GAME_AGENT_"
 
@@ -67,6 +69,13 @@ class Settings:
     embedded_model_threads: int
     embedded_history_budget_chars: int
     embedded_max_tokens: int
+    # --- /events
+    events_speech_tag: str
+    events_action_tags: str
+    events_replay: int
+    events_client_buffer: int
+    events_takeover_timeout_s: float
+    events_snapshot_interval_s: float
 
     @property
     def worker_count(self) -> int:
@@ -77,6 +86,11 @@ class Settings:
     def turn_model(self) -> str:
         """The model for streamed turns: ACTIVE_STREAM_LLM_MODEL, else LLM_MODEL."""
         return self.llm_stream_model or self.llm_model
+
+    @property
+    def action_tags(self) -> tuple[str, ...]:
+        """The tags that are TaleWeave actions (events_action_tags, split)."""
+        return tuple(tag.strip() for tag in self.events_action_tags.split(",") if tag.strip())
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -161,3 +175,12 @@ def _check(s: Settings) -> None:
         raise SettingsError(f"setting 'llm_grammar' must be one of {', '.join(GRAMMAR_MODES)}, got {s.llm_grammar!r}")
     if not 0 < s.admin_port < 65536:
         raise SettingsError(f"setting 'admin_port' must be a TCP port, got {s.admin_port!r}")
+    # --- /events
+    for tag in (s.events_speech_tag, *s.action_tags):
+        if not TAG_NAME.fullmatch(tag):
+            raise SettingsError(
+                f"settings 'events_speech_tag' and 'events_action_tags' must hold tag names, got {tag!r}")
+    if s.events_replay < 0:
+        raise SettingsError(f"setting 'events_replay' must not be negative, got {s.events_replay!r}")
+    if s.events_client_buffer < 1:
+        raise SettingsError(f"setting 'events_client_buffer' must be positive, got {s.events_client_buffer!r}")

@@ -14,6 +14,7 @@ from aiohttp import web
 from loguru import logger
 
 from config.settings import Settings
+from gateway.events import WEB_DIR, EventsEndpoint, index
 from gateway.godot import GodotEndpoint
 from gateway.router import Router
 
@@ -22,7 +23,9 @@ class GatewayServer:
     def __init__(self, settings: Settings, worker_count: int, post: Callable[[Hashable, Any], None]) -> None:
         self.settings = settings
         self.router = Router(worker_count, post)
-        self.godot = GodotEndpoint(self.router, settings.max_frame_bytes)
+        self.events = EventsEndpoint(settings, self.router)
+        self.router.observer = self.events
+        self.godot = GodotEndpoint(self.router, settings.max_frame_bytes, self.events)
         self.runner: web.AppRunner | None = None
         self._flush_tokens = itertools.count(1)
 
@@ -30,6 +33,9 @@ class GatewayServer:
         app = web.Application()
         app.router.add_get("/ws", self.godot.handle)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/events", self.events.handle)
+        app.router.add_get("/", index)
+        app.router.add_static("/", WEB_DIR)  # last: the routes above take precedence
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -44,12 +50,13 @@ class GatewayServer:
         await site.start()
         host, port = self.runner.addresses[0][:2]
         url = f"http://{host}:{port}"
-        logger.info("gateway listening on {} (/ws, /healthz)", url)
+        logger.info("gateway listening on {} (/ws, /events, /healthz, the web page at /)", url)
         return url
 
     async def stop(self, timeout: float) -> None:
         """Close every connection (agents write their logs), wait for the workers, stop serving."""
         await self.godot.close_all()
+        await self.events.close_all()
         try:
             await asyncio.wait_for(self.flush_workers(), timeout)
         except TimeoutError:

@@ -1,7 +1,8 @@
 """The Godot socket, ``/ws``: one handler per game connection.
 
 Reads frames, validates them (core.protocol), answers what the gateway answers itself (``ping``,
-errors about the frame or an unknown agent) and routes the rest to the agent's worker. Outbound
+errors about the frame or an unknown agent) and routes the rest to the agent's worker, showing
+what it routed to the ``observer`` (the /events feeds). Outbound
 frames arrive already serialised and are written in order by one writer task per connection, so
 a burst from the workers never waits on a socket inside the router.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
+from typing import Protocol
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -18,6 +20,10 @@ from loguru import logger
 
 from core import protocol as p
 from gateway.router import Router
+
+
+class InboundObserver(Protocol):
+    def godot_inbound(self, session: str, message: p.AgentMessage) -> None: ...
 
 DEFAULT_SESSION = "default"
 REPLACED_CLOSE_CODE = 4000  # a newer connection took this session over
@@ -68,9 +74,10 @@ class GodotConnection:
 class GodotEndpoint:
     """The aiohttp handler of ``/ws``."""
 
-    def __init__(self, router: Router, max_frame_bytes: int) -> None:
+    def __init__(self, router: Router, max_frame_bytes: int, observer: InboundObserver) -> None:
         self.router = router
         self.max_frame_bytes = max_frame_bytes
+        self.observer = observer
         self.connections: set[GodotConnection] = set()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
@@ -111,10 +118,14 @@ class GodotEndpoint:
             conn.send_json(p.pong(message.id))
         elif kind is p.InteractionEvent:
             self.router.to_agent(conn, message.agent_id, message, create=True)
+            self.observer.godot_inbound(conn.session, message)
         elif kind is p.NotificationEvent:
             for agent_id in message.agent_ids:
                 self.router.to_agent(conn, agent_id, message, create=True)
-        elif not self.router.to_agent(conn, message.agent_id, message, create=False):
+            self.observer.godot_inbound(conn.session, message)
+        elif self.router.to_agent(conn, message.agent_id, message, create=False):
+            self.observer.godot_inbound(conn.session, message)
+        else:
             ref = {"type": p.TYPE_NAMES[kind], "agent_id": message.agent_id}
             for key in ("turn_id", "request_id"):
                 if hasattr(message, key):

@@ -2,7 +2,8 @@
 
 Loop-side state of the gateway. An agent is placed on the least-loaded worker the first time it
 is named and stays there while that worker lives (stable routing: its history is there). Frames
-coming back from workers are forwarded to the Godot connection currently holding the session.
+coming back from workers are forwarded to the Godot connection currently holding the session, and
+shown, with the agents' reports, to the ``observer`` (the /events feeds).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any, Callable, Hashable, Protocol
 
 from loguru import logger
 
-from actors.messages import CONNECTION_CLOSED, FLUSH, FLUSHED, FRAME, TO_AGENT
+from actors.messages import CONNECTION_CLOSED, FLUSH, FLUSHED, FRAME, TO_AGENT, TO_FEED
 
 
 class Connection(Protocol):
@@ -23,6 +24,10 @@ class Connection(Protocol):
     def replaced(self) -> None: ...
 
 
+class Observer(Protocol):
+    def worker_items(self, items: list[tuple]) -> None: ...
+
+
 class Router:
     def __init__(self, worker_count: int, post: Callable[[Hashable, Any], None]) -> None:
         self._post = post
@@ -30,6 +35,7 @@ class Router:
         self.load = [0] * worker_count
         self.connections: dict[str, Connection] = {}
         self._flush_waiters: dict[int, Callable[[int], None]] = {}
+        self.observer: Observer | None = None
 
     @property
     def agent_count(self) -> int:
@@ -72,22 +78,35 @@ class Router:
         self._post(worker, (TO_AGENT, conn.session, agent_id, message))
         return True
 
+    def to_known_agent(self, session: str, agent_id: str, message: Any) -> bool:
+        """Send ``message`` to an agent that Godot has named; False when there is none."""
+        worker = self.placement.get((session, agent_id))
+        if worker is not None:
+            self._post(worker, (TO_AGENT, session, agent_id, message))
+        return worker is not None
+
     # --- worker side -----------------------------------------------------------------------
 
     def deliver(self, items: list[tuple]) -> None:
         """Forward one batch from a worker."""
         connections = self.connections
+        observed = []  # FRAME and TO_FEED items, in order, for the observer
         for item in items:
             if item[0] == FRAME:
                 conn = connections.get(item[1])
                 if conn is not None:
                     conn.send(item[2])
+                observed.append(item)
+            elif item[0] == TO_FEED:
+                observed.append(item)
             elif item[0] == FLUSHED:
                 waiter = self._flush_waiters.get(item[1])
                 if waiter is not None:
                     waiter(item[1])
             else:
                 logger.error("unknown item {!r} from a worker", item[0])
+        if observed and self.observer is not None:
+            self.observer.worker_items(observed)
 
     def flush(self, token: int, done: Callable[[int], None]) -> None:
         """Ask every worker to report once all it was sent so far is handled."""

@@ -1,0 +1,621 @@
+"""The TaleWeave event feed (``/events``): what the Godot side does, told as TaleWeave world events.
+
+Why a feed and not a second protocol inside the agents: the gateway already sees everything that
+matters (each validated Godot message, each frame sent to Godot, a short report from an agent when
+a turn asks for its prompt), so one state machine per session turns that into events, and the
+agents stay unaware of spectators. The feed keeps just enough world to fill the events: each NPC's
+latest spec and recent history, the players, the turn counter, the last snapshot and a bounded
+replay buffer for late joiners.
+
+Also here, because both sides of a takeover need them and they must stay pure: the messages
+between the gateway and an agent that a person plays, and the conversion of what that person
+types into the tag markup an LLM would have written.
+
+Pure: no sockets, no clock. See docs/protocol.md, "/events".
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from xml.sax.saxutils import escape
+
+import orjson
+
+from core import protocol as p
+from core.history import to_messages
+from core.spec import DEFAULT_TAGS, NAME, AgentSpec, SpecError, as_text, parse_spec
+
+UNKNOWN_ROOM = "Unknown location"  # the room of NPCs whose spec names no location (yet)
+MEMORY_ENTRIES = 50  # history entries per NPC kept for snapshots
+RECENT_TURNS = 64  # as in actors/agent.py: turns a late agent_turn_result may still confirm
+MAX_NAME_CHARS = 64  # longest display name of a player
+TOOL_TAG = "tool"
+_ATTR_ESCAPES = {'"': "&quot;"}
+
+# Error codes of /events (the first five are the Godot socket's, with the same meaning).
+UNKNOWN_CHARACTER = "unknown_character"
+CHARACTER_TAKEN = "character_taken"
+NAME_TAKEN = "name_taken"
+NOT_PLAYING = "not_playing"
+NO_PROMPT = "no_prompt"
+BAD_INPUT = "bad_input"
+
+
+# --- messages of a takeover ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """Gateway -> agent: ``client`` plays the NPC from now on (None: the LLM does).
+
+    ``grant`` numbers the takeovers of one NPC, so a late ``TakeoverEnded`` about an earlier one
+    cannot end a newer one.
+    """
+
+    client: str | None
+    grant: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlayerInput:
+    """Gateway -> agent: the tag markup for the turn waiting for ``client``."""
+
+    client: str
+    markup: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPrompt:
+    """Agent -> gateway: a turn has its spec and now needs an answer, from ``client`` or the LLM."""
+
+    agent_id: str
+    turn_id: str
+    client: str | None
+    prompt: str
+    actions: list[dict]
+
+
+@dataclass(frozen=True, slots=True)
+class TakeoverEnded:
+    """Agent -> gateway: the person did not answer in time, the LLM plays the NPC again."""
+
+    agent_id: str
+    client: str
+    grant: int
+
+
+def actions_of(spec: AgentSpec) -> list[dict]:
+    """What the NPC may do, for the person playing it: its tags and its tools."""
+    tags = [{"kind": "tag", "name": tag.name, "description": tag.description, "attrs": dict(tag.attrs)}
+            for tag in spec.tags]
+    tools = [{"kind": "tool", "name": tool.name, "description": tool.description, "parameters": tool.parameters}
+             for tool in spec.tools]
+    return tags + tools
+
+
+# --- what a person types, as tags ------------------------------------------------------------
+
+
+class InputError(ValueError):
+    """Input that cannot become the NPC's tags; the message says how to write it."""
+
+
+def player_markup(text: str, allowed_tags: Sequence[str], speech_tag: str, action_tag: str) -> str:
+    """A person's input as the markup an LLM would have written for the NPC.
+
+    ``~action:param=value,other=value`` is TaleWeave's way to act (a value starting with ``~`` is
+    taken literally, without it); input holding one of the NPC's tags is used as is; anything
+    else is spoken, as the speech tag with its entities escaped.
+    """
+    stripped = text.strip()
+    if not stripped:
+        raise InputError("input is empty")
+    allowed = {name.lower(): name for name in allowed_tags}
+    if stripped.startswith("~") and len(stripped) > 1:
+        return _action_markup(stripped[1:], _allowed(action_tag, allowed))
+    tagged = re.compile(rf"</?(?:{'|'.join(map(re.escape, allowed))})(?=[\s/>])", re.IGNORECASE)
+    if allowed and tagged.search(stripped):
+        return stripped
+    tag = _allowed(speech_tag, allowed)
+    return f"<{tag}>{escape(stripped)}</{tag}>"
+
+
+def _allowed(tag: str, allowed: dict[str, str]) -> str:
+    name = allowed.get(tag.lower())
+    if name is None:
+        raise InputError(f"this character has no {tag!r} tag; it may use: {', '.join(allowed.values())}")
+    return name
+
+
+def _action_markup(body: str, tag: str) -> str:
+    """``give:item=spear,to=Mira`` as ``<action name="give" item="spear" to="Mira"/>``."""
+    action, _, params = body.partition(":")
+    attrs = {"name": action.strip()}
+    if not attrs["name"]:
+        raise InputError("an action needs a name: ~action or ~action:param=value,param=value")
+    for pair in filter(str.strip, params.split(",")):
+        key, equals, value = pair.partition("=")
+        key, value = key.strip(), value.strip()
+        if not equals or not NAME.fullmatch(key):
+            raise InputError(f"bad action parameter {pair.strip()!r}: write param=value, params separated by commas")
+        if key == "name":
+            raise InputError("the parameter 'name' is the action's own name: use another parameter name")
+        attrs[key] = value.removeprefix("~")
+    written = "".join(f' {key}="{escape(value, _ATTR_ESCAPES)}"' for key, value in attrs.items())
+    return f"<{tag}{written}/>"
+
+
+# --- entities ------------------------------------------------------------------------------
+
+
+def _item(value: object) -> dict:
+    """An inventory entry of the spec as a TaleWeave Item."""
+    if isinstance(value, dict):
+        attributes = {key: v for key, v in value.items() if key not in ("name", "description") and _scalar(v)}
+        name, description = as_text(value.get("name")), as_text(value.get("description") or "")
+    else:
+        attributes, name, description = {}, as_text(value), ""
+    return {"type": "item", "name": name, "description": description, "items": [], "attributes": attributes}
+
+
+def _scalar(value: object) -> bool:
+    return isinstance(value, str | int | float | bool)
+
+
+def _room(name: str, characters: list[dict]) -> dict:
+    return {"type": "room", "name": name, "description": "", "characters": characters, "items": [],
+            "portals": [], "attributes": {}}
+
+
+@dataclass(eq=False, slots=True)
+class Npc:
+    """What the feed knows of one NPC."""
+
+    agent_id: str
+    spec: AgentSpec | None = None
+    inventory: list = field(default_factory=list)  # the spec's raw inventory, for Items
+    last_request: str | None = None  # request_id of the latest get_agent_state
+    turns: OrderedDict = field(default_factory=OrderedDict)  # recent turn_id -> confirmed
+    running: str | None = None  # turn_id of the turn streaming now
+    memory: deque = field(default_factory=lambda: deque(maxlen=MEMORY_ENTRIES))
+    tag: tuple | None = None  # (tag, attrs, text parts) of the open tag
+    partner: str | None = None  # the source of the latest interaction_event: whom it answers
+    player: str | None = None  # the client playing it
+    grant: int = 0
+    awaiting: str | None = None  # the client whose input a turn waits for
+    entity: dict | None = None  # its Character, built when first needed after a change
+
+    @property
+    def name(self) -> str:
+        return self.spec.name if self.spec is not None else self.agent_id
+
+    @property
+    def location(self) -> str:
+        return (self.spec.location if self.spec is not None else "") or UNKNOWN_ROOM
+
+    def character(self) -> dict:
+        if self.entity is None:
+            spec = self.spec
+            attributes = {key: value for key, value in spec.extra.items() if _scalar(value)} if spec else {}
+            attributes.update(agent_id=self.agent_id, location=spec.location if spec else "")
+            self.entity = {
+                "type": "character", "name": self.name,
+                "backstory": spec.persona if spec else "", "description": spec.description if spec else "",
+                "items": [_item(value) for value in self.inventory], "attributes": attributes,
+                "planner": {"calendar": [], "notes": []},
+            }
+        return self.entity
+
+
+# --- the feed ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Effects:
+    """What a spectator's command or departure causes."""
+
+    broadcast: list[dict] = field(default_factory=list)  # events for every client of the session
+    reply: list[dict] = field(default_factory=list)  # events for the sender only
+    agents: list[tuple[str, object]] = field(default_factory=list)  # (agent_id, Takeover | PlayerInput)
+
+
+class Feed:
+    """One session's world as TaleWeave events; methods return the events to send."""
+
+    def __init__(self, session: str, *, speech_tag: str = "say", action_tags: Iterable[str] = ("action",),
+                 replay: int = 200, id_prefix: str = "") -> None:
+        self.session = session
+        action_tags = [tag.lower() for tag in action_tags]
+        self.speech_tag = speech_tag.lower()
+        self.action_tag = action_tags[0] if action_tags else "action"  # what ~action input becomes
+        self.action_tags = frozenset((*action_tags, TOOL_TAG))
+        self.npcs: dict[str, Npc] = {}
+        self.names: dict[str, str | None] = {}  # connected client -> display name
+        self.players: dict[str, str] = {}  # client -> agent_id it plays
+        self.turn = 0
+        self.snapshot_due = False
+        self.last_snapshot: dict | None = None
+        self.replay: deque[dict] = deque(maxlen=replay)
+        self._rooms: dict[str, dict] | None = None
+        self._ids = itertools.count(1)
+        self._id_prefix = id_prefix
+        self._out: list[dict] = []
+
+    # --- events ------------------------------------------------------------------------------
+
+    def _event(self, kind: str, **fields: Any) -> dict:
+        return {"type": kind, "id": f"{self._id_prefix}{next(self._ids)}", **fields}
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        """A world event: broadcast, and replayed to late joiners."""
+        event = self._event(kind, **fields)
+        self.replay.append(event)
+        self._out.append(event)
+
+    def _take(self) -> list[dict]:
+        out, self._out = self._out, []
+        return out
+
+    def _all_rooms(self) -> dict[str, dict]:
+        """A room per distinct location, built again only after an NPC came or changed."""
+        if self._rooms is None:
+            by_location: dict[str, list[dict]] = {}
+            for npc in self.npcs.values():
+                by_location.setdefault(npc.location, []).append(npc.character())
+            self._rooms = {name: _room(name, characters) for name, characters in by_location.items()}
+        return self._rooms
+
+    def _room_of(self, npc: Npc) -> dict:
+        return self._all_rooms()[npc.location]
+
+    def _changed(self, npc: Npc) -> None:
+        npc.entity = None
+        self._rooms = None
+
+    def _seen(self, agent_id: str) -> Npc:
+        npc = self.npcs.get(agent_id)
+        if npc is None:
+            npc = self.npcs[agent_id] = Npc(agent_id)
+            self._rooms = None
+            self._emit("generate", name=agent_id, entity=None)
+        return npc
+
+    def _status(self, text: str, npc: Npc | None) -> None:
+        self._emit("status", text=text, room=self._room_of(npc) if npc else None,
+                   character=npc.character() if npc else None)
+
+    def find(self, name: str) -> Npc | None:
+        """The NPC a person means: by character name, else by agent id; exact case first."""
+        for matches in (lambda npc: npc.name == name, lambda npc: npc.agent_id == name,
+                        lambda npc: npc.name.lower() == name.lower(),
+                        lambda npc: npc.agent_id.lower() == name.lower()):
+            found = next((npc for npc in self.npcs.values() if matches(npc)), None)
+            if found is not None:
+                return found
+        return None
+
+    # --- what Godot sends ----------------------------------------------------------------------
+
+    def godot_inbound(self, message: p.AgentMessage) -> list[dict]:
+        """A validated message from Godot that the gateway routed to its agent."""
+        kind = type(message)
+        if kind is p.InteractionEvent:
+            npc = self._seen(message.agent_id)
+            npc.partner = message.event.get("source")
+            npc.memory.append({"kind": "event", "event_id": message.event_id, "event": message.event})
+        elif kind is p.NotificationEvent:
+            entry = {"kind": "notification", "event": message.event}
+            npcs = [self._seen(agent_id) for agent_id in message.agent_ids]
+            for npc in npcs:
+                npc.memory.append(entry)
+            self._status(_line(entry), npcs[0] if len(npcs) == 1 else None)
+        elif (npc := self.npcs.get(message.agent_id)) is None:
+            pass
+        elif kind is p.AgentStateSnapshot:
+            self._on_spec(npc, message)
+        elif kind is p.AgentTurnResult:
+            if npc.turns.get(message.turn_id) is False and message.turn_id != npc.running:
+                npc.turns[message.turn_id] = True
+                npc.memory.append({"kind": "turn", "turn_id": message.turn_id, "status": message.status,
+                                   "tags": message.tags})
+        elif kind is p.ToolResults and message.turn_id in npc.turns:
+            npc.memory.append({"kind": "tool_results", "turn_id": message.turn_id, "results": message.results})
+            for result in message.results:
+                self._emit("result", result=as_text(result.get("output")), tool=result["tool"],
+                           room=self._room_of(npc), character=npc.character())
+        return self._take()
+
+    def _on_spec(self, npc: Npc, message: p.AgentStateSnapshot) -> None:
+        """The agent takes a snapshot only for its latest request, and only a valid one: so here."""
+        if message.request_id != npc.last_request:
+            return
+        try:
+            spec = parse_spec(message.state)
+        except SpecError:
+            return
+        first = npc.spec is None
+        npc.spec = spec
+        inventory = message.state.get("inventory")
+        npc.inventory = [] if inventory is None else inventory if isinstance(inventory, list) else [inventory]
+        self._changed(npc)
+        if first:
+            self._emit("generate", name=npc.name, entity=npc.character())
+
+    # --- what the server sends Godot ----------------------------------------------------------
+
+    def godot_outbound(self, frame: dict) -> list[dict]:
+        """One frame the server sent to Godot (per token: keep this cheap)."""
+        handler = self._outbound.get(frame.get("type"))
+        if handler is not None:
+            npc = self.npcs.get(frame.get("agent_id") or frame.get("ref", {}).get("agent_id"))
+            handler(self, npc, frame)
+        return self._take()
+
+    def _stream(self, npc: Npc, frame: dict, phase: str, **fields: Any) -> None:
+        """The live, chunk-level view of a turn: sent, never replayed."""
+        self._out.append(self._event("stream", phase=phase, agent_id=npc.agent_id, character=npc.name,
+                                     turn_id=frame["turn_id"], **fields))
+
+    def _on_started(self, npc: Npc | None, frame: dict) -> None:
+        if npc is not None:
+            npc.running = frame["turn_id"]
+            npc.turns[npc.running] = False
+            while len(npc.turns) > RECENT_TURNS:
+                npc.turns.popitem(last=False)
+            self._stream(npc, frame, "start")
+
+    def _on_state_request(self, npc: Npc | None, frame: dict) -> None:
+        if npc is not None:
+            npc.last_request = frame["request_id"]
+
+    def _on_open(self, npc: Npc | None, frame: dict) -> None:
+        if npc is not None:
+            npc.tag = (frame["tag"], frame["attrs"], [])
+            self._stream(npc, frame, "open", index=frame["index"], tag=frame["tag"], attrs=frame["attrs"])
+
+    def _on_chunk(self, npc: Npc | None, frame: dict) -> None:
+        if npc is not None and npc.tag is not None:
+            npc.tag[2].append(frame["text"])
+            self._stream(npc, frame, "chunk", index=frame["index"], tag=frame["tag"], text=frame["text"])
+
+    def _on_close(self, npc: Npc | None, frame: dict) -> None:
+        if npc is None or npc.tag is None:
+            return
+        tag, attrs, parts = npc.tag
+        npc.tag = None
+        self._stream(npc, frame, "close", index=frame["index"], tag=tag)
+        text, kind = "".join(parts), tag.lower()
+        if kind == self.speech_tag:
+            if text.strip():
+                room, speaker = self._room_of(npc), npc.character()
+                partner = self.find(npc.partner) if npc.partner else None
+                self._emit("reply", text=text, room=room, character=speaker, speaker=speaker,
+                           audience=partner.character() if partner is not None and partner is not npc else room)
+        elif kind in self.action_tags:
+            parameters = {key: value for key, value in attrs.items() if key not in ("name", "call_id")}
+            if kind == TOOL_TAG:
+                parameters = _arguments(text)
+            elif text:
+                parameters.setdefault("text", text)
+            character = npc.character()
+            wanted = {str(value).lower() for value in parameters.values()}
+            item = next((item for item in character["items"] if item["name"].lower() in wanted), None)
+            self._emit("action", action=attrs.get("name") or tag, parameters=parameters,
+                       room=self._room_of(npc), character=character, item=item)
+
+    def _on_end(self, npc: Npc | None, frame: dict) -> None:
+        if npc is None:
+            return
+        npc.running = npc.tag = npc.awaiting = None
+        reason = frame["reason"]
+        self._stream(npc, frame, "end", reason=reason)
+        if frame["type"] == "agent_turn_interrupted":
+            self._status(f"{npc.name} was interrupted ({reason})", npc)
+        self.turn += 1
+        self.snapshot_due = True
+
+    def _on_error(self, npc: Npc | None, frame: dict) -> None:
+        self._status(f"error {frame['code']}: {frame['message']}", npc)
+
+    _outbound = {
+        "agent_turn_started": _on_started,
+        "get_agent_state": _on_state_request,
+        "agent_tag_open": _on_open,
+        "agent_tag_chunk": _on_chunk,
+        "agent_tag_close": _on_close,
+        "agent_turn_finished": _on_end,
+        "agent_turn_interrupted": _on_end,
+        "error": _on_error,
+    }
+
+    # --- what agents report -------------------------------------------------------------------
+
+    def agent_report(self, report: TurnPrompt | TakeoverEnded) -> list[dict]:
+        npc = self.npcs.get(report.agent_id)
+        if npc is None:
+            return []
+        if type(report) is TurnPrompt:
+            room, character = self._room_of(npc), npc.character()
+            if report.client is None:
+                self._emit("prompt", prompt=report.prompt, room=room, character=character)
+            elif npc.player == report.client:
+                npc.awaiting = report.client
+                self._emit("prompt", prompt=report.prompt, room=room, character=character,
+                           client=report.client, actions=report.actions)
+        elif npc.player == report.client and npc.grant == report.grant:
+            self._status(f"{self._display(report.client)} did not answer in time: the LLM plays "
+                         f"{npc.name} again", npc)
+            self._release(npc)  # the agent has already taken it back: no Takeover to send
+            self._players()
+        return self._take()
+
+    # --- spectators ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict | None:
+        """The world after the turns that ended since the last snapshot (None if none did)."""
+        if not self.snapshot_due:
+            return None
+        self.snapshot_due = False
+        world = {"type": "world", "name": self.session, "theme": "",
+                 "order": [npc.name for npc in self.npcs.values()], "rooms": list(self._all_rooms().values()),
+                 "turn": self.turn}
+        memory = {npc.name: [{"type": "ai" if m["role"] == "assistant" else "human", "content": m["content"]}
+                             for m in to_messages(list(npc.memory))] for npc in self.npcs.values()}
+        self.last_snapshot = self._event("snapshot", world=world, memory=memory, turn=self.turn, step=self.turn)
+        return self.last_snapshot
+
+    def connect(self, client: str) -> list[dict]:
+        """A new client: its id, then the last snapshot and the recent events."""
+        self.names[client] = None
+        first = [{"type": "id", "id": client, "client": client}]
+        if self.last_snapshot is not None:
+            first.append(self.last_snapshot)
+        return first + list(self.replay)
+
+    def disconnect(self, client: str) -> Effects:
+        """A client left: the NPC it played goes back to the LLM."""
+        effects = Effects()
+        agent_id = self.players.get(client)
+        if agent_id is not None:
+            effects.agents.append(self._release(self.npcs[agent_id]))
+        if self.names.pop(client, None) is not None or agent_id is not None:
+            self._players()
+        effects.broadcast = self._take()
+        return effects
+
+    def command(self, client: str, text: str) -> Effects:
+        """One frame from a client: ``player`` (name or become) or ``input``."""
+        try:
+            frame = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            return self.refusal(p.BAD_JSON, f"frame is not valid JSON: {exc}")
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            return self.refusal(p.BAD_FRAME, "frame must be a JSON object with a string field 'type'")
+        kind = frame["type"]
+        if kind == "player" and "name" in frame:
+            return self._set_name(client, frame["name"])
+        if kind == "player" and "become" in frame:
+            return self._become(client, frame["become"])
+        if kind == "player":
+            return self.refusal(p.MISSING_FIELD, "player needs a field 'name' or 'become'")
+        if kind == "input":
+            return self._input(client, frame.get("input"))
+        return self.refusal(p.UNKNOWN_TYPE, f"unknown message type {kind!r}; known: player, input")
+
+    def refusal(self, code: str, message: str) -> Effects:
+        """An error event for the sender only."""
+        return Effects(reply=[self._event("error", code=code, message=message)])
+
+    def _display(self, client: str) -> str:
+        return self.names.get(client) or client
+
+    def _players(self) -> None:
+        self._emit("players", players={client: self.npcs[agent_id].name for client, agent_id in self.players.items()},
+                   names={client: name for client, name in self.names.items() if name})
+
+    def _set_name(self, client: str, name: object) -> Effects:
+        if not isinstance(name, str) or not name.strip() or len(name.strip()) > MAX_NAME_CHARS:
+            return self.refusal(p.BAD_FIELD, f"player.name must be a non-empty string of at most "
+                                            f"{MAX_NAME_CHARS} characters")
+        name = name.strip()
+        holder = next((other for other, taken in self.names.items() if taken == name), None)
+        if holder not in (None, client):
+            return self.refusal(NAME_TAKEN, f"the name {name!r} is taken by another player")
+        self.names[client] = name
+        self._players()
+        return Effects(broadcast=self._take())
+
+    def _become(self, client: str, name: object) -> Effects:
+        if name is not None and not isinstance(name, str):
+            return self.refusal(p.BAD_FIELD, "player.become must be a character name or null")
+        effects = Effects()
+        current = self.players.get(client)
+        npc = None
+        if name is not None:
+            npc = self.find(name)
+            if npc is None:
+                known = ", ".join(sorted(other.name for other in self.npcs.values())) or "none yet"
+                return self.refusal(UNKNOWN_CHARACTER, f"no character named {name!r} in session "
+                                                      f"{self.session!r}; known: {known}")
+            if npc.agent_id == current:
+                return effects
+            if npc.player is not None:
+                return self.refusal(CHARACTER_TAKEN, f"{npc.name} is already played by "
+                                                    f"{self._display(npc.player)}")
+        if current is not None:
+            effects.agents.append(self._release(self.npcs[current]))
+        if npc is not None:
+            npc.player, npc.grant = client, npc.grant + 1
+            self.players[client] = npc.agent_id
+            self._emit("player", status="join", character=npc.name, client=client, name=self.names.get(client))
+            effects.agents.append((npc.agent_id, Takeover(client, npc.grant)))
+        if current is not None or npc is not None:
+            self._players()
+        effects.broadcast = self._take()
+        return effects
+
+    def _release(self, npc: Npc) -> tuple[str, Takeover]:
+        """``npc``'s player leaves it; the message that gives it back to the LLM."""
+        client = npc.player
+        del self.players[client]
+        npc.player = npc.awaiting = None
+        npc.grant += 1
+        self._emit("player", status="leave", character=npc.name, client=client, name=self.names.get(client))
+        return npc.agent_id, Takeover(None, npc.grant)
+
+    def _input(self, client: str, text: object) -> Effects:
+        if not isinstance(text, str):
+            return self.refusal(p.BAD_FIELD, "input.input must be a string")
+        agent_id = self.players.get(client)
+        if agent_id is None:
+            return self.refusal(NOT_PLAYING, "you play no character: send {\"type\": \"player\", "
+                                            "\"become\": NAME} first")
+        npc = self.npcs[agent_id]
+        if npc.awaiting != client:
+            return self.refusal(NO_PROMPT, f"{npc.name} has no turn waiting for your input; wait for a prompt")
+        allowed = npc.spec.allowed_tags if npc.spec is not None else [tag.name for tag in DEFAULT_TAGS]
+        try:
+            markup = player_markup(text, allowed, self.speech_tag, self.action_tag)
+        except InputError as exc:
+            return self.refusal(BAD_INPUT, str(exc))
+        npc.awaiting = None
+        return Effects(agents=[(agent_id, PlayerInput(client, markup))])
+
+
+def coalesce(events: list[dict]) -> list[dict]:
+    """Join the text of one tag's ``stream`` chunks into its first chunk in ``events``.
+
+    Order per NPC is kept: nothing of an NPC comes between two chunks of one of its tags.
+    Stream events are never replayed, so they are changed in place.
+    """
+    out: list[dict] = []
+    first: dict[tuple, dict] = {}
+    for event in events:
+        if event["type"] == "stream" and event["phase"] == "chunk":
+            key = (event["agent_id"], event["turn_id"], event["index"])
+            earlier = first.get(key)
+            if earlier is not None:
+                earlier["text"] += event["text"]
+                continue
+            first[key] = event
+        out.append(event)
+    return out
+
+
+def _line(entry: dict) -> str:
+    """A history entry as the NPC reads it, e.g. ``[notification: weather] It rains.``."""
+    return to_messages([entry])[0]["content"]
+
+
+def _arguments(text: str) -> dict:
+    """A tool tag's JSON arguments as parameters (kept as text when they are not an object)."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {"arguments": text}
+    return value if isinstance(value, dict) else {"arguments": value}

@@ -1,0 +1,217 @@
+"""The spectator and player socket, ``/events``, and the web page at ``/`` that uses it.
+
+A thin shell around ``core.taleweave.Feed``, one per session: it decodes the frames the server
+sends Godot, hands them and Godot's routed messages to the feed, and broadcasts what comes out.
+``/events?session=NAME`` follows the Godot session NAME of ``/ws`` ("default" when absent).
+
+Each client has a bounded send buffer and its own writer task. A client whose buffer fills while
+its socket is full is dropped (logged with the reason), never waited for: a slow spectator must
+not slow Godot down. A burst queued at once (one worker batch) is not held against a client whose
+socket still takes data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import deque
+from pathlib import Path
+
+import orjson
+from aiohttp import WSMsgType, web
+from loguru import logger
+
+from actors.messages import FRAME
+from config.settings import Settings
+from core import protocol as p
+from core.taleweave import Effects, Feed, coalesce
+from gateway.godot import DEFAULT_SESSION
+from gateway.router import Router
+
+TOO_SLOW_CLOSE_CODE = 4001  # the client did not read its events fast enough
+CLOSE_TIMEOUT_S = 2.0
+WEB_DIR = Path(__file__).resolve().parent / "web"
+
+
+class Client:
+    """One /events WebSocket: its id and its bounded, ordered outbox."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, session: str, limit: int) -> None:
+        self.ws = ws
+        self.client_id = secrets.token_hex(6)
+        self.limit = limit
+        self._transport = request.transport
+        self._outbox: deque[bytes] = deque()
+        self._stalled = False  # the writer waits for the socket to take more
+        self._wake = asyncio.Event()
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        self._dropping: asyncio.Task | None = None
+        self.log = logger.bind(client=self.client_id, session=session)
+
+    def send(self, data: bytes) -> bool:
+        """Queue ``data``; False when the client is too slow (the caller drops it)."""
+        if self._stalled and len(self._outbox) >= self.limit:
+            return False
+        self._outbox.append(data)
+        self._wake.set()
+        return True
+
+    async def _write_loop(self) -> None:
+        outbox, ws = self._outbox, self.ws
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while outbox:
+                    self._stalled = True  # seen by send() only if send_frame waits for the socket
+                    await ws.send_frame(outbox.popleft(), WSMsgType.TEXT)
+                    self._stalled = False
+        except (ConnectionError, RuntimeError) as exc:
+            self.log.debug("writer stopped: {}", exc)
+
+    def drop(self) -> None:
+        """Close without waiting on a client that does not read: it cannot read a close frame either."""
+        self._dropping = asyncio.get_running_loop().create_task(self._close_or_cut())
+
+    async def _close_or_cut(self) -> None:
+        await self.stop_writing()
+        try:
+            await asyncio.wait_for(
+                self.ws.close(code=TOO_SLOW_CLOSE_CODE, message=b"too slow: send buffer full"), CLOSE_TIMEOUT_S)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            if self._transport is not None:
+                self._transport.abort()
+
+    async def stop_writing(self) -> None:
+        self._writer.cancel()
+        await asyncio.gather(self._writer, return_exceptions=True)
+
+
+class Audience:
+    """A session's feed, the clients following it and its pending snapshot."""
+
+    def __init__(self, feed: Feed) -> None:
+        self.feed = feed
+        self.clients: dict[str, Client] = {}
+        self.snapshot_timer: asyncio.TimerHandle | None = None
+
+
+class EventsEndpoint:
+    """The aiohttp handler of ``/events``, and what the router and ``/ws`` show it."""
+
+    def __init__(self, settings: Settings, router: Router) -> None:
+        self.settings = settings
+        self.router = router
+        self.sessions: dict[str, Audience] = {}
+        self._id_prefix = secrets.token_hex(3) + "-"  # with the session's number: unique event ids
+
+    def _session(self, name: str) -> Audience:
+        audience = self.sessions.get(name)
+        if audience is None:
+            s = self.settings
+            audience = self.sessions[name] = Audience(Feed(
+                name, speech_tag=s.events_speech_tag, action_tags=s.action_tags, replay=s.events_replay,
+                id_prefix=f"{self._id_prefix}{len(self.sessions)}-"))
+        return audience
+
+    # --- what Godot and the agents do (never raise: the router's batch must go on) ----------------
+
+    def godot_inbound(self, session: str, message: p.AgentMessage) -> None:
+        try:
+            audience = self._session(session)
+            self._broadcast(audience, audience.feed.godot_inbound(message))
+        except Exception:  # noqa: BLE001
+            logger.exception("/events feed failed on {} from Godot", type(message).__name__)
+
+    def worker_items(self, items: list[tuple]) -> None:
+        """One batch from a worker, in order: the frames sent to Godot (per token: keep this
+        cheap) and the agents' reports. Its events go out once the batch is read, with each
+        tag's pieces of text joined, so a burst makes few, larger messages."""
+        touched: dict[Audience, list[dict]] = {}
+        for kind, session, payload in items:
+            audience = self._session(session)
+            try:
+                if kind == FRAME:
+                    events = audience.feed.godot_outbound(orjson.loads(payload))
+                else:
+                    events = audience.feed.agent_report(payload)
+            except Exception:  # noqa: BLE001
+                logger.exception("/events feed failed on {!r}", payload[:200] if kind == FRAME else payload)
+                continue
+            if events:
+                touched.setdefault(audience, []).extend(events)
+        for audience, events in touched.items():
+            self._broadcast(audience, coalesce(events))
+            if audience.feed.snapshot_due and audience.snapshot_timer is None:
+                audience.snapshot_timer = asyncio.get_running_loop().call_later(
+                    self.settings.events_snapshot_interval_s, self._snapshot, audience)
+
+    def _snapshot(self, audience: Audience) -> None:
+        """Coalesced: one snapshot for every turn that ended within the interval."""
+        audience.snapshot_timer = None
+        snapshot = audience.feed.snapshot()
+        if snapshot is not None:
+            self._broadcast(audience, [snapshot])
+
+    # --- clients ------------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        # No compression: every event would be compressed once per client, on the gateway's loop.
+        ws = web.WebSocketResponse(max_msg_size=self.settings.max_frame_bytes, heartbeat=30, compress=False)
+        await ws.prepare(request)
+        session = request.query.get("session") or DEFAULT_SESSION
+        audience = self._session(session)
+        client = Client(ws, request, session, self.settings.events_client_buffer)
+        for event in audience.feed.connect(client.client_id):
+            client.send(orjson.dumps(event))
+        audience.clients[client.client_id] = client
+        client.log.info("/events client connected from {}", request.remote)
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    self._apply(audience, client, audience.feed.command(client.client_id, msg.data))
+                elif msg.type is WSMsgType.BINARY:
+                    self._apply(audience, client, audience.feed.refusal(
+                        p.BAD_FRAME, "binary frames are not supported; send JSON as text"))
+        finally:
+            if audience.clients.pop(client.client_id, None) is not None:
+                await client.stop_writing()
+            self._apply(audience, None, audience.feed.disconnect(client.client_id))
+            client.log.info("/events client disconnected")
+        return ws
+
+    def _apply(self, audience: Audience, client: Client | None, effects: Effects) -> None:
+        for event in effects.reply:
+            if not client.send(orjson.dumps(event)):
+                self._drop(audience, client)
+        self._broadcast(audience, effects.broadcast)
+        for agent_id, message in effects.agents:
+            self.router.to_known_agent(audience.feed.session, agent_id, message)
+
+    def _broadcast(self, audience: Audience, events: list[dict]) -> None:
+        if not audience.clients:
+            return
+        for event in events:
+            data = orjson.dumps(event)
+            for client in list(audience.clients.values()):
+                if not client.send(data):
+                    self._drop(audience, client)
+
+    def _drop(self, audience: Audience, client: Client) -> None:
+        if audience.clients.pop(client.client_id, None) is None:
+            return
+        client.log.warning("/events client dropped: its socket is full and {} messages wait unsent; it "
+                           "reads too slowly (setting events_client_buffer)", client.limit)
+        client.drop()
+
+    async def close_all(self) -> None:
+        for audience in self.sessions.values():
+            if audience.snapshot_timer is not None:
+                audience.snapshot_timer.cancel()
+            for client in list(audience.clients.values()):
+                await client.ws.close(code=1001, message=b"server shutting down")
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    """The web page; its other files are served from ``gateway/web/`` by the static route."""
+    return web.FileResponse(WEB_DIR / "index.html")

@@ -1,0 +1,350 @@
+"""The /events feed and the player-input conversion, as pure code: messages in, events out."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from core import protocol as p
+from core.spec import parse_spec
+from core.tagstream import TagStreamParser
+from core.taleweave import (
+    UNKNOWN_ROOM,
+    Feed,
+    InputError,
+    PlayerInput,
+    Takeover,
+    TakeoverEnded,
+    TurnPrompt,
+    actions_of,
+    coalesce,
+    player_markup,
+)
+
+GUARD = {"name": "Bram", "description": "A tired gate guard", "persona": "gruff but fair",
+         "location": "North Gate", "inventory": ["spear", {"name": "brass key", "opens": "gatehouse"}],
+         "mood": "irritable", "goals": ["keep the gate"]}
+TAGS = ("thought", "say", "action")
+
+
+# --- player input as markup ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, markup", [
+    ("Halt!", "<say>Halt!</say>"),
+    ("  a < b & c > d  ", "<say>a &lt; b &amp; c &gt; d</say>"),
+    ("I <3 you", "<say>I &lt;3 you</say>"),
+    ("<thought>hm</thought><say>Hi</say>", "<thought>hm</thought><say>Hi</say>"),
+    ('<SAY>loud</SAY> <action name="wave"/>', '<SAY>loud</SAY> <action name="wave"/>'),
+    ("~wave", '<action name="wave"/>'),
+    ("~give:item=spear, to=Mira", '<action name="give" item="spear" to="Mira"/>'),
+    ('~say_hi:text=~a "quote" & more,', '<action name="say_hi" text="a &quot;quote&quot; &amp; more"/>'),
+    ("~", "<say>~</say>"),
+])
+def test_player_markup(text, markup):
+    assert player_markup(text, TAGS, "say", "action") == markup
+
+
+def test_player_markup_parses_like_llm_output():
+    parser = TagStreamParser(TAGS)
+    events = parser.feed(player_markup("~give:item=brass key,to=~Mira", TAGS, "say", "action")) + parser.close()
+    assert events[0].attrs == {"name": "give", "item": "brass key", "to": "Mira"}
+    parser = TagStreamParser(TAGS)
+    events = parser.feed(player_markup("a < b & c", TAGS, "say", "action")) + parser.close()
+    assert [e.text for e in events if hasattr(e, "text")] == ["a < b & c"]
+
+
+@pytest.mark.parametrize("text, allowed, complaint", [
+    ("   ", TAGS, "empty"),
+    ("~:x=1", TAGS, "needs a name"),
+    ("~give:item", TAGS, "param=value"),
+    ("~give:2x=1", TAGS, "param=value"),
+    ("~give:name=x", TAGS, "'name'"),
+    ("~wave", ("say",), "no 'action' tag"),
+    ("Hello", ("action",), "no 'say' tag"),
+])
+def test_player_markup_refuses_with_a_reason(text, allowed, complaint):
+    with pytest.raises(InputError, match=complaint):
+        player_markup(text, allowed, "say", "action")
+
+
+def test_actions_of_lists_tags_and_tools():
+    spec = parse_spec({"name": "Smith", "tools": [{"name": "open_door", "parameters": {"type": "object"}}]})
+    actions = actions_of(spec)
+    assert [(a["kind"], a["name"]) for a in actions] == [
+        ("tag", "thought"), ("tag", "say"), ("tag", "action"), ("tool", "open_door")]
+    assert actions[2]["attrs"] == {"name": "what the action is, e.g. wave"}
+
+
+# --- the feed ----------------------------------------------------------------------------------
+
+
+class Turns:
+    """Drives a Feed the way the gateway does: Godot's messages in, the server's frames out."""
+
+    def __init__(self, feed: Feed) -> None:
+        self.feed = feed
+        self.count = 0
+
+    def interact(self, agent_id: str, text: str = "Who goes there?", source: str = "player") -> list[dict]:
+        return self.feed.godot_inbound(p.InteractionEvent(agent_id, "e1", {"kind": "speech", "source": source,
+                                                                          "text": text}))
+
+    def turn(self, agent_id: str, tags: list[tuple[str, dict, list[str]]], spec: dict | None = None,
+             end: str = "agent_turn_finished") -> tuple[str, list[dict]]:
+        """One whole turn; returns its id and every event it produced."""
+        self.count += 1
+        turn_id = f"t{self.count}"
+        out = self.out({"type": "agent_turn_started", "agent_id": agent_id, "turn_id": turn_id})
+        out += self.out({"type": "get_agent_state", "agent_id": agent_id, "request_id": f"{turn_id}.state"})
+        if spec is not None:
+            out += self.feed.godot_inbound(p.AgentStateSnapshot(f"{turn_id}.state", agent_id, spec))
+        for index, (tag, attrs, chunks) in enumerate(tags):
+            frame = {"agent_id": agent_id, "turn_id": turn_id, "index": index, "tag": tag}
+            out += self.out({"type": "agent_tag_open", **frame, "attrs": attrs})
+            for chunk in chunks:
+                out += self.out({"type": "agent_tag_chunk", **frame, "text": chunk})
+            out += self.out({"type": "agent_tag_close", **frame})
+        reason = "completed" if end == "agent_turn_finished" else "new_event"
+        out += self.out({"type": end, "agent_id": agent_id, "turn_id": turn_id, "reason": reason})
+        return turn_id, out
+
+    def out(self, frame: dict) -> list[dict]:
+        return self.feed.godot_outbound(orjson.loads(orjson.dumps(frame)))
+
+
+def world_events(events: list[dict]) -> list[dict]:
+    return [e for e in events if e["type"] != "stream"]
+
+
+def test_a_turn_becomes_generate_reply_action_and_a_snapshot():
+    turns = Turns(Feed("tavern", replay=50))
+    assert [(e["type"], e["name"], e["entity"]) for e in turns.interact("bram")] == [("generate", "bram", None)]
+    _, out = turns.turn("bram", [("thought", {}, ["A stranger."]), ("say", {}, ["Halt! ", "State your ", "name."]),
+                                 ("action", {"name": "raise", "item": "Spear"}, [])], spec=GUARD)
+    generate, reply, action = world_events(out)
+    assert generate["type"] == "generate" and generate["name"] == "Bram"
+    bram = generate["entity"]
+    assert bram == {"type": "character", "name": "Bram", "backstory": "gruff but fair",
+                    "description": "A tired gate guard", "planner": {"calendar": [], "notes": []},
+                    "attributes": {"agent_id": "bram", "location": "North Gate", "mood": "irritable"},
+                    "items": [{"type": "item", "name": "spear", "description": "", "items": [], "attributes": {}},
+                              {"type": "item", "name": "brass key", "description": "", "items": [],
+                               "attributes": {"opens": "gatehouse"}}]}
+    assert reply["text"] == "Halt! State your name." and reply["speaker"] == reply["character"] == bram
+    assert reply["room"]["name"] == "North Gate" and reply["room"]["characters"] == [bram]
+    assert reply["audience"] == reply["room"]  # "player" is no character of this world
+    assert action["action"] == "raise" and action["parameters"] == {"item": "Spear"}
+    assert action["item"]["name"] == "spear" and action["character"] == bram
+    # The chunk-level view streams every piece, in order.
+    chunks = [e["text"] for e in out if e["type"] == "stream" and e["phase"] == "chunk"]
+    assert chunks == ["A stranger.", "Halt! ", "State your ", "name."]
+    assert [e["phase"] for e in out if e["type"] == "stream"][-1] == "end"
+    # Ids are unique; the snapshot comes when the shell asks, once per batch of ended turns.
+    assert len({e["id"] for e in out}) == len(out)
+    snapshot = turns.feed.snapshot()
+    assert turns.feed.snapshot() is None
+    assert snapshot["turn"] == snapshot["step"] == 1 and snapshot["world"]["turn"] == 1
+    world = snapshot["world"]
+    assert world["type"] == "world" and world["name"] == "tavern" and world["order"] == ["Bram"]
+    assert [(r["type"], r["name"], [c["name"] for c in r["characters"]]) for r in world["rooms"]] == [
+        ("room", "North Gate", ["Bram"])]
+    assert snapshot["memory"] == {"Bram": [{"type": "human", "content": "[speech from player] Who goes there?"}]}
+
+
+def test_memory_holds_what_godot_confirmed_and_tools_give_results():
+    turns = Turns(Feed("default"))
+    turns.interact("smith", "Open the forge")
+    spec = {"name": "Smith", "location": "Forge", "tools": [{"name": "open_door"}]}
+    turn_id, out = turns.turn("smith", [("tool", {"name": "open_door", "call_id": "t1.0"}, ['{"door": ', '"forge"}'])],
+                              spec=spec)
+    action = world_events(out)[-1]
+    assert action["action"] == "open_door" and action["parameters"] == {"door": "forge"} and action["item"] is None
+    played = [{"tag": "tool", "attrs": {"name": "open_door", "call_id": "t1.0"}, "text": '{"door": "forge"}'}]
+    assert turns.feed.godot_inbound(p.AgentTurnResult("smith", turn_id, "completed", played)) == []
+    (result,) = turns.feed.godot_inbound(p.ToolResults("smith", turn_id, [{"tool": "open_door", "output": "opened"}]))
+    assert result["type"] == "result" and result["result"] == "opened" and result["room"]["name"] == "Forge"
+    # A result for a turn the feed never saw, and a second confirmation, are not remembered.
+    turns.feed.godot_inbound(p.ToolResults("smith", "made-up", [{"tool": "x", "output": "no"}]))
+    turns.feed.godot_inbound(p.AgentTurnResult("smith", turn_id, "completed", played))
+    memory = turns.feed.snapshot()["memory"]["Smith"]
+    assert [m["type"] for m in memory] == ["human", "ai", "human"]
+    assert memory[1]["content"].startswith("<tool name=\"open_door\"") and "opened" in memory[2]["content"]
+
+
+def test_only_the_latest_valid_spec_counts():
+    turns = Turns(Feed("default"))
+    turns.interact("bram")
+    turns.turn("bram", [], spec=GUARD)
+    # A late answer to the latest request counts (as in the agent); one to an older request, or
+    # an invalid spec, does not.
+    turns.feed.godot_inbound(p.AgentStateSnapshot("t1.state", "bram", {**GUARD, "location": "North Gate"}))
+    turns.out({"type": "get_agent_state", "agent_id": "bram", "request_id": "t9.state"})
+    assert turns.feed.godot_inbound(p.AgentStateSnapshot("t1.state", "bram", {**GUARD, "location": "Moon"})) == []
+    turns.feed.godot_inbound(p.AgentStateSnapshot("t9.state", "bram", {"goals": 3}))
+    assert turns.feed.npcs["bram"].location == "North Gate"
+    turns.feed.godot_inbound(p.AgentStateSnapshot("t9.state", "bram", {**GUARD, "location": "Market"}))
+    assert turns.feed.snapshot()["world"]["rooms"][0]["name"] == "Market"
+
+
+def test_status_for_notifications_interruptions_and_errors():
+    turns = Turns(Feed("default"))
+    turns.interact("bram")
+    turns.interact("mira")
+    (one,) = turns.feed.godot_inbound(p.NotificationEvent(("bram",), {"kind": "weather", "text": "Rain."}))
+    assert one["type"] == "status" and one["text"] == "[notification: weather] Rain."
+    assert one["character"]["name"] == "bram" and one["room"]["name"] == UNKNOWN_ROOM
+    (both,) = turns.feed.godot_inbound(p.NotificationEvent(("bram", "mira"), {"text": "Bells."}))
+    assert both["character"] is None and both["room"] is None
+    _, out = turns.turn("bram", [("say", {}, ["Wait"])], end="agent_turn_interrupted")
+    assert world_events(out)[-1]["text"] == "bram was interrupted (new_event)"
+    (error,) = turns.out(p.error(p.LLM_ERROR, "llm_http_500: boom", {"agent_id": "mira", "turn_id": "t"}))
+    assert error["text"] == "error llm_error: llm_http_500: boom" and error["character"]["name"] == "mira"
+
+
+def test_connect_replays_the_last_snapshot_and_a_bounded_buffer():
+    turns = Turns(Feed("default", replay=3))
+    turns.interact("bram")
+    turns.turn("bram", [("say", {}, ["One."])], spec=GUARD)
+    turns.turn("bram", [("say", {}, ["Two."])])
+    snapshot = turns.feed.snapshot()
+    turns.turn("bram", [("say", {}, ["Three."])])
+    first = turns.feed.connect("c1")
+    assert first[0] == {"type": "id", "id": "c1", "client": "c1"}
+    assert first[1] is snapshot
+    assert [e.get("text") for e in first[2:]] == ["One.", "Two.", "Three."]  # the generates fell out
+
+
+def player_feed() -> tuple[Turns, Feed]:
+    turns = Turns(Feed("default", speech_tag="say", action_tags=("action", "emote")))
+    turns.interact("bram")
+    turns.turn("bram", [], spec={**GUARD, "tags": ["say", "action", "emote"]})
+    turns.interact("mira")
+    turns.feed.connect("a")
+    turns.feed.connect("b")
+    return turns, turns.feed
+
+
+def test_names_and_becoming_a_character():
+    _, feed = player_feed()
+    effects = feed.command("a", '{"type": "player", "name": "Alice"}')
+    assert [e["type"] for e in effects.broadcast] == ["players"] and effects.broadcast[0]["names"] == {"a": "Alice"}
+    (taken,) = feed.command("b", '{"type": "player", "name": " Alice "}').reply
+    assert taken["type"] == "error" and taken["code"] == "name_taken" and "Alice" in taken["message"]
+    assert feed.command("a", '{"type": "player", "name": "Alice"}').reply == []  # your own name again
+    effects = feed.command("a", '{"type": "player", "become": "Bram"}')
+    join, players = effects.broadcast
+    assert join["type"] == "player" and join["status"] == "join" and join["character"] == "Bram"
+    assert join["client"] == "a" and join["name"] == "Alice"
+    assert players["players"] == {"a": "Bram"}
+    assert effects.agents == [("bram", Takeover("a", 1))]
+    (taken,) = feed.command("b", '{"type": "player", "become": "bram"}').reply
+    assert taken["code"] == "character_taken" and "Alice" in taken["message"]
+    (unknown,) = feed.command("b", '{"type": "player", "become": "Nobody"}').reply
+    assert unknown["code"] == "unknown_character" and "Bram" in unknown["message"]
+    # Switching characters leaves the first one; becoming null leaves the second.
+    effects = feed.command("a", '{"type": "player", "become": "mira"}')
+    assert [(e["type"], e.get("status"), e.get("character")) for e in effects.broadcast] == [
+        ("player", "leave", "Bram"), ("player", "join", "mira"), ("players", None, None)]
+    assert effects.agents == [("bram", Takeover(None, 2)), ("mira", Takeover("a", 1))]
+    effects = feed.command("a", '{"type": "player", "become": null}')
+    assert effects.agents == [("mira", Takeover(None, 2))] and feed.players == {}
+
+
+def test_input_goes_to_the_agent_as_markup_only_when_prompted():
+    _, feed = player_feed()
+    (refused,) = feed.command("a", '{"type": "input", "input": "Hi"}').reply
+    assert refused["code"] == "not_playing"
+    feed.command("a", '{"type": "player", "become": "Bram"}')
+    (refused,) = feed.command("a", '{"type": "input", "input": "Hi"}').reply
+    assert refused["code"] == "no_prompt"
+    (prompt,) = feed.agent_report(TurnPrompt("bram", "t9", "a", "[speech from player] Hello", [{"name": "say"}]))
+    assert prompt["type"] == "prompt" and prompt["client"] == "a" and prompt["actions"] == [{"name": "say"}]
+    assert prompt["character"]["name"] == "Bram" and prompt["room"]["name"] == "North Gate"
+    (refused,) = feed.command("a", '{"type": "input", "input": "~wave:x"}').reply
+    assert refused["code"] == "bad_input" and "param=value" in refused["message"]
+    (refused,) = feed.command("b", '{"type": "input", "input": "Hi"}').reply
+    assert refused["code"] == "not_playing"
+    effects = feed.command("a", '{"type": "input", "input": "~bow:deep=yes"}')
+    assert effects.agents == [("bram", PlayerInput("a", '<action name="bow" deep="yes"/>'))]
+    (refused,) = feed.command("a", '{"type": "input", "input": "again"}').reply
+    assert refused["code"] == "no_prompt"  # one answer per prompt
+    # An LLM turn's prompt is for everyone and has no client.
+    (prompt,) = feed.agent_report(TurnPrompt("mira", "t10", None, "[continue]", []))
+    assert "client" not in prompt and prompt["prompt"] == "[continue]"
+
+
+def test_a_turn_that_ends_takes_the_prompt_back():
+    turns, feed = player_feed()
+    feed.command("a", '{"type": "player", "become": "Bram"}')
+    feed.agent_report(TurnPrompt("bram", "t2", "a", "Hi", []))
+    turns.out({"type": "agent_turn_interrupted", "agent_id": "bram", "turn_id": "t2", "reason": "new_event"})
+    assert feed.command("a", '{"type": "input", "input": "late"}').reply[0]["code"] == "no_prompt"
+
+
+def test_takeover_ends_on_timeout_and_on_disconnect():
+    _, feed = player_feed()
+    feed.command("a", '{"type": "player", "become": "Bram"}')
+    assert feed.agent_report(TakeoverEnded("bram", "a", 0)) == []  # about an earlier takeover: ignored
+    status, leave, players = feed.agent_report(TakeoverEnded("bram", "a", 1))
+    assert "did not answer in time" in status["text"] and leave["status"] == "leave"
+    assert players["players"] == {} and feed.npcs["bram"].player is None
+    feed.command("b", '{"type": "player", "become": "Bram"}')
+    effects = feed.disconnect("b")
+    assert [e.get("status") for e in effects.broadcast] == ["leave", None]
+    assert effects.agents == [("bram", Takeover(None, 4))]
+    feed.command("a", '{"type": "player", "name": "Alice"}')
+    effects = feed.disconnect("a")
+    assert effects.agents == [] and effects.broadcast[0]["names"] == {}  # Alice is gone
+
+
+def test_coalesce_joins_one_tags_pieces_and_keeps_each_npcs_order():
+    turns = Turns(Feed("default"))
+    turns.interact("bram")
+    turns.interact("mira")
+    out = []
+    for agent_id in ("bram", "mira"):
+        out += turns.out({"type": "agent_turn_started", "agent_id": agent_id, "turn_id": agent_id})
+        out += turns.out({"type": "agent_tag_open", "agent_id": agent_id, "turn_id": agent_id, "index": 0,
+                          "tag": "say", "attrs": {}})
+    for piece in ("Hel", "lo", "!"):
+        for agent_id in ("bram", "mira"):
+            out += turns.out({"type": "agent_tag_chunk", "agent_id": agent_id, "turn_id": agent_id, "index": 0,
+                              "tag": "say", "text": f"{agent_id}:{piece}"})
+    out += turns.out({"type": "agent_tag_close", "agent_id": "bram", "turn_id": "bram", "index": 0, "tag": "say"})
+    merged = coalesce(out)
+    assert [(e["type"], e.get("phase"), e.get("agent_id"), e.get("text")) for e in merged] == [
+        ("stream", "start", "bram", None), ("stream", "open", "bram", None),
+        ("stream", "start", "mira", None), ("stream", "open", "mira", None),
+        ("stream", "chunk", "bram", "bram:Helbram:lobram:!"), ("stream", "chunk", "mira", "mira:Helmira:lomira:!"),
+        ("stream", "close", "bram", None), ("reply", None, None, "bram:Helbram:lobram:!")]
+
+
+@pytest.mark.parametrize("frame, code", [
+    ("{nope", "bad_json"),
+    ("[1]", "bad_frame"),
+    ('{"type": 3}', "bad_frame"),
+    ('{"type": "dance"}', "unknown_type"),
+    ('{"type": "player"}', "missing_field"),
+    ('{"type": "player", "name": ""}', "bad_field"),
+    ('{"type": "player", "name": 7}', "bad_field"),
+    ('{"type": "player", "become": 7}', "bad_field"),
+    ('{"type": "input", "input": null}', "bad_field"),
+])
+def test_bad_frames_get_an_error_for_the_sender_only(frame, code):
+    _, feed = player_feed()
+    before = dict(feed.names), dict(feed.players), len(feed.replay)
+    effects = feed.command("a", frame)
+    assert effects.broadcast == [] and effects.agents == []
+    (error,) = effects.reply
+    assert error["type"] == "error" and error["code"] == code and error["message"] and error["id"]
+    assert (dict(feed.names), dict(feed.players), len(feed.replay)) == before
+
+
+def test_frames_about_unknown_agents_are_ignored():
+    feed = Feed("default")
+    assert feed.godot_outbound({"type": "agent_tag_chunk", "agent_id": "ghost", "turn_id": "t", "index": 0,
+                                "tag": "say", "text": "boo"}) == []
+    assert feed.godot_outbound({"type": "pong"}) == []
+    assert feed.godot_inbound(p.AgentTurnResult("ghost", "t", "completed", [])) == []
+    assert feed.agent_report(TurnPrompt("ghost", "t", None, "x", [])) == []
