@@ -4,6 +4,8 @@
         run the server until SIGINT/SIGTERM, then stop every process it started
     python run.py llm-server [--port P] ...
         run the scripted OpenAI-compatible LLM server (tests, demos, load tests)
+    python run.py loadtest [--npcs N] [--workers W] [--duration S] ... [--report F] [--plot F]
+        drive many simulated NPCs over real WebSockets and report latency and throughput
 """
 
 from __future__ import annotations
@@ -61,7 +63,13 @@ def llm_server(argv: list[str]) -> int:
     return scripted.main(argv)
 
 
-COMMANDS = {"llm-server": llm_server}
+def loadtest(argv: list[str]) -> int:
+    from loadtest.cli import main
+
+    return main(argv)
+
+
+COMMANDS = {"llm-server": llm_server, "loadtest": loadtest}
 
 
 def main(argv: list[str]) -> int:
