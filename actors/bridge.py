@@ -6,7 +6,8 @@ messages per second for the whole system (shared/notes/measured-facts.md). Here 
 only appends to a deque and, when the actor thread is not already due to wake, writes one byte to
 a socketpair the actor watches (``ThespianWatch``). The actor thread then sends everything queued
 for one destination as a single ``Batch``. At low load a batch is one item and leaves at once; under
-load the next batch fills by itself while the previous message waits for its ACK.
+load the next batch fills by itself while the previous message waits for its ACK
+(``OneInFlight``).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import socket
 import threading
 from collections import deque
 from concurrent.futures import Future
+from functools import partial
 from typing import Any, Callable, Coroutine, Hashable
 
 from loguru import logger
-from thespian.actors import ThespianWatch
+from thespian.actors import Actor, ActorAddress, ThespianWatch
+from thespian.system.transport import TransmitIntent
 
 
 class LoopBridge:
@@ -109,3 +112,57 @@ class LoopBridge:
         self._thread.join(timeout)
         self._wake_r.close()
         self._wake_w.close()
+
+
+class OneInFlight:
+    """Sends to each destination one message at a time; the next carries all that queued meanwhile.
+
+    ``Actor.send`` has no completion signal and queues every call behind the one in flight.
+    Sending one batch per wake-up therefore queued hundreds of small messages under load, and
+    Thespian then stopped receiving to drain them ("tx-only mode": stalls of seconds, measured).
+    This hands each message to the actor's transport with a completion callback instead, and
+    sends the next batch for that destination only when the previous one is acknowledged: no
+    delay at low load, a few large messages under high load.
+
+    It reaches into Thespian's ActorManager (``_myRef._send_intent``, as ``Actor.send`` does);
+    setup.cfg pins Thespian to the 4.0 series for that reason.
+    """
+
+    def __init__(
+        self,
+        actor: Actor,
+        message_for: Callable[[Hashable, list], tuple[ActorAddress, Any]],
+        refill: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._actor = actor
+        self._message_for = message_for
+        self._refill = refill  # takes whatever the event loop queued since the last look
+        self._pending: dict[Hashable, list] = {}
+        self._in_flight: set[Hashable] = set()
+
+    def add(self, destination: Hashable, items: list) -> None:
+        """Queue ``items`` for ``destination``; they leave now unless a message is in flight."""
+        pending = self._pending.get(destination)
+        if pending is None:
+            self._pending[destination] = items
+        else:
+            pending.extend(items)
+        if destination not in self._in_flight:
+            self._send(destination)
+
+    def _send(self, destination: Hashable) -> None:
+        items = self._pending.pop(destination, None)
+        if not items:
+            return
+        address, message = self._message_for(destination, items)
+        self._in_flight.add(destination)
+        done = partial(self._done, destination)
+        self._actor._myRef._send_intent(TransmitIntent(address, message, onSuccess=done, onError=done))
+
+    def _done(self, destination: Hashable, result, intent: TransmitIntent) -> None:
+        self._in_flight.discard(destination)
+        if not result:
+            logger.error("message to {} failed: {}", intent.targetAddr, result)
+            self._actor._myRef.actor_send_fail(result, intent)  # dead letters, as Actor.send does
+        self._refill()
+        self._send(destination)

@@ -44,6 +44,14 @@ class Batch:
 
 
 @dataclass
+class ToWorkers:
+    """Batches from the gateway, ``(worker index, items)`` each, carried by the pool (see
+    actors/pool.py)."""
+
+    batches: list[tuple[int, list[tuple]]]
+
+
+@dataclass
 class StartGateway:
     settings: Settings
 

@@ -11,7 +11,7 @@ import os
 from loguru import logger
 from thespian.actors import Actor, ActorExitRequest, WatchMessage, requireCapability
 
-from actors.bridge import LoopBridge
+from actors.bridge import LoopBridge, OneInFlight
 from actors.host import AgentHost
 from actors.messages import NPC_HOST, Batch, ConfigureWorker, WorkerFailed, WorkerReady
 from config.log import configure_logging
@@ -29,8 +29,7 @@ class WorkerActor(Actor):
     def receiveMessage(self, message, sender):
         try:
             if isinstance(message, WatchMessage):
-                for _, items in self.bridge.drain().items():
-                    self.send(self.gateway, Batch(self.index, items))
+                self._flush()
             elif isinstance(message, Batch):
                 self.bridge.call(self.host.deliver, message.items)
             elif isinstance(message, ConfigureWorker):
@@ -47,6 +46,7 @@ class WorkerActor(Actor):
         configure_logging(message.settings.log_level, f"worker-{message.index}")
         self.index, self.gateway = message.index, message.gateway
         self.bridge = LoopBridge(f"worker-{self.index}-loop")
+        self.outbox = OneInFlight(self, lambda _, items: (self.gateway, Batch(self.index, items)), self._flush)
 
         async def make_host() -> AgentHost:
             return AgentHost(message.settings, self.index, self.bridge.post)
@@ -54,6 +54,10 @@ class WorkerActor(Actor):
         self.host = self.bridge.run(make_host(), timeout=30)
         logger.info("worker {} ready (pid {})", self.index, os.getpid())
         self.send(self.gateway, WorkerReady(self.index, os.getpid()))
+
+    def _flush(self) -> None:
+        for destination, items in self.bridge.drain().items():
+            self.outbox.add(destination, items)
 
     def _stop(self) -> None:
         if self.bridge is None:

@@ -2,7 +2,8 @@
 
 Start-up: create the worker pool (before any thread exists in this process, see actors/pool.py),
 wait for every worker to report ready, then listen and tell run.py. Afterwards this class only
-moves batches between the loop (``GatewayServer``) and the workers, and stops on request.
+moves batches between the loop (``GatewayServer``) and the workers (out through the pool, back
+directly: every actor pair carries traffic one way, see actors/pool.py), and stops on request.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 from loguru import logger
 from thespian.actors import Actor, ActorExitRequest, ChildActorExited, WatchMessage
 
-from actors.bridge import LoopBridge
+from actors.bridge import LoopBridge, OneInFlight
 from actors.messages import (
-    Batch, GatewayStarted, GatewayStopped, SpawnWorkers, StartFailed, StartGateway, StopGateway,
+    Batch, GatewayStarted, ToWorkers, GatewayStopped, SpawnWorkers, StartFailed, StartGateway, StopGateway,
     WorkerFailed, WorkerReady,
 )
 from actors.pool import WorkerPool
@@ -20,6 +21,7 @@ from config.log import configure_logging
 from gateway.app import GatewayServer
 
 REPLY = "reply"  # bridge destination: a message for whoever asked us to start or stop
+POOL = "pool"  # outbox destination: every worker's batches, carried by the pool
 
 
 class GatewayActor(Actor):
@@ -27,7 +29,8 @@ class GatewayActor(Actor):
         super().__init__()
         self.bridge: LoopBridge | None = None
         self.server: GatewayServer | None = None
-        self.workers: dict[int, object] = {}
+        self.pool = None
+        self.workers: dict[int, int] = {}  # worker index -> pid
         self.requester = None
         self.settings = None
         self.started = False
@@ -56,8 +59,8 @@ class GatewayActor(Actor):
                     logger.error("worker pool exited")
         except Exception as exc:  # noqa: BLE001 - an actor must not die on one message
             logger.exception("gateway failed on {}", type(message).__name__)
-            if isinstance(message, StartGateway):
-                self.send(sender, StartFailed(repr(exc)))
+            if not self.started and not self.stopping:  # run.py is waiting for the start
+                self.send(self.requester or sender, StartFailed(repr(exc)))
         return self.bridge.watch if self.bridge is not None else None
 
     def _send_queued(self) -> None:
@@ -66,19 +69,20 @@ class GatewayActor(Actor):
                 for item in items:
                     self.send(self.requester, item)
             else:
-                self.send(self.workers[destination], Batch(-1, items))
+                self.outbox.add(POOL, [(destination, items)])
 
     def _start(self, message: StartGateway, sender) -> None:
         self.settings = message.settings
         self.requester = sender
         configure_logging(self.settings.log_level, "gateway")
-        pool = self.createActor(WorkerPool)  # fork while this process has a single thread
-        self.send(pool, SpawnWorkers(self.settings, self.myAddress, self.settings.worker_count))
+        self.pool = self.createActor(WorkerPool)  # fork while this process has a single thread
+        self.send(self.pool, SpawnWorkers(self.settings, self.myAddress, self.settings.worker_count))
         self.bridge = LoopBridge("gateway-loop")
+        self.outbox = OneInFlight(self, lambda _, batches: (self.pool, ToWorkers(batches)), self._send_queued)
         logger.info("starting {} workers", self.settings.worker_count)
 
     def _worker_ready(self, message: WorkerReady, sender) -> None:
-        self.workers[message.index] = sender
+        self.workers[message.index] = message.pid
         logger.debug("worker {} ready (pid {})", message.index, message.pid)
         if self.started or len(self.workers) < self.settings.worker_count:
             return
