@@ -42,6 +42,9 @@ class Batch:
     origin: int  # worker index of the sender; -1 for the gateway
     items: list[tuple]
 
+    def __repr__(self) -> str:  # Thespian formats every message it sends: keep that cheap
+        return f"Batch(origin={self.origin}, {len(self.items)} items)"
+
 
 @dataclass
 class ToWorkers:
@@ -49,6 +52,9 @@ class ToWorkers:
     actors/pool.py)."""
 
     batches: list[tuple[int, list[tuple]]]
+
+    def __repr__(self) -> str:  # Thespian formats every message it sends: keep that cheap
+        return f"ToWorkers({sum(len(items) for _, items in self.batches)} items)"
 
 
 @dataclass

@@ -473,8 +473,9 @@ class Feed:
         """A new client: its id, then the last snapshot and the recent events."""
         self.names[client] = None
         first = [{"type": "id", "id": client, "client": client}]
-        if self.last_snapshot is not None:
-            first.append(self.last_snapshot)
+        snapshot = self.snapshot() or self.last_snapshot  # built here if nobody was watching
+        if snapshot is not None:
+            first.append(snapshot)
         return first + list(self.replay)
 
     def disconnect(self, client: str) -> Effects:

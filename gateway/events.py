@@ -142,7 +142,9 @@ class EventsEndpoint:
                 touched.setdefault(audience, []).extend(events)
         for audience, events in touched.items():
             self._broadcast(audience, coalesce(events))
-            if audience.feed.snapshot_due and audience.snapshot_timer is None:
+            # Snapshots rebuild every NPC's memory: only while someone watches (a newcomer gets
+            # one built on connect).
+            if audience.clients and audience.feed.snapshot_due and audience.snapshot_timer is None:
                 audience.snapshot_timer = asyncio.get_running_loop().call_later(
                     self.settings.events_snapshot_interval_s, self._snapshot, audience)
 

@@ -208,10 +208,13 @@ def test_connect_replays_the_last_snapshot_and_a_bounded_buffer():
     turns.turn("bram", [("say", {}, ["One."])], spec=GUARD)
     turns.turn("bram", [("say", {}, ["Two."])])
     snapshot = turns.feed.snapshot()
+    first = turns.feed.connect("c0")
+    assert first[1] is snapshot  # nothing ended since: the last one
     turns.turn("bram", [("say", {}, ["Three."])])
     first = turns.feed.connect("c1")
     assert first[0] == {"type": "id", "id": "c1", "client": "c1"}
-    assert first[1] is snapshot
+    assert first[1]["type"] == "snapshot" and first[1] is not snapshot  # rebuilt: a turn ended since
+    assert first[1]["turn"] == snapshot["turn"] + 1
     assert [e.get("text") for e in first[2:]] == ["One.", "Two.", "Three."]  # the generates fell out
 
 
