@@ -15,7 +15,7 @@ another machine can host them.
 from __future__ import annotations
 
 from loguru import logger
-from thespian.actors import Actor, ActorExitRequest, ChildActorExited
+from thespian.actors import Actor, ActorExitRequest, ChildActorExited, WakeupMessage
 
 from actors.bridge import OneInFlight
 from actors.messages import Batch, ConfigureWorker, SpawnWorkers, ToWorkers
@@ -27,7 +27,7 @@ class WorkerPool(Actor):
     def __init__(self) -> None:
         super().__init__()
         self.workers: list = []
-        self.outbox = OneInFlight(self, lambda index, items: (self.workers[index], Batch(-1, items)))
+        self.outbox: OneInFlight | None = None
         self.stopping = False
 
     def receiveMessage(self, message, sender):
@@ -35,8 +35,11 @@ class WorkerPool(Actor):
             if type(message) is ToWorkers:
                 for index, items in message.batches:
                     self.outbox.add(index, items)
+            elif isinstance(message, WakeupMessage):
+                self.outbox.wakeup(message.payload)
             elif isinstance(message, SpawnWorkers):
                 configure_logging(message.settings.log_level, "pool")
+                self.outbox = OneInFlight(self, self._batch_for, min_interval_s=message.settings.batch_interval_s)
                 for index in range(message.count):
                     worker = self.createActor(WorkerActor)
                     self.workers.append(worker)
@@ -47,3 +50,6 @@ class WorkerPool(Actor):
                 logger.error("worker actor {} exited", message.childAddress)
         except Exception:  # noqa: BLE001 - an actor must not die on one message
             logger.exception("worker pool failed on {}", type(message).__name__)
+
+    def _batch_for(self, index: int, items: list) -> tuple:
+        return self.workers[index], Batch(-1, items)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from loguru import logger
-from thespian.actors import Actor, ActorExitRequest, WatchMessage, requireCapability
+from thespian.actors import Actor, ActorExitRequest, WakeupMessage, WatchMessage, requireCapability
 
 from actors.bridge import LoopBridge, OneInFlight
 from actors.host import AgentHost
@@ -29,7 +29,12 @@ class WorkerActor(Actor):
     def receiveMessage(self, message, sender):
         try:
             if isinstance(message, WatchMessage):
-                self._flush()
+                if self.outbox.idle:
+                    self._flush()
+                else:  # the in-flight send's completion takes what is queued
+                    self.bridge.woken()
+            elif isinstance(message, WakeupMessage):
+                self.outbox.wakeup(message.payload)
             elif isinstance(message, Batch):
                 self.bridge.call(self.host.deliver, message.items)
             elif isinstance(message, ConfigureWorker):
@@ -46,7 +51,8 @@ class WorkerActor(Actor):
         configure_logging(message.settings.log_level, f"worker-{message.index}")
         self.index, self.gateway = message.index, message.gateway
         self.bridge = LoopBridge(f"worker-{self.index}-loop")
-        self.outbox = OneInFlight(self, lambda _, items: (self.gateway, Batch(self.index, items)), self._flush)
+        self.outbox = OneInFlight(self, lambda _, items: (self.gateway, Batch(self.index, items)), self._flush,
+                                  message.settings.batch_interval_s)
 
         async def make_host() -> AgentHost:
             return AgentHost(message.settings, self.index, self.bridge.post)

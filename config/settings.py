@@ -43,6 +43,7 @@ class Settings:
     workers: int
     admin_port: int
     startup_timeout_s: float
+    batch_interval_s: float
     snapshot_timeout_s: float
     history_budget_chars: int
     history_max_entries: int
@@ -160,17 +161,21 @@ def _coerce(key: str, value: Any, default: Any, origin: str) -> Any:
         ) from None
 
 
+MAY_BE_ZERO = ("workers", "port", "batch_interval_s", "llm_temperature", "llm_max_retries", "llm_max_concurrent",
+               "llm_max_concurrent_per_worker", "llm_input_log_turns", "embedded_model_threads", "events_replay")
+
+
 def _check(s: Settings) -> None:
-    positive = [f.name for f in fields(s) if f.name.endswith("_s") or f.name in (
-        "max_frame_bytes", "history_budget_chars", "history_max_entries")]
-    for name in positive:
-        if getattr(s, name) <= 0:
-            raise SettingsError(f"setting {name!r} must be positive, got {getattr(s, name)!r}")
-    for name in ("workers", "llm_max_retries", "llm_max_concurrent", "llm_max_concurrent_per_worker",
-                 "llm_input_log_turns", "port",
-                 "embedded_model_threads"):
-        if getattr(s, name) < 0:
-            raise SettingsError(f"setting {name!r} must not be negative, got {getattr(s, name)!r}")
+    """Numbers: durations and sizes must be positive, counts and MAY_BE_ZERO ones not negative."""
+    for f in fields(s):
+        value = getattr(s, f.name)
+        if type(value) not in (int, float):
+            continue
+        if f.name in MAY_BE_ZERO:
+            if value < 0:
+                raise SettingsError(f"setting {f.name!r} must not be negative, got {value!r}")
+        elif value <= 0:
+            raise SettingsError(f"setting {f.name!r} must be positive, got {value!r}")
     if s.llm_grammar not in GRAMMAR_MODES:
         raise SettingsError(f"setting 'llm_grammar' must be one of {', '.join(GRAMMAR_MODES)}, got {s.llm_grammar!r}")
     if not 0 < s.admin_port < 65536:
@@ -180,7 +185,3 @@ def _check(s: Settings) -> None:
         if not TAG_NAME.fullmatch(tag):
             raise SettingsError(
                 f"settings 'events_speech_tag' and 'events_action_tags' must hold tag names, got {tag!r}")
-    if s.events_replay < 0:
-        raise SettingsError(f"setting 'events_replay' must not be negative, got {s.events_replay!r}")
-    if s.events_client_buffer < 1:
-        raise SettingsError(f"setting 'events_client_buffer' must be positive, got {s.events_client_buffer!r}")

@@ -9,7 +9,7 @@ directly: every actor pair carries traffic one way, see actors/pool.py), and sto
 from __future__ import annotations
 
 from loguru import logger
-from thespian.actors import Actor, ActorExitRequest, ChildActorExited, WatchMessage
+from thespian.actors import Actor, ActorExitRequest, ChildActorExited, WakeupMessage, WatchMessage
 
 from actors.bridge import LoopBridge, OneInFlight
 from actors.messages import (
@@ -39,7 +39,12 @@ class GatewayActor(Actor):
     def receiveMessage(self, message, sender):
         try:
             if isinstance(message, WatchMessage):
-                self._send_queued()
+                if self.outbox.idle:
+                    self._send_queued()
+                else:  # the in-flight send's completion takes what is queued
+                    self.bridge.woken()
+            elif isinstance(message, WakeupMessage):
+                self.outbox.wakeup(message.payload)
             elif isinstance(message, Batch):
                 self.bridge.call(self.server.router.deliver, message.items)
             elif isinstance(message, WorkerReady):
@@ -78,7 +83,8 @@ class GatewayActor(Actor):
         self.pool = self.createActor(WorkerPool)  # fork while this process has a single thread
         self.send(self.pool, SpawnWorkers(self.settings, self.myAddress, self.settings.worker_count))
         self.bridge = LoopBridge("gateway-loop")
-        self.outbox = OneInFlight(self, lambda _, batches: (self.pool, ToWorkers(batches)), self._send_queued)
+        self.outbox = OneInFlight(self, lambda _, batches: (self.pool, ToWorkers(batches)), self._send_queued,
+                                  self.settings.batch_interval_s)
         logger.info("starting {} workers", self.settings.worker_count)
 
     def _worker_ready(self, message: WorkerReady, sender) -> None:
