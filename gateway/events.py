@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections import deque
 from pathlib import Path
 
 import orjson
@@ -27,6 +26,7 @@ from core import protocol as p
 from core.taleweave import Effects, Feed, coalesce
 from gateway.godot import DEFAULT_SESSION
 from gateway.router import Router
+from gateway.writer import FrameWriter
 
 TOO_SLOW_CLOSE_CODE = 4001  # the client did not read its events fast enough
 CLOSE_TIMEOUT_S = 2.0
@@ -41,33 +41,16 @@ class Client:
         self.client_id = secrets.token_hex(6)
         self.limit = limit
         self._transport = request.transport
-        self._outbox: deque[bytes] = deque()
-        self._stalled = False  # the writer waits for the socket to take more
-        self._wake = asyncio.Event()
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
         self._dropping: asyncio.Task | None = None
         self.log = logger.bind(client=self.client_id, session=session)
+        self._writer = FrameWriter(ws, self.log)
 
     def send(self, data: bytes) -> bool:
         """Queue ``data``; False when the client is too slow (the caller drops it)."""
-        if self._stalled and len(self._outbox) >= self.limit:
+        if self._writer.stalled and len(self._writer) >= self.limit:
             return False
-        self._outbox.append(data)
-        self._wake.set()
+        self._writer.send(data)
         return True
-
-    async def _write_loop(self) -> None:
-        outbox, ws = self._outbox, self.ws
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while outbox:
-                    self._stalled = True  # seen by send() only if send_frame waits for the socket
-                    await ws.send_frame(outbox.popleft(), WSMsgType.TEXT)
-                    self._stalled = False
-        except (ConnectionError, RuntimeError) as exc:
-            self.log.debug("writer stopped: {}", exc)
 
     def drop(self) -> None:
         """Close without waiting on a client that does not read: it cannot read a close frame either."""
@@ -83,8 +66,7 @@ class Client:
                 self._transport.abort()
 
     async def stop_writing(self) -> None:
-        self._writer.cancel()
-        await asyncio.gather(self._writer, return_exceptions=True)
+        await self._writer.stop()
 
 
 class Audience:

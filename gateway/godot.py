@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import deque
 from typing import Protocol
 
 import orjson
@@ -20,6 +19,7 @@ from loguru import logger
 
 from core import protocol as p
 from gateway.router import Router
+from gateway.writer import FrameWriter
 
 
 class InboundObserver(Protocol):
@@ -39,14 +39,9 @@ class GodotConnection:
         self.session = session
         self.connection_id = f"c{next(_connection_ids)}"
         self.agents: set[str] = set()
-        self._outbox: deque[bytes] = deque()
-        self._wake = asyncio.Event()
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
         self.log = logger.bind(session=session, connection=self.connection_id)
-
-    def send(self, data: bytes) -> None:
-        self._outbox.append(data)
-        self._wake.set()
+        self._writer = FrameWriter(ws, self.log)
+        self.send = self._writer.send
 
     def send_json(self, frame: dict) -> None:
         self.send(orjson.dumps(frame))
@@ -55,20 +50,8 @@ class GodotConnection:
         asyncio.get_running_loop().create_task(
             self.ws.close(code=REPLACED_CLOSE_CODE, message=b"session taken over by a newer connection"))
 
-    async def _write_loop(self) -> None:
-        outbox, ws = self._outbox, self.ws
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while outbox:
-                    await ws.send_frame(outbox.popleft(), WSMsgType.TEXT)
-        except (ConnectionError, RuntimeError) as exc:
-            self.log.debug("writer stopped: {}", exc)
-
     async def close(self) -> None:
-        self._writer.cancel()
-        await asyncio.gather(self._writer, return_exceptions=True)
+        await self._writer.stop()
 
 
 class GodotEndpoint:

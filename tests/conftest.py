@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,11 @@ import psutil
 import pytest
 
 from config.settings import ENV_PREFIX, STANDARD_ENV
+from loadtest.processes import free_port, tail
 from tests.godot_peer import GodotPeer
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_API_KEY = "sk-test-SECRET-do-not-log-4242"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
@@ -39,21 +33,14 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}:\n{_tail(log)}")
+            raise RuntimeError(f"process exited with {proc.returncode}:\n{tail(log)}")
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
                     return
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout} s:\n{_tail(log)}")
-
-
-def _tail(log: Path, lines: int = 60) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+    raise RuntimeError(f"{url} did not answer within {timeout} s:\n{tail(log)}")
 
 
 class ScriptedLLM:
@@ -152,8 +139,8 @@ class ServerProcess:
         for proc in left:
             proc.kill()
         if check:
-            assert not left, f"processes left behind: {[p.pid for p in left]}\n{_tail(self.log)}"
-            assert self.proc.returncode == 0, f"run.py exited with {self.proc.returncode}\n{_tail(self.log)}"
+            assert not left, f"processes left behind: {[p.pid for p in left]}\n{tail(self.log)}"
+            assert self.proc.returncode == 0, f"run.py exited with {self.proc.returncode}\n{tail(self.log)}"
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,6 @@
-"""A Godot stand-in for tests: a real WebSocket client that speaks the /ws protocol.
-
-It answers ``get_agent_state`` for the agents it has a spec for (like the game would), records
-every frame in arrival order, and offers waits with timeouts so a broken server fails a test
-instead of hanging it.
-"""
+"""Real WebSocket peers for tests: a Godot stand-in that speaks the /ws protocol (it answers
+``get_agent_state`` for the agents it has a spec for, like the game would), on a base that records
+every frame in arrival order and offers waits with timeouts."""
 
 from __future__ import annotations
 
@@ -18,31 +15,36 @@ END_TYPES = ("agent_turn_finished", "agent_turn_interrupted")
 _event_ids = itertools.count(1)
 
 
-class GodotPeer:
-    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self._http = session
+class JsonPeer:
+    """A real WebSocket client of the server that records every JSON frame in arrival order,
+    with waits that time out so a broken server fails a test instead of hanging it."""
+
+    def __init__(self, http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._http = http
         self.ws = ws
-        self.specs: dict[str, dict] = {}  # agent_id -> state answered to get_agent_state
         self.frames: list[dict] = []
         self.closed = asyncio.Event()
         self._changed = asyncio.Event()
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def connect(cls, base_url: str, query: str = "") -> GodotPeer:
-        session = aiohttp.ClientSession()
+    async def open(cls, base_url: str, path: str):
+        http = aiohttp.ClientSession()
         try:
-            ws = await session.ws_connect(base_url.replace("http", "ws", 1) + "/ws" + query, max_msg_size=0)
+            ws = await http.ws_connect(base_url.replace("http", "ws", 1) + path, max_msg_size=0)
         except BaseException:
-            await session.close()
+            await http.close()
             raise
-        return cls(session, ws)
+        return cls(http, ws)
 
     async def close(self) -> None:
         await self.ws.close()
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
         await self._http.close()
+
+    async def received(self, frame: dict) -> None:
+        """Called for each frame once recorded; a subclass answers what it must."""
 
     async def _read(self) -> None:
         try:
@@ -51,9 +53,7 @@ class GodotPeer:
                     continue
                 frame = orjson.loads(msg.data)
                 self.frames.append(frame)
-                if frame["type"] == "get_agent_state" and frame["agent_id"] in self.specs:
-                    await self.send({"type": "agent_state_snapshot", "request_id": frame["request_id"],
-                                     "agent_id": frame["agent_id"], "state": self.specs[frame["agent_id"]]})
+                await self.received(frame)
                 self._changed.set()
         finally:
             self.closed.set()
@@ -85,6 +85,23 @@ class GodotPeer:
     async def wait_type(self, kind: str, timeout: float = 10, start: int = 0, **fields: Any) -> dict:
         return await self.wait_for(
             lambda f: f["type"] == kind and all(f.get(k) == v for k, v in fields.items()), timeout, start)
+
+
+class GodotPeer(JsonPeer):
+    """The game's side of /ws: answers get_agent_state for the agents it has a spec for."""
+
+    def __init__(self, http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
+        super().__init__(http, ws)
+        self.specs: dict[str, dict] = {}  # agent_id -> state answered to get_agent_state
+
+    @classmethod
+    async def connect(cls, base_url: str, query: str = "") -> GodotPeer:
+        return await cls.open(base_url, "/ws" + query)
+
+    async def received(self, frame: dict) -> None:
+        if frame["type"] == "get_agent_state" and frame["agent_id"] in self.specs:
+            await self.send({"type": "agent_state_snapshot", "request_id": frame["request_id"],
+                             "agent_id": frame["agent_id"], "state": self.specs[frame["agent_id"]]})
 
     async def interact(self, agent_id: str, text: str = "Hello", **event: Any) -> str:
         """Send an interaction_event; return its event_id."""

@@ -8,15 +8,11 @@ import base64
 import os
 import socket
 import time
-from collections.abc import Callable
-from typing import Any
 
-import aiohttp
-import orjson
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.godot_peer import END_TYPES, GodotPeer, played_tags
+from tests.godot_peer import END_TYPES, GodotPeer, JsonPeer, played_tags
 
 TAKEOVER_TIMEOUT_S = 2.0
 GUARD = {"name": "Bram", "description": "A tired gate guard", "persona": "gruff but fair",
@@ -35,71 +31,20 @@ def server(llm, tmp_path_factory) -> ServerProcess:
     assert "Traceback" not in proc.server_log(), "the server logged an exception"
 
 
-class EventsPeer:
-    """A real WebSocket client of /events that records every event, with waits that time out."""
+class EventsPeer(JsonPeer):
+    """A client of /events; ``events`` is everything it received."""
 
-    def __init__(self, http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self._http = http
-        self.ws = ws
-        self.events: list[dict] = []
-        self.closed = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._reader = asyncio.get_running_loop().create_task(self._read())
+    client: str
 
     @classmethod
     async def connect(cls, base_url: str, session: str) -> EventsPeer:
-        http = aiohttp.ClientSession()
-        try:
-            ws = await http.ws_connect(f"{base_url.replace('http', 'ws', 1)}/events?session={session}",
-                                       max_msg_size=0)
-        except BaseException:
-            await http.close()
-            raise
-        peer = cls(http, ws)
+        peer = await cls.open(base_url, f"/events?session={session}")
         peer.client = (await peer.wait_type("id"))["client"]
         return peer
 
-    async def close(self) -> None:
-        await self.ws.close()
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
-        await self._http.close()
-
-    async def _read(self) -> None:
-        try:
-            async for msg in self.ws:
-                if msg.type is aiohttp.WSMsgType.TEXT:
-                    self.events.append(orjson.loads(msg.data))
-                    self._changed.set()
-        finally:
-            self.closed.set()
-            self._changed.set()
-
-    async def send(self, frame: dict | str | bytes) -> None:
-        if isinstance(frame, dict):
-            await self.ws.send_str(orjson.dumps(frame).decode())
-        elif isinstance(frame, bytes):
-            await self.ws.send_bytes(frame)
-        else:
-            await self.ws.send_str(frame)
-
-    async def wait_for(self, predicate: Callable[[dict], bool], timeout: float = 10, start: int = 0) -> dict:
-        async def scan() -> dict:
-            position = start
-            while True:
-                self._changed.clear()
-                for event in self.events[position:]:
-                    if predicate(event):
-                        return event
-                position = max(position, len(self.events))
-                if self.closed.is_set():
-                    raise ConnectionError("the server closed /events")
-                await self._changed.wait()
-        return await asyncio.wait_for(scan(), timeout)
-
-    async def wait_type(self, kind: str, timeout: float = 10, start: int = 0, **fields: Any) -> dict:
-        return await self.wait_for(
-            lambda e: e["type"] == kind and all(e.get(k) == v for k, v in fields.items()), timeout, start)
+    @property
+    def events(self) -> list[dict]:
+        return self.frames
 
     def of_type(self, kind: str) -> list[dict]:
         return [e for e in self.events if e["type"] == kind]
