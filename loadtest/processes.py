@@ -2,7 +2,7 @@
 server (``run.py``) or the baseline relay.
 
 Why it is careful: a load test that leaves a server behind spoils the next run (ports, CPU). The
-server's actors are not our children (Thespian's admin daemonises), so, as in tests/conftest.py,
+server's actors are not our children (Thespian's admin daemonises), so
 every process of a server is found again by its unique ``--admin-port`` on the command line, and
 whatever is still alive after the graceful stop is killed and reported. Children are started in
 their own session, so a Ctrl-C at the terminal reaches only the load test, which then stops them

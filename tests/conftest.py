@@ -9,10 +9,7 @@ the stop: a leftover process fails the test run.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -20,48 +17,25 @@ import psutil
 import pytest
 
 from config.settings import ENV_PREFIX, STANDARD_ENV
-from loadtest.processes import free_port, tail
+from loadtest.processes import Managed, ServerProcesses, free_port, tail
 from tests.godot_peer import GodotPeer
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_API_KEY = "sk-test-SECRET-do-not-log-4242"
 
 
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}:\n{tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout} s:\n{tail(log)}")
-
-
 class ScriptedLLM:
     """The scripted OpenAI-compatible server, run as ``python run.py llm-server``."""
 
     def __init__(self, tmp: Path, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp / f"llm-{self.port}.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "run.py", "llm-server", "--port", str(self.port), *args],
-            cwd=ROOT, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
-        _wait_http(self.url + "/v1/models", self.proc, self.log, 30)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = Managed("scripted LLM", [sys.executable, "run.py", "llm-server", "--port", str(port), *args],
+                               tmp / f"llm-{port}.log")
+        self.process.wait_http(self.url + "/v1/models")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.process.stop()
 
     async def _control(self, method: str, path: str, body=None):
         async with aiohttp.ClientSession() as http:
@@ -89,7 +63,6 @@ class ServerProcess:
         self.port, self.admin_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = tmp / f"logs-{self.port}"
-        self.log = tmp / f"server-{self.port}.log"
         provider = {} if llm_url is None else {
             "OPENAI_API_BASE": llm_url + "/v1", "OPENAI_API_KEY": TEST_API_KEY, "LLM_MODEL": "scripted-model"}
         inherited = {k: v for k, v in os.environ.items() if k not in STANDARD_ENV and not k.startswith(ENV_PREFIX)}
@@ -101,46 +74,27 @@ class ServerProcess:
             "GAME_AGENT_LOG_LEVEL": "DEBUG",
             **env,
         }
-        self.argv = [sys.executable, "run.py", "--port", str(self.port), "--workers", str(workers),
-                     "--admin-port", str(self.admin_port)]
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env,
-                                     stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
-        try:
-            _wait_http(self.url + "/healthz", self.proc, self.log, 60)
-        except BaseException:
-            self.stop(check=False)
-            raise
+        self.process = ServerProcesses(
+            "server", [sys.executable, "run.py", "--port", str(self.port), "--workers", str(workers),
+                       "--admin-port", str(self.admin_port)],
+            tmp / f"server-{self.port}.log", self.env, admin_port=self.admin_port)
+        self.log = self.process.log
+        self.process.wait_http(self.url + "/healthz")
 
     def processes(self) -> list[psutil.Process]:
         """Every live process of this server: run.py, the admin, the gateway, pool and workers."""
-        marker = str(self.admin_port)
-        found = []
-        for proc in psutil.process_iter(["cmdline", "status"]):
-            cmdline = proc.info["cmdline"] or []
-            if "run.py" in cmdline and marker in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        return found
+        return self.process.processes()
 
     def server_log(self) -> str:
         return self.log.read_text(errors="replace")
 
     def stop(self, check: bool = True) -> None:
         """SIGTERM run.py; every process it started must be gone shortly after."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        deadline = time.monotonic() + 10
-        while (left := self.processes()) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for proc in left:
-            proc.kill()
+        killed = self.process.stop()
         if check:
-            assert not left, f"processes left behind: {[p.pid for p in left]}\n{tail(self.log)}"
-            assert self.proc.returncode == 0, f"run.py exited with {self.proc.returncode}\n{tail(self.log)}"
+            assert not killed, f"processes left behind: {killed}\n{tail(self.log)}"
+            code = self.process.proc.returncode
+            assert code == 0, f"run.py exited with {code}\n{tail(self.log)}"
 
 
 @pytest.fixture(scope="module")
