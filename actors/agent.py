@@ -33,7 +33,6 @@ from providers.client import LLMError
 if TYPE_CHECKING:
     from actors.host import AgentHost
 
-RECENT_TURNS = 64  # turns remembered for validating late agent_turn_result / tool_results
 REQUEST_SUFFIX = ".state"  # request_id of a turn's get_agent_state: "<turn_id>.state"
 
 
@@ -175,7 +174,7 @@ class Agent:
         entry = {"kind": "turn", "turn_id": turn_id, "status": PENDING, "tags": []}
         self._remember(entry)
         self.recent_turns[turn_id] = entry
-        while len(self.recent_turns) > RECENT_TURNS:
+        while len(self.recent_turns) > p.RECENT_TURNS:
             self.recent_turns.popitem(last=False)
         self._emit(p.turn_started(self.agent_id, turn_id, event_id))
         turn.task = asyncio.get_running_loop().create_task(self._run_turn(turn))

@@ -168,10 +168,13 @@ class OneInFlight:
         if destination not in self._in_flight and destination not in self._waiting:
             self._send_soon(destination)
 
-    @property
-    def idle(self) -> bool:
-        """Nothing in flight and no send waiting: new items can leave at once."""
-        return not self._in_flight and not self._waiting
+    def watched(self, consume_wakeup: Callable[[], None]) -> None:
+        """The event loop queued items: take them now if nothing is in flight or waiting; else
+        only consume the wake-up (``LoopBridge.woken``): the completion or wake-up takes them."""
+        if not self._in_flight and not self._waiting:
+            self._refill()
+        else:
+            consume_wakeup()
 
     def wakeup(self, payload: Any) -> bool:
         """Handle a ``WakeupMessage`` payload; False if it was not one of ours."""

@@ -29,10 +29,7 @@ class WorkerActor(Actor):
     def receiveMessage(self, message, sender):
         try:
             if isinstance(message, WatchMessage):
-                if self.outbox.idle:
-                    self._flush()
-                else:  # the in-flight send's completion takes what is queued
-                    self.bridge.woken()
+                self.outbox.watched(self.bridge.woken)
             elif isinstance(message, WakeupMessage):
                 self.outbox.wakeup(message.payload)
             elif isinstance(message, Batch):

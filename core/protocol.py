@@ -91,6 +91,7 @@ SNAPSHOT_TIMEOUT = "snapshot_timeout"
 LLM_ERROR = "llm_error"
 
 TURN_STATUSES = ("completed", "interrupted")
+RECENT_TURNS = 64  # an agent's turns that agent_turn_result / tool_results may still name
 EVENT_STRING_FIELDS = ("kind", "source", "text")
 
 
