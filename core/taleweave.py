@@ -32,7 +32,6 @@ from core.spec import DEFAULT_TAGS, NAME, AgentSpec, SpecError, as_text, parse_s
 
 UNKNOWN_ROOM = "Unknown location"  # the room of NPCs whose spec names no location (yet)
 MEMORY_ENTRIES = 50  # history entries per NPC kept for snapshots
-RECENT_TURNS = 64  # as in actors/agent.py: turns a late agent_turn_result may still confirm
 MAX_NAME_CHARS = 64  # longest display name of a player
 TOOL_TAG = "tool"
 _ATTR_ESCAPES = {'"': "&quot;"}
@@ -239,6 +238,7 @@ class Feed:
         self.players: dict[str, str] = {}  # client -> agent_id it plays
         self.turn = 0
         self.snapshot_due = False
+        self.watched = False  # a client follows this feed: live stream events are worth building
         self.last_snapshot: dict | None = None
         self.replay: deque[dict] = deque(maxlen=replay)
         self._rooms: dict[str, dict] | None = None
@@ -357,7 +357,10 @@ class Feed:
         return self._take()
 
     def _stream(self, npc: Npc, frame: dict, phase: str, **fields: Any) -> None:
-        """The live, chunk-level view of a turn: sent, never replayed."""
+        """The live, chunk-level view of a turn: sent, never replayed, so only built while
+        someone watches (``watched``, kept by the shell)."""
+        if not self.watched:
+            return
         self._out.append(self._event("stream", phase=phase, agent_id=npc.agent_id, character=npc.name,
                                      turn_id=frame["turn_id"], **fields))
 
@@ -365,7 +368,7 @@ class Feed:
         if npc is not None:
             npc.running = frame["turn_id"]
             npc.turns[npc.running] = False
-            while len(npc.turns) > RECENT_TURNS:
+            while len(npc.turns) > p.RECENT_TURNS:
                 npc.turns.popitem(last=False)
             self._stream(npc, frame, "start")
 

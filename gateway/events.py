@@ -77,6 +77,16 @@ class Audience:
         self.clients: dict[str, Client] = {}
         self.snapshot_timer: asyncio.TimerHandle | None = None
 
+    def join(self, client: Client) -> None:
+        self.clients[client.client_id] = client
+        self.feed.watched = True
+
+    def leave(self, client: Client) -> bool:
+        """Remove ``client``; False if it was already gone."""
+        gone = self.clients.pop(client.client_id, None) is not None
+        self.feed.watched = bool(self.clients)
+        return gone
+
 
 class EventsEndpoint:
     """The aiohttp handler of ``/events``, and what the router and ``/ws`` show it."""
@@ -148,7 +158,7 @@ class EventsEndpoint:
         client = Client(ws, request, session, self.settings.events_client_buffer)
         for event in audience.feed.connect(client.client_id):
             client.send(orjson.dumps(event))
-        audience.clients[client.client_id] = client
+        audience.join(client)
         client.log.info("/events client connected from {}", request.remote)
         try:
             async for msg in ws:
@@ -158,7 +168,7 @@ class EventsEndpoint:
                     self._apply(audience, client, audience.feed.refusal(
                         p.BAD_FRAME, "binary frames are not supported; send JSON as text"))
         finally:
-            if audience.clients.pop(client.client_id, None) is not None:
+            if audience.leave(client):
                 await client.stop_writing()
             self._apply(audience, None, audience.feed.disconnect(client.client_id))
             client.log.info("/events client disconnected")
@@ -182,7 +192,7 @@ class EventsEndpoint:
                     self._drop(audience, client)
 
     def _drop(self, audience: Audience, client: Client) -> None:
-        if audience.clients.pop(client.client_id, None) is None:
+        if not audience.leave(client):
             return
         client.log.warning("/events client dropped: its socket is full and {} messages wait unsent; it "
                            "reads too slowly (setting events_client_buffer)", client.limit)

@@ -117,8 +117,14 @@ def world_events(events: list[dict]) -> list[dict]:
     return [e for e in events if e["type"] != "stream"]
 
 
+def watched(feed: Feed) -> Feed:
+    """A feed that a client follows, so it builds the live stream events too."""
+    feed.watched = True
+    return feed
+
+
 def test_a_turn_becomes_generate_reply_action_and_a_snapshot():
-    turns = Turns(Feed("tavern", replay=50))
+    turns = Turns(watched(Feed("tavern", replay=50)))
     assert [(e["type"], e["name"], e["entity"]) for e in turns.interact("bram")] == [("generate", "bram", None)]
     _, out = turns.turn("bram", [("thought", {}, ["A stranger."]), ("say", {}, ["Halt! ", "State your ", "name."]),
                                  ("action", {"name": "raise", "item": "Spear"}, [])], spec=GUARD)
@@ -302,7 +308,7 @@ def test_takeover_ends_on_timeout_and_on_disconnect():
 
 
 def test_coalesce_joins_one_tags_pieces_and_keeps_each_npcs_order():
-    turns = Turns(Feed("default"))
+    turns = Turns(watched(Feed("default")))
     turns.interact("bram")
     turns.interact("mira")
     out = []
@@ -351,3 +357,12 @@ def test_frames_about_unknown_agents_are_ignored():
     assert feed.godot_outbound({"type": "pong"}) == []
     assert feed.godot_inbound(p.AgentTurnResult("ghost", "t", "completed", [])) == []
     assert feed.agent_report(TurnPrompt("ghost", "t", None, "x", [])) == []
+
+
+def test_nobody_watching_no_stream_events_but_the_world_events_still_kept():
+    turns = Turns(Feed("default"))
+    turns.interact("bram")
+    _, out = turns.turn("bram", [("say", {}, ["Halt! ", "Who goes there?"])], spec=GUARD)
+    assert not [e for e in out if e["type"] == "stream"]
+    assert [e["text"] for e in out if e["type"] == "reply"] == ["Halt! Who goes there?"]
+    assert any(e["type"] == "reply" for e in turns.feed.replay)  # a late joiner still gets it
