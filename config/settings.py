@@ -47,6 +47,14 @@ class Settings:
     snapshot_timeout_s: float
     history_budget_chars: int
     history_max_entries: int
+    data_dir: str
+    journal_fsync: bool
+    agent_idle_s: float
+    token: str = field(repr=False)
+    events_allowed_origins: str
+    max_agents_per_session: int
+    rate_limit_events_per_s: float
+    rate_limit_burst: int
     log_level: str
     log_dir: str
     llm_input_log_turns: int
@@ -162,7 +170,7 @@ def _coerce(key: str, value: Any, default: Any, origin: str) -> Any:
 
 
 MAY_BE_ZERO = ("workers", "port", "batch_interval_s", "llm_temperature", "llm_max_retries", "llm_max_concurrent",
-               "llm_max_concurrent_per_worker", "llm_input_log_turns", "embedded_model_threads", "events_replay")
+               "llm_max_concurrent_per_worker", "llm_input_log_turns", "embedded_model_threads", "events_replay", "agent_idle_s")
 
 
 def _check(s: Settings) -> None:

@@ -89,6 +89,9 @@ FRAME_TOO_LARGE = "frame_too_large"
 TURN_ERROR = "turn_error"
 SNAPSHOT_TIMEOUT = "snapshot_timeout"
 LLM_ERROR = "llm_error"
+WORKER_LOST = "worker_lost"
+RATE_LIMITED = "rate_limited"
+TOO_MANY_AGENTS = "too_many_agents"
 
 TURN_STATUSES = ("completed", "interrupted")
 RECENT_TURNS = 64  # an agent's turns that agent_turn_result / tool_results may still name
