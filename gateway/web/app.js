@@ -4,7 +4,9 @@
 
 const MAX_EVENTS = 300; // events kept in the list
 const MAX_LIVE = 12; // turns kept in the live view
-const session = new URLSearchParams(location.search).get("session") || "";
+const pageQuery = new URLSearchParams(location.search);
+const session = pageQuery.get("session") || "";
+const token = pageQuery.get("token") || ""; // the server's token, when it has one: passed on to /events
 
 const state = {
   socket: null,
@@ -28,8 +30,11 @@ function element(tag, className, text) {
 // --- the socket -------------------------------------------------------------------------------
 
 function connect(delay = 1000) {
+  const query = new URLSearchParams();
+  if (session) query.set("session", session);
+  if (token) query.set("token", token);
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/events` +
-    (session ? `?session=${encodeURIComponent(session)}` : "");
+    (query.toString() ? `?${query}` : "");
   const socket = new WebSocket(url);
   state.socket = socket;
   socket.onopen = () => { setConnection("connected", true); delay = 1000; };
