@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from core import protocol as p
-from core.history import PENDING
+from core.history import History
 from core.prompt import build_messages
 from core.spec import AgentSpec, SpecError, parse_spec
 from core.tagstream import TagChunk, TagClose, TagOpen, TagStreamParser
@@ -60,10 +59,9 @@ class Agent:
         self.host = host
         self.session = session
         self.agent_id = agent_id
-        self.history: deque[dict] = deque(maxlen=host.settings.history_max_entries)
+        self.history = History(host.settings.history_max_entries)
         self.spec: AgentSpec | None = None
         self.turn: Turn | None = None
-        self.recent_turns: OrderedDict[str, dict] = OrderedDict()  # turn_id -> its history entry
         self.last_request_id: str | None = None
         self.takeover: Takeover | None = None  # the person playing this NPC, if any
         self.llm_inputs: deque[dict] = deque(maxlen=max(1, host.settings.llm_input_log_turns))
@@ -71,28 +69,40 @@ class Agent:
 
     # --- mailbox -------------------------------------------------------------------------
 
-    def receive(self, message: p.AgentMessage | Takeover | PlayerInput) -> None:
-        """Handle one message; never raises (a bad Godot message becomes an ``error`` frame)."""
+    def receive(self, message: dict | p.AgentStateSnapshot | Takeover | PlayerInput) -> None:
+        """Handle one message: a history fact (``core.history.fact_of``, already journaled by the
+        gateway) or a message that changes no history. Never raises: a bad Godot message becomes
+        an ``error`` frame."""
         try:
             handler = self._handlers[type(message)]
             handler(self, message)
         except Exception as exc:  # noqa: BLE001 - one bad message must not take the agent down
             self.log.exception("message {} failed", type(message).__name__)
-            if type(message) in p.TYPE_NAMES:  # Godot knows nothing of takeovers
-                self._error(p.TURN_ERROR, f"internal error handling {type(message).__name__}: {exc}", message)
+            kind = message.get("type") if type(message) is dict else p.TYPE_NAMES.get(type(message))
+            if kind is not None:  # Godot knows nothing of takeovers
+                self._emit(p.error(p.TURN_ERROR, f"internal error handling {kind}: {exc}",
+                                   {"agent_id": self.agent_id, "type": kind}))
 
-    def _on_interaction(self, msg: p.InteractionEvent) -> None:
-        self._interrupt("new_event", msg.event_id)
-        self._remember({"kind": "event", "event_id": msg.event_id, "event": msg.event})
-        self._start_turn(msg.event_id)
+    def restore(self, facts: list[dict]) -> None:
+        """Rebuild the history from the journal (this agent was placed anew on this worker)."""
+        self.history.replay(facts)
+        self.log.debug("history restored from {} journaled facts", len(facts))
 
-    def _on_notification(self, msg: p.NotificationEvent) -> None:
-        self._remember({"kind": "notification", "event": msg.event})
+    def _on_fact(self, fact: dict) -> None:
+        rejected = self.history.apply(fact)
+        if rejected is not None:
+            self._emit(p.error(rejected.code, rejected.message, {"agent_id": self.agent_id, **rejected.ref}))
+        elif fact["type"] == "interaction_event":
+            self._interrupt("new_event", fact["event_id"])
+            self._start_turn(fact["turn_id"], fact["event_id"])
+        elif fact["type"] == "tool_results" and fact["next_turn_id"] is not None:
+            self._interrupt("new_event", None)
+            self._start_turn(fact["next_turn_id"], None)
 
     def _on_snapshot(self, msg: p.AgentStateSnapshot) -> None:
         """The spec a turn waits for; a late answer to the latest request still updates the spec."""
         if msg.request_id != self.last_request_id:
-            if _request_turn(msg.request_id) not in self.recent_turns:
+            if _request_turn(msg.request_id) not in self.history.recent:
                 self._error(p.UNKNOWN_REQUEST, f"no get_agent_state with request_id {msg.request_id!r} "
                             f"was sent for agent {self.agent_id!r}", msg, request_id=msg.request_id)
             return  # an answer to an older request: a newer spec is already on its way
@@ -105,29 +115,6 @@ class Agent:
         turn = self.turn
         if turn is not None and turn.request_id == msg.request_id and not turn.spec_waiter.done():
             turn.spec_waiter.set_result(spec)
-
-    def _on_turn_result(self, msg: p.AgentTurnResult) -> None:
-        """Fill in the turn's place in history with what Godot actually played."""
-        entry = self.recent_turns.get(msg.turn_id)
-        if entry is None or entry["status"] != PENDING:
-            why = "was already confirmed" if entry else "is not a recent turn of this agent"
-            self._error(p.UNKNOWN_TURN, f"agent_turn_result: turn {msg.turn_id!r} {why}", msg,
-                        turn_id=msg.turn_id)
-        elif self.turn is not None and self.turn.turn_id == msg.turn_id:
-            self._error(p.TURN_NOT_ENDED, f"agent_turn_result: turn {msg.turn_id!r} is still running; "
-                        "send it after agent_turn_finished or agent_turn_interrupted", msg, turn_id=msg.turn_id)
-        else:
-            entry["status"], entry["tags"] = msg.status, msg.tags
-
-    def _on_tool_results(self, msg: p.ToolResults) -> None:
-        if msg.turn_id not in self.recent_turns:
-            self._error(p.UNKNOWN_TURN, f"tool_results: turn {msg.turn_id!r} is not a recent turn "
-                        "of this agent", msg, turn_id=msg.turn_id)
-            return
-        self._remember({"kind": "tool_results", "turn_id": msg.turn_id, "results": msg.results})
-        if msg.cont:
-            self._interrupt("new_event", None)
-            self._start_turn(None)
 
     def _on_takeover(self, msg: Takeover) -> None:
         """A person takes the NPC over, or gives it back; a turn waiting for the one who left
@@ -145,11 +132,8 @@ class Agent:
             self.log.info("input from {} came when no turn waited for it: dropped", msg.client)
 
     _handlers = {
-        p.InteractionEvent: _on_interaction,
-        p.NotificationEvent: _on_notification,
+        dict: _on_fact,
         p.AgentStateSnapshot: _on_snapshot,
-        p.AgentTurnResult: _on_turn_result,
-        p.ToolResults: _on_tool_results,
         Takeover: _on_takeover,
         PlayerInput: _on_player_input,
     }
@@ -165,17 +149,12 @@ class Agent:
 
     # --- the turn --------------------------------------------------------------------------
 
-    def _start_turn(self, event_id: str | None) -> None:
-        turn_id = uuid.uuid4().hex[:16]
+    def _start_turn(self, turn_id: str, event_id: str | None) -> None:
+        """Run the turn the gateway assigned (its pending history entry is already in place)."""
         turn = Turn(turn_id, event_id, f"{turn_id}{REQUEST_SUFFIX}",
                     spec_waiter=asyncio.get_running_loop().create_future())
         self.turn = turn
         self.last_request_id = turn.request_id
-        entry = {"kind": "turn", "turn_id": turn_id, "status": PENDING, "tags": []}
-        self._remember(entry)
-        self.recent_turns[turn_id] = entry
-        while len(self.recent_turns) > p.RECENT_TURNS:
-            self.recent_turns.popitem(last=False)
         self._emit(p.turn_started(self.agent_id, turn_id, event_id))
         turn.task = asyncio.get_running_loop().create_task(self._run_turn(turn))
 
@@ -189,7 +168,7 @@ class Agent:
                     f"no valid agent_state_snapshot within {self.host.settings.snapshot_timeout_s} s "
                     f"and no earlier spec for agent {self.agent_id!r}"))
                 return
-            messages = build_messages(spec, self.history, budget_chars=self.host.settings.history_budget_chars)
+            messages = build_messages(spec, self.history.entries, budget_chars=self.host.settings.history_budget_chars)
             turn.parser = parser = TagStreamParser(spec.allowed_tags)
             markup = await self._ask_player(turn, spec, messages[-1]["content"])
             if markup is not None:
@@ -289,9 +268,6 @@ class Agent:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _remember(self, entry: dict) -> None:
-        self.history.append(entry)
-
     def _emit(self, frame: dict) -> None:
         self.host.emit(self.session, frame)
 
@@ -305,5 +281,5 @@ class Agent:
         """The conversation log and the LLM-input log, as written on disconnect."""
         head = {"session": self.session, "agent_id": self.agent_id,
                 "name": self.spec.name if self.spec else None, "written_at": time.time()}
-        return ({**head, "history": list(self.history)},
+        return ({**head, "history": list(self.history.entries)},
                 {**head, "turns": list(self.llm_inputs)})

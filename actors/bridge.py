@@ -168,6 +168,10 @@ class OneInFlight:
         if destination not in self._in_flight and destination not in self._waiting:
             self._send_soon(destination)
 
+    def discard(self, destination: Hashable) -> None:
+        """Drop what waits for ``destination``: it is gone."""
+        self._pending.pop(destination, None)
+
     def watched(self, consume_wakeup: Callable[[], None]) -> None:
         """The event loop queued items: take them now if nothing is in flight or waiting; else
         only consume the wake-up (``LoopBridge.woken``): the completion or wake-up takes them."""

@@ -16,7 +16,7 @@ import orjson
 from loguru import logger
 
 from actors.agent import Agent
-from actors.messages import CONNECTION_CLOSED, FLUSH, FLUSHED, FRAME, TO_AGENT, TO_FEED
+from actors.messages import CONNECTION_CLOSED, DEACTIVATE, FLUSH, FLUSHED, FRAME, RESTORE, TO_AGENT, TO_FEED
 from config.settings import Settings
 from core.spec import AgentSpec
 from core.taleweave import TakeoverEnded, TurnPrompt
@@ -82,6 +82,10 @@ class AgentHost:
                 op = item[0]
                 if op == TO_AGENT:
                     self._agent(item[1], item[2]).receive(item[3])
+                elif op == RESTORE:
+                    self._restore(item[1], item[2], item[3])
+                elif op == DEACTIVATE:
+                    self._deactivate(item[1], item[2])
                 elif op == CONNECTION_CLOSED:
                     self._connection_closed(*item[1:])
                 elif op == FLUSH:
@@ -97,6 +101,17 @@ class AgentHost:
             agent = self.agents[(session, agent_id)] = Agent(self, session, agent_id)
             logger.debug("agent {} of session {} created", agent_id, session)
         return agent
+
+    def _restore(self, session: str, agent_id: str, facts: list[dict]) -> None:
+        """The agent, placed here, with its history from the journal."""
+        agent = self.agents[(session, agent_id)] = Agent(self, session, agent_id)
+        agent.restore(facts)
+
+    def _deactivate(self, session: str, agent_id: str) -> None:
+        agent = self.agents.pop((session, agent_id), None)
+        if agent is not None:
+            agent.close()
+            logger.debug("agent {} of session {} deactivated", agent_id, session)
 
     def _connection_closed(self, session: str, connection_id: str, agent_ids: list[str], end_turns: bool) -> None:
         """Write the agents' conversation and LLM-input logs; end their turns if nobody took over."""

@@ -4,8 +4,12 @@ Start-up and shut-down use one small class each. Everything on the hot path trav
 ``Batch`` as plain tuples (cheap to pickle), tagged by their first element:
 
 gateway -> worker
-    (TO_AGENT, session, agent_id, message)    a validated core.protocol message for one agent, or a
+    (RESTORE, session, agent_id, facts)       the agent is placed here: rebuild it from these
+                                              journaled facts (before any other item for it)
+    (TO_AGENT, session, agent_id, message)    for one agent: a history fact (core.history.fact_of,
+                                              journaled), an agent_state_snapshot, or a
                                               core.taleweave Takeover / PlayerInput from /events
+    (DEACTIVATE, session, agent_id)           the agent was idle: free it (its history is journaled)
     (CONNECTION_CLOSED, session, connection_id, agent_ids, end_turns)
                                               write the agents' logs; end their turns if end_turns
     (FLUSH, token)                            answer (FLUSHED, token) once everything before it is done
@@ -28,6 +32,8 @@ from config.settings import Settings
 NPC_HOST = "NPC Host"
 
 TO_AGENT = "agent"
+RESTORE = "restore"
+DEACTIVATE = "deactivate"
 CONNECTION_CLOSED = "closed"
 FLUSH = "flush"
 FRAME = "frame"
@@ -48,10 +54,10 @@ class Batch:
 
 @dataclass
 class ToWorkers:
-    """Batches from the gateway, ``(worker index, items)`` each, carried by the pool (see
-    actors/pool.py)."""
+    """Batches from the gateway, ``((worker index, generation), items)`` each, carried by the pool
+    (see actors/pool.py); a batch for an older generation of a worker that was replaced is dropped."""
 
-    batches: list[tuple[int, list[tuple]]]
+    batches: list[tuple[tuple[int, int], list[tuple]]]
 
     def __repr__(self) -> str:  # Thespian formats every message it sends: keep that cheap
         return f"ToWorkers({sum(len(items) for _, items in self.batches)} items)"
@@ -95,12 +101,14 @@ class ConfigureWorker:
     settings: Settings
     gateway: ActorAddress
     index: int
+    generation: int  # how many times worker ``index`` was replaced
 
 
 @dataclass
 class WorkerReady:
     index: int
     pid: int
+    generation: int
 
 
 @dataclass

@@ -10,9 +10,17 @@ Two reasons for it to exist:
 
 Workers are placed by Thespian through the ``NPC Host`` capability, so a convention member on
 another machine can host them.
+
+It also supervises them: a worker that exits (even killed) is replaced under the same index
+with the next generation. The new worker's ``WorkerReady`` tells the gateway, which ends the lost
+turns for Godot and places the lost agents again (their history comes back from the journal);
+batches the gateway addressed to the old generation are dropped here, since their facts are
+already in the journal.
 """
 
 from __future__ import annotations
+
+import time
 
 from loguru import logger
 from thespian.actors import Actor, ActorExitRequest, ChildActorExited, WakeupMessage
@@ -23,33 +31,67 @@ from actors.worker import WorkerActor
 from config.log import configure_logging
 
 
+RESTART_BACKOFF_S = 2.0  # a worker that dies sooner than this after starting is restarted this late
+
+
 class WorkerPool(Actor):
     def __init__(self) -> None:
         super().__init__()
         self.workers: list = []
+        self.generations: list[int] = []
+        self.started_at: list[float] = []
+        self.spawn: SpawnWorkers | None = None
         self.outbox: OneInFlight | None = None
         self.stopping = False
 
     def receiveMessage(self, message, sender):
         try:
             if type(message) is ToWorkers:
-                for index, items in message.batches:
-                    self.outbox.add(index, items)
+                for (index, generation), items in message.batches:
+                    if generation == self.generations[index]:
+                        self.outbox.add(index, items)
             elif isinstance(message, WakeupMessage):
-                self.outbox.wakeup(message.payload)
+                if type(message.payload) is int:
+                    self._start_worker(message.payload)
+                else:
+                    self.outbox.wakeup(message.payload)
             elif isinstance(message, SpawnWorkers):
                 configure_logging(message.settings.log_level, "pool")
+                self.spawn = message
                 self.outbox = OneInFlight(self, self._batch_for, min_interval_s=message.settings.batch_interval_s)
+                self.workers = [None] * message.count
+                self.generations = [0] * message.count
+                self.started_at = [0.0] * message.count
                 for index in range(message.count):
-                    worker = self.createActor(WorkerActor)
-                    self.workers.append(worker)
-                    self.send(worker, ConfigureWorker(message.settings, message.gateway, index))
+                    self._start_worker(index)
             elif isinstance(message, ActorExitRequest):
                 self.stopping = True
             elif isinstance(message, ChildActorExited) and not self.stopping:
-                logger.error("worker actor {} exited", message.childAddress)
+                self._worker_exited(message.childAddress)
         except Exception:  # noqa: BLE001 - an actor must not die on one message
             logger.exception("worker pool failed on {}", type(message).__name__)
+
+    def _start_worker(self, index: int) -> None:
+        self.workers[index] = self.createActor(WorkerActor)
+        self.started_at[index] = time.monotonic()
+        self.send(self.workers[index], ConfigureWorker(
+            self.spawn.settings, self.spawn.gateway, index, self.generations[index]))
+
+    def _worker_exited(self, address) -> None:
+        """Replace the worker at once; one that died within seconds of starting, after a pause."""
+        if address not in self.workers:
+            return
+        index = self.workers.index(address)
+        self.workers[index] = None
+        self.generations[index] += 1
+        self.outbox.discard(index)
+        lived = time.monotonic() - self.started_at[index]
+        logger.error("worker {} exited after {:.1f} s: starting generation {}", index, lived,
+                     self.generations[index])
+        if lived < RESTART_BACKOFF_S:
+            self.wakeupAfter(RESTART_BACKOFF_S, payload=index)
+        else:
+            self._start_worker(index)
 
     def _batch_for(self, index: int, items: list) -> tuple:
         return self.workers[index], Batch(-1, items)

@@ -55,8 +55,8 @@ class WorkerActor(Actor):
             return AgentHost(message.settings, self.index, self.bridge.post)
 
         self.host = self.bridge.run(make_host(), timeout=30)
-        logger.info("worker {} ready (pid {})", self.index, os.getpid())
-        self.send(self.gateway, WorkerReady(self.index, os.getpid()))
+        logger.info("worker {} generation {} ready (pid {})", self.index, message.generation, os.getpid())
+        self.send(self.gateway, WorkerReady(self.index, os.getpid(), message.generation))
 
     def _flush(self) -> None:
         for destination, items in self.bridge.drain().items():

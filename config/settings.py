@@ -101,6 +101,11 @@ class Settings:
         """The tags that are TaleWeave actions (events_action_tags, split)."""
         return tuple(tag.strip() for tag in self.events_action_tags.split(",") if tag.strip())
 
+    @property
+    def allowed_origins(self) -> tuple[str, ...]:
+        """Origins allowed on /events besides the server's own (events_allowed_origins, split)."""
+        return tuple(o.strip() for o in self.events_allowed_origins.split(",") if o.strip())
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

@@ -13,14 +13,23 @@ Entries stay plain JSON-ready dicts so they are logged and journaled as they are
 - ``{"kind": "tool_results", "turn_id": str, "results": [{"call_id"?, "tool", "ok"?, "output"}]}``
 
 A turn becomes an assistant message written exactly as the model writes turns, so the model sees
-its past self in the format it must keep using; everything else is user-side. Pure: no I/O.
+its past self in the format it must keep using; everything else is user-side.
+
+``History`` holds the rules that change it. Its inputs are *facts*: plain dicts made by
+``fact_of`` from the four Godot messages that change history, with the turn ids the gateway
+assigned. The gateway journals each fact before an agent sees it, so folding a journal's facts
+into a fresh ``History`` gives back the same history the agent had (``History.replay``): after a
+worker crash, a restart, a lost node or a deactivation. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
+from core import protocol as p
 from core.spec import as_text
 
 INTERRUPTED_NOTE = "[your previous turn was interrupted here]"
@@ -104,3 +113,88 @@ def _tool_result_line(result: dict) -> str:
 def _line(label: str, *parts: object) -> str:
     """``[label] part part``, leaving out absent parts."""
     return " ".join([f"[{label}]", *(as_text(part) for part in parts if part not in _ABSENT)])
+
+
+# --- the rules that change history -----------------------------------------------------------
+
+
+def fact_of(message: p.AgentMessage, agent_id: str, turn_id: str | None = None) -> dict | None:
+    """The journal fact of a message that changes ``agent_id``'s history, or None.
+
+    ``turn_id`` is the id of the turn the message starts (an interaction event, or tool results
+    asking for a continuation); the gateway assigns it so the journal knows it before the agent.
+    """
+    kind = type(message)
+    if kind is p.InteractionEvent:
+        return {"type": "interaction_event", "event_id": message.event_id, "event": message.event,
+                "turn_id": turn_id}
+    if kind is p.NotificationEvent:
+        return {"type": "notification_event", "event": message.event}
+    if kind is p.AgentTurnResult:
+        return {"type": "agent_turn_result", "turn_id": message.turn_id, "status": message.status,
+                "tags": message.tags}
+    if kind is p.ToolResults:
+        return {"type": "tool_results", "turn_id": message.turn_id, "results": message.results,
+                "next_turn_id": turn_id if message.cont else None}
+    return None
+
+
+def starts_turn(message: p.AgentMessage) -> bool:
+    """Whether the gateway must assign a turn id for ``message``."""
+    return type(message) is p.InteractionEvent or (type(message) is p.ToolResults and message.cont)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A fact the history refused; the agent tells Godot with an ``error`` frame."""
+
+    code: str
+    message: str
+    ref: dict
+
+
+class History:
+    """An agent's history entries (the newest ``max_entries``) and its recent turns by id."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.entries: deque[dict] = deque(maxlen=max_entries)
+        self.recent: OrderedDict[str, dict] = OrderedDict()  # turn_id -> its entry, newest last
+
+    def apply(self, fact: dict) -> Rejected | None:
+        """Apply one fact; a refused fact changes nothing."""
+        kind = fact["type"]
+        if kind == "interaction_event":
+            self.entries.append({"kind": "event", "event_id": fact["event_id"], "event": fact["event"]})
+            self._start(fact["turn_id"])
+        elif kind == "notification_event":
+            self.entries.append({"kind": "notification", "event": fact["event"]})
+        elif kind == "agent_turn_result":
+            entry = self.recent.get(fact["turn_id"])
+            if entry is None or entry["status"] != PENDING:
+                why = "was already confirmed" if entry else "is not a recent turn of this agent"
+                return Rejected(p.UNKNOWN_TURN, f"agent_turn_result: turn {fact['turn_id']!r} {why}",
+                                {"type": kind, "turn_id": fact["turn_id"]})
+            entry["status"], entry["tags"] = fact["status"], fact["tags"]
+        elif kind == "tool_results":
+            if fact["turn_id"] not in self.recent:
+                return Rejected(p.UNKNOWN_TURN, f"tool_results: turn {fact['turn_id']!r} is not a recent turn "
+                                "of this agent", {"type": kind, "turn_id": fact["turn_id"]})
+            self.entries.append({"kind": "tool_results", "turn_id": fact["turn_id"], "results": fact["results"]})
+            if fact["next_turn_id"] is not None:
+                self._start(fact["next_turn_id"])
+        else:
+            raise ValueError(f"unknown history fact {kind!r}")
+        return None
+
+    def replay(self, facts: Iterable[dict]) -> None:
+        """Fold journaled facts in order (refused ones were refused live too)."""
+        for fact in facts:
+            self.apply(fact)
+
+    def _start(self, turn_id: str) -> None:
+        """A turn takes its place in history when it starts, pending until Godot confirms it."""
+        entry = {"kind": "turn", "turn_id": turn_id, "status": PENDING, "tags": []}
+        self.entries.append(entry)
+        self.recent[turn_id] = entry
+        while len(self.recent) > p.RECENT_TURNS:
+            self.recent.popitem(last=False)

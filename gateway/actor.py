@@ -30,7 +30,7 @@ class GatewayActor(Actor):
         self.bridge: LoopBridge | None = None
         self.server: GatewayServer | None = None
         self.pool = None
-        self.workers: dict[int, int] = {}  # worker index -> pid
+        self.workers: dict[int, tuple[int, int]] = {}  # worker index -> (generation, pid)
         self.requester = None
         self.settings = None
         self.started = False
@@ -70,7 +70,7 @@ class GatewayActor(Actor):
             if destination == REPLY:
                 for item in items:
                     self.send(self.requester, item)
-            else:
+            else:  # destination: (worker index, generation)
                 self.outbox.add(POOL, [(destination, items)])
 
     def _start(self, message: StartGateway, sender) -> None:
@@ -85,13 +85,17 @@ class GatewayActor(Actor):
         logger.info("starting {} workers", self.settings.worker_count)
 
     def _worker_ready(self, message: WorkerReady, sender) -> None:
-        self.workers[message.index] = message.pid
-        logger.debug("worker {} ready (pid {})", message.index, message.pid)
-        if self.started or len(self.workers) < self.settings.worker_count:
+        self.workers[message.index] = (message.generation, message.pid)
+        logger.debug("worker {} generation {} ready (pid {})", message.index, message.generation, message.pid)
+        if self.started:
+            self.bridge.call(self.server.router.worker_replaced, message.index, message.generation, message.pid)
+            return
+        if len(self.workers) < self.settings.worker_count:
             return
 
         async def start_server() -> str:
-            self.server = GatewayServer(self.settings, len(self.workers), self.bridge.post)
+            pids = [self.workers[index][1] for index in range(self.settings.worker_count)]
+            self.server = GatewayServer(self.settings, pids, self.bridge.post)
             return await self.server.start()
 
         url = self.bridge.run(start_server(), timeout=self.settings.startup_timeout_s)

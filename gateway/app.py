@@ -14,23 +14,34 @@ from aiohttp import web
 from loguru import logger
 
 from config.settings import Settings
+from gateway.auth import auth_middleware
 from gateway.events import WEB_DIR, EventsEndpoint, index
 from gateway.godot import GodotEndpoint
+from gateway.journal import Journal
 from gateway.router import Router
+
+IDLE_SWEEPS = 10  # idle agents are looked for this many times per agent_idle_s (at most once a second)
 
 
 class GatewayServer:
-    def __init__(self, settings: Settings, worker_count: int, post: Callable[[Hashable, Any], None]) -> None:
+    def __init__(self, settings: Settings, worker_pids: list[int], post: Callable[[Hashable, Any], None]) -> None:
         self.settings = settings
-        self.router = Router(worker_count, post)
+
+        def release(items: list[tuple[Hashable, tuple]]) -> None:
+            for destination, item in items:
+                post(destination, item)
+
+        self.journal = Journal(settings.data_dir, settings.journal_fsync, 2 * settings.history_max_entries, release)
+        self.router = Router(settings, worker_pids, self.journal)
         self.events = EventsEndpoint(settings, self.router)
         self.router.observer = self.events
-        self.godot = GodotEndpoint(self.router, settings.max_frame_bytes, self.events)
+        self.godot = GodotEndpoint(self.router, settings, self.events)
         self.runner: web.AppRunner | None = None
         self._flush_tokens = itertools.count(1)
+        self._sweeper: asyncio.Task | None = None
 
     def make_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[auth_middleware(self.settings)])  # token, Origin
         app.router.add_get("/ws", self.godot.handle)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/events", self.events.handle)
@@ -39,11 +50,18 @@ class GatewayServer:
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"status": "ok", "workers": len(self.router.load), "agents": self.router.agent_count})
+        router = self.router
+        return web.json_response({
+            "status": "ok", "workers": len(router.load), "agents": router.agent_count,
+            "worker_pids": router.worker_pids, "worker_agents": router.load,
+            "known_agents": len(self.journal.known)})
 
     async def start(self) -> str:
-        """Listen on the configured address; return the base URL."""
+        """Open the journal, listen on the configured address; return the base URL."""
+        await self.journal.open()
+        self.router.journal_opened()
+        if self.settings.agent_idle_s:
+            self._sweeper = asyncio.get_running_loop().create_task(self._deactivate_idle())
         self.runner = web.AppRunner(self.make_app(), handle_signals=False, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.host, self.settings.port)
@@ -63,6 +81,17 @@ class GatewayServer:
             logger.warning("workers did not confirm their logs within {} s", timeout)
         if self.runner is not None:
             await self.runner.cleanup()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.journal.close()
+
+    async def _deactivate_idle(self) -> None:
+        idle_s = self.settings.agent_idle_s
+        while True:
+            await asyncio.sleep(max(1.0, idle_s / IDLE_SWEEPS))
+            count = self.router.deactivate_idle(idle_s)
+            if count:
+                logger.debug("{} idle agents deactivated", count)
 
     async def flush_workers(self) -> None:
         """Return once every worker has handled everything sent to it before this call."""

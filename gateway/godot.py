@@ -1,8 +1,8 @@
 """The Godot socket, ``/ws``: one handler per game connection.
 
 Reads frames, validates them (core.protocol), answers what the gateway answers itself (``ping``,
-errors about the frame or an unknown agent) and routes the rest to the agent's worker, showing
-what it routed to the ``observer`` (the /events feeds). Outbound
+errors about the frame, the rate limit or what the router refuses) and routes the rest to the
+agent's worker, showing what it routed to the ``observer`` (the /events feeds). Outbound
 frames arrive already serialised and are written in order by one writer task per connection, so
 a burst from the workers never waits on a socket inside the router.
 """
@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from typing import Protocol
 
 import orjson
 from aiohttp import WSMsgType, web
 from loguru import logger
 
+from config.settings import Settings
 from core import protocol as p
+from core.ratelimit import TokenBucket
 from gateway.router import Router
 from gateway.writer import FrameWriter
 
@@ -34,9 +37,10 @@ _connection_ids = itertools.count(1)
 class GodotConnection:
     """One Godot WebSocket: its session, the agents it talked to, and its ordered outbox."""
 
-    def __init__(self, ws: web.WebSocketResponse, session: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, session: str, events: TokenBucket) -> None:
         self.ws = ws
         self.session = session
+        self.events = events  # the rate limit of its interaction events
         self.connection_id = f"c{next(_connection_ids)}"
         self.agents: set[str] = set()
         self.log = logger.bind(session=session, connection=self.connection_id)
@@ -57,9 +61,10 @@ class GodotConnection:
 class GodotEndpoint:
     """The aiohttp handler of ``/ws``."""
 
-    def __init__(self, router: Router, max_frame_bytes: int, observer: InboundObserver) -> None:
+    def __init__(self, router: Router, settings: Settings, observer: InboundObserver) -> None:
         self.router = router
-        self.max_frame_bytes = max_frame_bytes
+        self.settings = settings
+        self.max_frame_bytes = settings.max_frame_bytes
         self.observer = observer
         self.connections: set[GodotConnection] = set()
 
@@ -67,7 +72,8 @@ class GodotEndpoint:
         # aiohttp's own cap closes the connection (1009); below it, an oversize frame gets an error.
         ws = web.WebSocketResponse(max_msg_size=HARD_FRAME_FACTOR * self.max_frame_bytes, heartbeat=30)
         await ws.prepare(request)
-        conn = GodotConnection(ws, request.query.get("session") or DEFAULT_SESSION)
+        conn = GodotConnection(ws, request.query.get("session") or DEFAULT_SESSION, TokenBucket(
+            self.settings.rate_limit_events_per_s, self.settings.rate_limit_burst))
         self.connections.add(conn)
         self.router.attach(conn)
         conn.log.info("Godot connected from {}", request.remote)
@@ -99,24 +105,23 @@ class GodotEndpoint:
         kind = type(message)
         if kind is p.Ping:
             conn.send_json(p.pong(message.id))
-        elif kind is p.InteractionEvent:
-            self.router.to_agent(conn, message.agent_id, message, create=True)
+            return
+        if kind is p.InteractionEvent and not conn.events.allow(time.monotonic()):
+            conn.send_json(p.error(p.RATE_LIMITED, "too many interaction events: this connection may send "
+                                   f"{self.settings.rate_limit_events_per_s:g} per second and "
+                                   f"{self.settings.rate_limit_burst} at once (settings rate_limit_*)",
+                                   {"type": "interaction_event", "agent_id": message.agent_id}))
+            return
+        agent_ids = message.agent_ids if kind is p.NotificationEvent else (message.agent_id,)
+        routed = False
+        for agent_id in agent_ids:
+            refused = self.router.to_agent(conn, agent_id, message)
+            if refused is None:
+                routed = True
+            else:
+                conn.send_json(refused)
+        if routed:
             self.observer.godot_inbound(conn.session, message)
-        elif kind is p.NotificationEvent:
-            for agent_id in message.agent_ids:
-                self.router.to_agent(conn, agent_id, message, create=True)
-            self.observer.godot_inbound(conn.session, message)
-        elif self.router.to_agent(conn, message.agent_id, message, create=False):
-            self.observer.godot_inbound(conn.session, message)
-        else:
-            ref = {"type": p.TYPE_NAMES[kind], "agent_id": message.agent_id}
-            for key in ("turn_id", "request_id"):
-                if hasattr(message, key):
-                    ref[key] = getattr(message, key)
-            conn.send_json(p.error(
-                p.UNKNOWN_AGENT,
-                f"agent {message.agent_id!r} has had no interaction_event or notification_event "
-                f"in session {conn.session!r}", ref))
 
     async def close_all(self) -> None:
         for conn in list(self.connections):

@@ -1,18 +1,35 @@
-"""Where each agent lives, and where each session's frames go.
+"""Where each agent lives, what reaches it, and where each session's frames go.
 
-Loop-side state of the gateway. An agent is placed on the least-loaded worker the first time it
-is named and stays there while that worker lives (stable routing: its history is there). Frames
-coming back from workers are forwarded to the Godot connection currently holding the session, and
-shown, with the agents' reports, to the ``observer`` (the /events feeds).
+Loop-side state of the gateway. An agent is placed on the least-loaded worker when it is first
+named (or first named again after its worker died, it was deactivated, or the server restarted)
+and stays there while it is active; when it had history, a restore from the journal goes to
+the worker before anything else for it. Every history fact goes through the journal on its way
+(``gateway.journal``); turn ids are assigned here, so the journal knows a turn before the agent.
+
+Frames coming back from workers are forwarded to the Godot connection currently holding the
+session, noted by ``OpenTurns`` and shown, with the agents' reports, to the ``observer`` (the
+/events feeds).
 """
 
 from __future__ import annotations
 
+import time
+import uuid
+from collections import Counter
 from typing import Any, Callable, Hashable, Protocol
 
+import orjson
 from loguru import logger
 
-from actors.messages import CONNECTION_CLOSED, FLUSH, FLUSHED, FRAME, TO_AGENT, TO_FEED
+from actors.messages import CONNECTION_CLOSED, DEACTIVATE, FLUSH, FLUSHED, FRAME, TO_AGENT, TO_FEED
+from config.settings import Settings
+from core import protocol as p
+from core.history import fact_of, starts_turn
+from core.openturns import OpenTurns
+from core.taleweave import Takeover, TakeoverEnded
+from gateway.journal import Journal
+
+Key = tuple[str, str]  # (session, agent_id)
 
 
 class Connection(Protocol):
@@ -29,13 +46,26 @@ class Observer(Protocol):
 
 
 class Router:
-    def __init__(self, worker_count: int, post: Callable[[Hashable, Any], None]) -> None:
-        self._post = post
-        self.placement: dict[tuple[str, str], int] = {}
-        self.load = [0] * worker_count
+    def __init__(self, settings: Settings, worker_pids: list[int], journal: Journal,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.clock = clock
+        self.placement: dict[Key, int] = {}
+        self.load = [0] * len(worker_pids)
+        self.generation = [0] * len(worker_pids)
+        self.worker_pids = list(worker_pids)
+        self.last_seen: dict[Key, float] = {}  # placed agents: when Godot or a player last addressed them
+        self.pinned: set[Key] = set()  # taken over by a person on /events: kept active
+        self.open = OpenTurns()
+        self.session_agents: Counter[str] = Counter()
         self.connections: dict[str, Connection] = {}
         self._flush_waiters: dict[int, Callable[[int], None]] = {}
         self.observer: Observer | None = None
+
+    def journal_opened(self) -> None:
+        """Count the agents the journal already knows, per session (for max_agents_per_session)."""
+        self.session_agents = Counter(session for session, _ in self.journal.known)
 
     @property
     def agent_count(self) -> int:
@@ -63,41 +93,84 @@ class Router:
             if worker is not None:
                 by_worker.setdefault(worker, []).append(agent_id)
         for worker, agent_ids in by_worker.items():
-            self._post(worker, (CONNECTION_CLOSED, conn.session, conn.connection_id, agent_ids, still_held))
+            self._send(worker, (CONNECTION_CLOSED, conn.session, conn.connection_id, agent_ids, still_held))
 
-    def to_agent(self, conn: Connection, agent_id: str, message: Any, *, create: bool) -> bool:
-        """Send ``message`` to the agent; False when it is unknown and ``create`` is not set."""
-        key = (conn.session, agent_id)
+    def to_agent(self, conn: Connection, agent_id: str, message: p.AgentMessage) -> dict | None:
+        """Send a message from Godot to the agent; an ``error`` frame instead when it cannot go."""
+        session = conn.session
+        key = (session, agent_id)
+        kind = type(message)
+        if kind is p.AgentTurnResult and self.open.running(key, message.turn_id):
+            return p.error(p.TURN_NOT_ENDED, f"agent_turn_result: turn {message.turn_id!r} is still running; "
+                           "send it after agent_turn_finished or agent_turn_interrupted",
+                           {"type": "agent_turn_result", "agent_id": agent_id, "turn_id": message.turn_id})
         worker = self.placement.get(key)
         if worker is None:
-            if not create:
-                return False
-            worker = self.placement[key] = min(range(len(self.load)), key=self.load.__getitem__)
-            self.load[worker] += 1
+            if key not in self.journal.known:
+                if kind is not p.InteractionEvent and kind is not p.NotificationEvent:
+                    return _unknown_agent(message, agent_id, session)
+                if self.session_agents[session] >= self.settings.max_agents_per_session:
+                    return p.error(p.TOO_MANY_AGENTS, f"session {session!r} already has "
+                                   f"{self.session_agents[session]} agents (setting max_agents_per_session)",
+                                   {"type": p.TYPE_NAMES[kind], "agent_id": agent_id})
+                self.session_agents[session] += 1
+            worker = self._place(key)
         conn.agents.add(agent_id)
-        self._post(worker, (TO_AGENT, conn.session, agent_id, message))
+        self.last_seen[key] = self.clock()
+        turn_id = None
+        if starts_turn(message):
+            turn_id = uuid.uuid4().hex[:16]
+            self.open.assigned(key, turn_id)
+        fact = fact_of(message, agent_id, turn_id)
+        if fact is None:
+            self._send(worker, (TO_AGENT, session, agent_id, message))
+        else:
+            self._send(worker, (TO_AGENT, session, agent_id, fact), (session, agent_id, fact))
+        return None
+
+    def to_known_agent(self, session: str, agent_id: str, message: Takeover | Any) -> bool:
+        """Send a player's message (/events) to an agent Godot has named; False when there is none."""
+        key = (session, agent_id)
+        worker = self.placement.get(key)
+        if worker is None:
+            if key not in self.journal.known:
+                return False
+            worker = self._place(key)
+        if type(message) is Takeover:
+            (self.pinned.add if message.client is not None else self.pinned.discard)(key)
+        self.last_seen[key] = self.clock()
+        self._send(worker, (TO_AGENT, session, agent_id, message))
         return True
 
-    def to_known_agent(self, session: str, agent_id: str, message: Any) -> bool:
-        """Send ``message`` to an agent that Godot has named; False when there is none."""
-        worker = self.placement.get((session, agent_id))
-        if worker is not None:
-            self._post(worker, (TO_AGENT, session, agent_id, message))
-        return worker is not None
+    def _place(self, key: Key) -> int:
+        """Put ``key`` on the least-loaded worker; it gets its history first if it has one."""
+        worker = min(range(len(self.load)), key=self.load.__getitem__)
+        self.placement[key] = worker
+        self.load[worker] += 1
+        if key in self.journal.known:
+            self.journal.restore((worker, self.generation[worker]), *key)
+        return worker
+
+    def _send(self, worker: int, item: tuple, fact: tuple | None = None) -> None:
+        self.journal.send((worker, self.generation[worker]), item, fact)
 
     # --- worker side -----------------------------------------------------------------------
 
     def deliver(self, items: list[tuple]) -> None:
         """Forward one batch from a worker."""
         connections = self.connections
+        note = self.open.frame
         observed = []  # FRAME and TO_FEED items, in order, for the observer
         for item in items:
             if item[0] == FRAME:
+                note(item[1], item[2])
                 conn = connections.get(item[1])
                 if conn is not None:
                     conn.send(item[2])
                 observed.append(item)
             elif item[0] == TO_FEED:
+                if type(item[2]) is TakeoverEnded:
+                    self.pinned.discard((item[1], item[2].agent_id))
                 observed.append(item)
             elif item[0] == FLUSHED:
                 waiter = self._flush_waiters.get(item[1])
@@ -112,4 +185,44 @@ class Router:
         """Ask every worker to report once all it was sent so far is handled."""
         self._flush_waiters[token] = done
         for worker in range(len(self.load)):
-            self._post(worker, (FLUSH, token))
+            self._send(worker, (FLUSH, token))
+
+    def worker_replaced(self, worker: int, generation: int, pid: int) -> None:
+        """Worker ``worker`` died and a new one took its place: end the turns it was running for
+        Godot; its agents are placed again (with their history) when next addressed."""
+        lost = [key for key, placed in self.placement.items() if placed == worker]
+        why = f"the worker process running this agent died (pid {self.worker_pids[worker]}); its turn is lost"
+        frames = []
+        for key in lost:
+            del self.placement[key]
+            self.last_seen.pop(key, None)
+            frames += [(key[0], orjson.dumps(frame)) for frame in self.open.end(key, why)]
+        self.load[worker] = 0
+        self.generation[worker] = generation
+        self.worker_pids[worker] = pid
+        logger.warning("worker {} replaced (generation {}, pid {}): {} agents will be restored, "
+                       "{} frames end their turns", worker, generation, pid, len(lost), len(frames))
+        self.deliver([(FRAME, session, data) for session, data in frames])
+
+    # --- idle agents -------------------------------------------------------------------------
+
+    def deactivate_idle(self, idle_s: float) -> int:
+        """Free agents nobody addressed for ``idle_s`` and that run no turn; return how many."""
+        cutoff = self.clock() - idle_s
+        idle = [key for key, seen in self.last_seen.items()
+                if seen < cutoff and not self.open.busy(key) and key not in self.pinned]
+        for key in idle:
+            worker = self.placement.pop(key)
+            del self.last_seen[key]
+            self.load[worker] -= 1
+            self._send(worker, (DEACTIVATE, *key))
+        return len(idle)
+
+
+def _unknown_agent(message: p.AgentMessage, agent_id: str, session: str) -> dict:
+    ref = {"type": p.TYPE_NAMES[type(message)], "agent_id": agent_id}
+    for key in ("turn_id", "request_id"):
+        if hasattr(message, key):
+            ref[key] = getattr(message, key)
+    return p.error(p.UNKNOWN_AGENT, f"agent {agent_id!r} has had no interaction_event or notification_event "
+                   f"in session {session!r}", ref)

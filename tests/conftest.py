@@ -59,10 +59,12 @@ class ScriptedLLM:
 class ServerProcess:
     """``python run.py`` with its own ports, pointed at a scripted LLM (None: the embedded model)."""
 
-    def __init__(self, tmp: Path, llm_url: str | None, workers: int = 2, **env: str) -> None:
+    def __init__(self, tmp: Path, llm_url: str | None, workers: int = 2, data_dir: Path | None = None,
+                 **env: str) -> None:
         self.port, self.admin_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = tmp / f"logs-{self.port}"
+        self.data_dir = data_dir or tmp / f"data-{self.port}"  # a restarted server is given the same one
         provider = {} if llm_url is None else {
             "OPENAI_API_BASE": llm_url + "/v1", "OPENAI_API_KEY": TEST_API_KEY, "LLM_MODEL": "scripted-model"}
         inherited = {k: v for k, v in os.environ.items() if k not in STANDARD_ENV and not k.startswith(ENV_PREFIX)}
@@ -70,6 +72,7 @@ class ServerProcess:
             **inherited,
             **provider,
             "GAME_AGENT_LOG_DIR": str(self.log_dir),
+            "GAME_AGENT_DATA_DIR": str(self.data_dir),
             "GAME_AGENT_SNAPSHOT_TIMEOUT_S": "1.5",
             "GAME_AGENT_LOG_LEVEL": "DEBUG",
             **env,

@@ -1,0 +1,197 @@
+"""The journal: every history fact made durable before any agent sees it.
+
+The gateway receives every fact first (events, notifications, turn results, tool results: see
+``core.history``), so it is where history lives durably; agents hold a working copy that a
+worker crash, a restart, a lost node or a deactivation may take, and get it back from here.
+
+SQLite in WAL mode, from the standard library. Why: a commit is one fsync'd append to the WAL
+(about 0.5 ms here), a torn last commit after a power cut fails its frame checksum and is
+dropped by SQLite's own recovery (never fatal), and an agent's newest facts are one indexed range
+query away, which restoring an agent needs.
+
+One thread owns the connection. The gateway's loop hands it items in order; the thread writes
+the facts of everything queued meanwhile in one transaction (group commit), fills in restores,
+and hands the items back to the loop, still in order, to go to the workers. An item that
+carries no fact skips the thread when nothing is queued before it, so the thread adds no
+latency to snapshots and nothing waits on a disk it does not need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable, Hashable
+
+import orjson
+from loguru import logger
+
+from actors.messages import RESTORE
+
+FILE_NAME = "journal.sqlite3"
+SCHEMA = """
+create table if not exists facts (
+    seq integer primary key,
+    session text not null,
+    agent_id text not null,
+    fact blob not null
+);
+create index if not exists facts_by_agent on facts (session, agent_id, seq);
+create table if not exists agents (
+    session text not null,
+    agent_id text not null,
+    primary key (session, agent_id)
+) without rowid;
+"""
+_STOP = object()
+
+Release = Callable[[list[tuple[Hashable, tuple]]], None]
+
+
+class Journal:
+    """Durable facts per (session, agent); ordered hand-over of items to the workers."""
+
+    def __init__(self, data_dir: str, fsync: bool, restore_limit: int, release: Release) -> None:
+        self.path = Path(data_dir) / FILE_NAME
+        self._fsync = fsync
+        self._restore_limit = restore_limit
+        self._release = release
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queued = 0  # items handed to the thread and not yet back (loop side)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.known: set[tuple[str, str]] = set()  # agents with facts (loop side)
+        self.facts_written = 0
+        self.commits = 0
+
+    async def open(self) -> None:
+        """Open (or create) the journal and load the known agents; start the writer thread."""
+        self._loop = asyncio.get_running_loop()
+        ready: Future = Future()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="journal", daemon=True)
+        self._thread.start()
+        self.known = await asyncio.wrap_future(ready)
+        logger.info("journal {} open: {} known agents", self.path, len(self.known))
+
+    async def close(self) -> None:
+        """Write what is queued, then stop the thread."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
+
+    # --- loop side ---------------------------------------------------------------------------
+
+    def send(self, destination: Hashable, item: tuple, fact: tuple[str, str, dict] | None = None) -> None:
+        """Hand ``item`` on to ``destination`` once ``fact`` (session, agent_id, fact) is durable."""
+        if fact is None and not self._queued:
+            self._release([(destination, item)])
+            return
+        if fact is not None:
+            self.known.add((fact[0], fact[1]))
+            fact = (fact[0], fact[1], orjson.dumps(fact[2]))
+        self._queued += 1
+        self._queue.put((destination, item, fact))
+
+    def restore(self, destination: Hashable, session: str, agent_id: str) -> None:
+        """Send ``(RESTORE, session, agent_id, facts)``: the agent's newest facts, read after
+        every fact queued before this call."""
+        self._queued += 1
+        self._queue.put((destination, (RESTORE, session, agent_id, None), None))
+
+    def _released(self, items: list[tuple[Hashable, tuple]]) -> None:
+        self._queued -= len(items)
+        self._release(items)
+
+    # --- the thread --------------------------------------------------------------------------
+
+    def _run(self, ready: Future) -> None:
+        try:
+            db = self._connect()
+            known = {tuple(row) for row in db.execute("select session, agent_id from agents")}
+        except Exception as exc:  # noqa: BLE001 - reported to open()
+            ready.set_exception(exc)
+            return
+        ready.set_result(known)
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if batch[-1] is _STOP:
+                batch.pop()
+                stopping = True
+            if batch:
+                out = self._write(db, batch)
+                self._loop.call_soon_threadsafe(self._released, out)
+        db.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = self._open(self.path)
+        except sqlite3.DatabaseError as exc:  # not a database at all: keep it for inspection
+            aside = self.path.with_name(f"{self.path.name}.unreadable-{int(time.time())}")
+            logger.error("journal {} is unreadable ({}): moved to {}; starting an empty journal",
+                         self.path, exc, aside)
+            for suffix in ("", "-wal", "-shm"):
+                part = Path(str(self.path) + suffix)
+                if part.exists():
+                    part.rename(str(aside) + suffix)
+            db = self._open(self.path)
+        return db
+
+    def _open(self, path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("pragma journal_mode=wal")
+        db.execute(f"pragma synchronous={'full' if self._fsync else 'normal'}")
+        db.executescript(SCHEMA)
+        return db
+
+    def _write(self, db: sqlite3.Connection, batch: list[tuple]) -> list[tuple[Hashable, tuple]]:
+        """One transaction for the batch's facts; restores read inside it, in order."""
+        out = []
+        facts = 0
+        try:
+            db.execute("begin")
+            for destination, item, fact in batch:
+                if fact is not None:
+                    db.execute("insert into facts (session, agent_id, fact) values (?, ?, ?)", fact)
+                    db.execute("insert or ignore into agents values (?, ?)", fact[:2])
+                    facts += 1
+                elif item[0] == RESTORE:
+                    item = (RESTORE, item[1], item[2], self._read(db, item[1], item[2]))
+                out.append((destination, item))
+            db.execute("commit")
+            self.facts_written += facts
+            self.commits += 1
+        except sqlite3.Error as exc:
+            # Availability over durability: the game goes on; the operator sees why.
+            logger.error("journal write failed ({} facts not durable): {}", facts, exc)
+            if db.in_transaction:
+                db.execute("rollback")
+            out += [(destination, item) for destination, item, _ in batch[len(out):]]
+            out = [(destination, (RESTORE, item[1], item[2], []) if item[0] == RESTORE and item[3] is None else item)
+                   for destination, item in out]
+        return out
+
+    def _read(self, db: sqlite3.Connection, session: str, agent_id: str) -> list[dict]:
+        rows = db.execute("select fact from facts where session = ? and agent_id = ? order by seq desc limit ?",
+                          (session, agent_id, self._restore_limit)).fetchall()
+        facts = []
+        for (blob,) in reversed(rows):
+            try:
+                facts.append(orjson.loads(blob))
+            except orjson.JSONDecodeError:
+                logger.warning("skipping an unreadable fact of agent {} in session {}", agent_id, session)
+        return facts
+
+    def stats(self) -> dict[str, Any]:
+        return {"path": str(self.path), "known_agents": len(self.known), "facts_written": self.facts_written}
