@@ -31,7 +31,8 @@ from actors.worker import WorkerActor
 from config.log import configure_logging
 
 
-RESTART_BACKOFF_S = 2.0  # a worker that dies sooner than this after starting is restarted this late
+QUICK_DEATH_S = 5.0  # a worker that dies sooner than this after starting died "quickly"
+MAX_BACKOFF_S = 30.0
 
 
 class WorkerPool(Actor):
@@ -40,6 +41,7 @@ class WorkerPool(Actor):
         self.workers: list = []
         self.generations: list[int] = []
         self.started_at: list[float] = []
+        self.quick_deaths: list[int] = []
         self.spawn: SpawnWorkers | None = None
         self.outbox: OneInFlight | None = None
         self.stopping = False
@@ -62,6 +64,7 @@ class WorkerPool(Actor):
                 self.workers = [None] * message.count
                 self.generations = [0] * message.count
                 self.started_at = [0.0] * message.count
+                self.quick_deaths = [0] * message.count
                 for index in range(message.count):
                     self._start_worker(index)
             elif isinstance(message, ActorExitRequest):
@@ -78,7 +81,7 @@ class WorkerPool(Actor):
             self.spawn.settings, self.spawn.gateway, index, self.generations[index]))
 
     def _worker_exited(self, address) -> None:
-        """Replace the worker at once; one that died within seconds of starting, after a pause."""
+        """Replace the worker at once; after a pause when it keeps dying as soon as it starts."""
         if address not in self.workers:
             return
         index = self.workers.index(address)
@@ -86,10 +89,12 @@ class WorkerPool(Actor):
         self.generations[index] += 1
         self.outbox.discard(index)
         lived = time.monotonic() - self.started_at[index]
-        logger.error("worker {} exited after {:.1f} s: starting generation {}", index, lived,
-                     self.generations[index])
-        if lived < RESTART_BACKOFF_S:
-            self.wakeupAfter(RESTART_BACKOFF_S, payload=index)
+        self.quick_deaths[index] = self.quick_deaths[index] + 1 if lived < QUICK_DEATH_S else 0
+        delay = min(MAX_BACKOFF_S, 2.0 ** self.quick_deaths[index]) if self.quick_deaths[index] > 1 else 0.0
+        logger.error("worker {} exited after {:.1f} s: starting generation {} in {:.0f} s", index, lived,
+                     self.generations[index], delay)
+        if delay:
+            self.wakeupAfter(delay, payload=index)
         else:
             self._start_worker(index)
 

@@ -120,7 +120,7 @@ class Router:
         turn_id = None
         if starts_turn(message):
             turn_id = uuid.uuid4().hex[:16]
-            self.open.assigned(key, turn_id)
+            self.open.assigned(key, turn_id, getattr(message, "event_id", None))
         fact = fact_of(message, agent_id, turn_id)
         if fact is None:
             self._send(worker, (TO_AGENT, session, agent_id, message))

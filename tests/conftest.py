@@ -120,3 +120,8 @@ async def godot(server, llm) -> GodotPeer:
     peer = await GodotPeer.connect(server.url)
     yield peer
     await peer.close()
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--soak-seconds", type=float, default=20.0,
+                     help="length of tests/test_soak.py's soak (default 20 s; longer by hand)")

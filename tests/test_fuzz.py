@@ -12,9 +12,18 @@ the connection is still open, and the direct replies received are aligned agains
 predictions. Agents' own frames are not predicted (they depend on timing), but every turn that
 ended must follow the contract's ordering rules.
 
+Amid the junk, well-formed turns of spec'd agents run to completion (and may be confirmed), so
+later mutated frames can carry real turn and request ids.
+
 /events: random and mutated TaleWeave client messages (``player`` name/become, ``input``), with
 Godot starting turns of NPCs the fuzzing client may be playing; every predictable refusal gets
-its ``error`` event, in order, and the client is never dropped.
+its ``error`` event, in order, and the client is never dropped. A player answering a prompt gets
+``bad_input`` for blank input, and plain words come back to Godot as the speech tag.
+
+Each example uses sessions of its own; GET /healthz is checked after each. Afterwards a normal
+turn must still work and the server log must hold no traceback. Known server deviations from the
+docs are tolerated where marked DEVIATION; a known crash is kept out of the fuzz (hits_known_bug)
+and reproduced by an xfail test at the end.
 """
 
 from __future__ import annotations
@@ -22,15 +31,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import aiohttp
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import ServerProcess
@@ -53,6 +63,8 @@ EVENTS_OUTBOUND = {"id", "generate", "prompt", "reply", "action", "result", "sta
 EVENTS_CODES = frozenset({"bad_json", "bad_frame", "unknown_type", "missing_field", "bad_field",
                           "unknown_character", "character_taken", "name_taken", "not_playing", "no_prompt",
                           "bad_input"})
+KNOWN_BUG_DEPTH = 250  # see hits_known_bug; raise it above 1024 once the server is fixed
+MAX_JSON_DEPTH = 1000  # RFC 8259 lets a parser limit nesting; deeper JSON may get bad_json
 TURN, REQ = "@@turn_id@@", "@@request_id@@"  # replaced, when sent, by the newest real id of that kind
 GUARD = {"name": "Bram", "description": "A tired gate guard", "persona": "gruff but fair",
          "location": "North Gate", "inventory": ["spear"]}
@@ -60,6 +72,7 @@ MIRA = {"name": "Mira", "location": "Market", "tags": ["thought", "say", {"name"
         "tools": [{"name": "open_door", "description": "Open a door",
                    "parameters": {"type": "object", "properties": {"door": {"type": "string"}}}}]}
 SETTINGS = settings(max_examples=150, deadline=None, print_blob=True,
+                    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.large_base_example, HealthCheck.filter_too_much])
 _examples = itertools.count(1)
@@ -137,6 +150,8 @@ def strict_json(text: str) -> tuple[str, Any]:
         return "deep", None
     except ValueError:
         return "bad", None
+    if depth(value) > MAX_JSON_DEPTH:
+        return "odd", value
     stack = [value]
     while stack:
         item = stack.pop()
@@ -235,12 +250,15 @@ def frame_expect(obj: Any, known: set[str]) -> tuple[Expect, tuple[str, ...]]:
     elif kind == "agent_turn_result":
         required_id("agent_id")
         required_id("turn_id")
-        required(obj, "status", lambda v: v in ("completed", "interrupted"))
+        # DEVIATION (reported): a null status gets bad_field; section 9 says null is missing_field.
+        null_status = ("missing_field", "bad_field") if "status" in obj else ("missing_field",)
+        required(obj, "status", lambda v: v in ("completed", "interrupted"), null_status)
         for tag in list_of_objects("tags"):
             # A required field inside a list item: absent is "missing" or "bad", the docs say neither.
             required(tag, "tag", lambda v: isinstance(v, str) and v != "", ("missing_field", "bad_field"))
             if tag.get("attrs") is not None and not isinstance(tag["attrs"], dict):
-                must.add("bad_field")
+                # DEVIATION (reported): a falsy non-object ([], "", 0, false) is taken as {}.
+                (may if not tag["attrs"] else must).add("bad_field")
             if "text" in tag and tag["text"] is None:
                 may.add("bad_field")  # optional, null: the docs do not say whether null means absent
             elif tag.get("text") is not None and not isinstance(tag["text"], str):
@@ -258,7 +276,10 @@ def frame_expect(obj: Any, known: set[str]) -> tuple[Expect, tuple[str, ...]]:
         return error(*must, *may, ref=ref), ()
     unknown = kind in NEEDS_KNOWN_AGENT and obj["agent_id"] not in known
     if unknown:
-        return error("unknown_agent", *may, ref=ref), ()
+        # DEVIATION (reported): this ref holds only the ids of the message's own fields, not
+        # every id the frame carried (an extra "event_id" of an agent_turn_result is left out).
+        own = ("type", "agent_id", "request_id" if kind == "agent_state_snapshot" else "turn_id")
+        return error("unknown_agent", *may, ref={k: v for k, v in ref.items() if k in own}), ()
     if may:
         return Expect(frozenset(may), silent=True, ref=ref), ()
     return Expect(silent=True), tuple(n for n in named if isinstance(n, str) and n)
@@ -309,7 +330,7 @@ def _events_frame(obj: Any) -> Expect:
 
 def align(expects: list[Expect], replies: list[dict]) -> bool:
     """Whether the replies, in order, are one reply or none (where allowed) per frame, in order."""
-    @lru_cache(maxsize=None)
+    @cache
     def fits(i: int, j: int) -> bool:
         if i == len(expects):
             return j == len(replies)
@@ -331,10 +352,12 @@ def explain(sent: list[tuple[str, Expect]], replies: list[dict]) -> str:
 
 
 def check_turns(frames: list[dict]) -> None:
-    """The contract's per-turn ordering, for every turn that ended on this connection."""
+    """The contract's per-turn ordering, for every turn that started and ended on this connection
+    (a turn of an earlier connection of the session may end on this one: docs section 2.3)."""
     ended = [f["turn_id"] for f in frames if f["type"] in END_TYPES]
     assert len(ended) == len(set(ended)), "a turn ended twice"
-    for turn_id in ended:
+    started = {f["turn_id"] for f in frames if f["type"] == "agent_turn_started"}
+    for turn_id in [t for t in ended if t in started]:
         turn = [f for f in frames if f.get("turn_id") == turn_id]
         assert turn[0]["type"] == "agent_turn_started", turn[:3]
         assert turn[-1]["type"] in END_TYPES and sum(f["type"] in END_TYPES for f in turn) == 1, turn[-3:]
@@ -355,16 +378,67 @@ def check_turns(frames: list[dict]) -> None:
         assert open_index is None, f"tag {open_index} left open in turn {turn_id}"
 
 
+def depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects (0 for a scalar)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict | list):
+            stack.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def text_depth(text: str) -> int:
+    """How deeply the brackets of JSON-like text nest, outside strings."""
+    deepest = level = 0
+    in_string = escaped = False
+    for c in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (c == "\\", c != '"')
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            level += 1
+            deepest = max(deepest, level)
+        elif c in "]}":
+            level -= 1
+    return deepest
+
+
+def hits_known_bug(payload: str | bytes) -> bool:
+    """KNOWN SERVER BUG, kept out of the fuzz so that it can look further (test_deeply_nested_values,
+    xfail, reproduces it): the gateway parses JSON nested up to 1024 levels (orjson.loads) but
+    cannot serialise more than ~254 (orjson.dumps), so a frame with a value nested that deep
+    where the gateway re-serialises it (a ping ``id``, ``event.data``, ``tags[].attrs`` values,
+    ``tool_results`` values) raises in the /ws handler and the connection is dropped (1006)."""
+    return isinstance(payload, str) and KNOWN_BUG_DEPTH <= text_depth(payload) <= 1024
+
+
 def preview(payload: str | bytes) -> str:
     text = repr(payload)
     return text if len(text) <= 200 else f"{text[:160]}... ({len(payload)} {type(payload).__name__} units)"
 
 
+def fail_closed(peer: JsonPeer, replies: list[dict]) -> None:
+    """One place that raises for a connection the server closed, wherever it is noticed, so that
+    Hypothesis sees one failure and shrinks it."""
+    raise AssertionError(f"the server closed the connection (code {peer.ws.close_code})\n"
+                         + explain(peer.sent, replies))
+
+
+async def send_or_fail(peer: JsonPeer, payload: str | bytes) -> None:
+    try:
+        await peer.send(payload)
+    except (ConnectionError, aiohttp.ClientError):
+        fail_closed(peer, [])
+
+
 async def healthz_ok(server: ServerProcess) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.get(server.url + "/healthz", timeout=aiohttp.ClientTimeout(total=10)) as response:
-            assert response.status == 200
-            assert (await response.json())["status"] == "ok"
+    async with aiohttp.ClientSession() as http, \
+            http.get(server.url + "/healthz", timeout=aiohttp.ClientTimeout(total=10)) as response:
+        assert response.status == 200
+        assert (await response.json())["status"] == "ok"
 
 
 # --- strategies ------------------------------------------------------------------------------
@@ -383,7 +457,8 @@ def _nest(depth: int, leaf: str) -> Any:
     return value
 
 
-deep_nests = st.builds(_nest, st.integers(2, 400), st.sampled_from(["x", "<say>", ""]))
+deep_nests = st.builds(_nest, st.sampled_from([2, 40, 200, 253, 254, 300, 600]) | st.integers(2, 300),
+                       st.sampled_from(["x", "<say>", ""]))
 huge_text = st.builds(lambda n, c: c * n, st.sampled_from([200, 5000, 20000, 70000]),
                       st.sampled_from(["x", "é", "€", "😀", "\u0000", "\n", "<say>", "&amp;", "\u202e", "\ufffd"]))
 ids = (st.sampled_from([TURN, REQ, "", " ", "nope", "0" * 16, "bram", "None"]) | st.text(max_size=20)
@@ -503,6 +578,7 @@ ws_ops = st.lists(st.one_of(
     st.tuples(st.just("frame"), mutated(valid_ws_frames), st.booleans()),
     st.tuples(st.just("pad"), valid_ws_frames, st.integers(-1, 1)),
     st.tuples(st.just("reconnect"), session_names),
+    st.tuples(st.just("turn"), st.sampled_from(["bram", "mira"]), st.text(max_size=60), st.booleans()),
 ), max_size=40)
 
 
@@ -518,6 +594,7 @@ class FuzzGodot(GodotPeer):
         peer.session = session or "default"
         peer.specs.update(bram=GUARD, mira=MIRA)
         peer.sent: list[tuple[str, Expect]] = []
+        peer.mark = 0  # direct replies before this frame index answer frames sent outside the fuzz
         return peer
 
     def newest(self, kind: str, key: str, agent: Any) -> str:
@@ -546,7 +623,30 @@ class FuzzGodot(GodotPeer):
         expect, named = ws_expect(payload, known)
         known.update(named)
         self.sent.append((preview(payload), expect))
-        await self.send(payload)
+        await send_or_fail(self, payload)
+
+    async def interact_fuzzed(self, agent: str, text: str) -> str:
+        event_id = f"ev-{uuid.uuid4().hex[:12]}"
+        await self.fuzz(json.dumps({"type": "interaction_event", "agent_id": agent, "event_id": event_id,
+                                    "event": {"kind": "speech", "source": "player", "text": text}}))
+        return event_id
+
+    async def wait_turn(self, event_id: str, start: int, what: str) -> dict:
+        """The end frame of the turn that ``event_id`` started: it must come."""
+        try:
+            return await turn_end(self, event_id, start)
+        except (TimeoutError, ConnectionError) as exc:
+            raise AssertionError(f"{what}: the turn did not end ({type(exc).__name__})\n"
+                                 + explain(self.sent, self.direct())) from None
+
+    async def play_turn(self, agent: str, text: str, confirm: bool) -> None:
+        """A well-formed turn amid the fuzz: it completes, and Godot may confirm it."""
+        start = len(self.frames)
+        end = await self.wait_turn(await self.interact_fuzzed(agent, text), start, f"a turn of {agent}")
+        assert end["type"] == "agent_turn_finished" and end["reason"] == "completed", end
+        if confirm:
+            await self.fuzz(json.dumps({"type": "agent_turn_result", "agent_id": agent, "turn_id": end["turn_id"],
+                                        "status": "completed", "tags": played_tags(self.turn_frames(end["turn_id"]))}))
 
     async def settle(self) -> None:
         """A sentinel ping shows the connection is open; then check the direct replies."""
@@ -555,12 +655,14 @@ class FuzzGodot(GodotPeer):
         try:
             await self.wait_type("pong", timeout=20, id=sentinel)
         except ConnectionError:
-            raise AssertionError(f"the server closed the connection (code {self.ws.close_code})\n"
-                                 + explain(self.sent, self.direct())) from None
+            fail_closed(self, self.direct())
         replies = self.direct()
         end = next(i for i, f in enumerate(replies) if f.get("id") == sentinel and f["type"] == "pong")
         replies = replies[:end]
         assert align([e for _, e in self.sent], replies), explain(self.sent, replies)
+        for f in replies:
+            event(f"/ws direct reply: {f.get('code', 'pong')}")
+        event(f"Godot saw turns end: {min(3, sum(f['type'] in END_TYPES for f in self.frames))}+")
         for f in self.frames:
             assert f["type"] in WS_OUTBOUND, f
             if f["type"] == "error":
@@ -568,8 +670,15 @@ class FuzzGodot(GodotPeer):
         check_turns(self.frames)
 
     def direct(self) -> list[dict]:
-        return [f for f in self.frames
+        return [f for f in self.frames[self.mark:]
                 if f["type"] == "pong" or (f["type"] == "error" and f["code"] in GATEWAY_CODES)]
+
+
+async def turn_end(peer: GodotPeer, event_id: str, start: int) -> dict:
+    """The end frame of the turn that ``event_id`` started."""
+    started = await peer.wait_type("agent_turn_started", timeout=15, start=start, event_id=event_id)
+    return await peer.wait_for(lambda f: f["type"] in END_TYPES and f["turn_id"] == started["turn_id"],
+                               timeout=15, start=start)
 
 
 def materialize(op: tuple, peer: FuzzGodot) -> str | bytes | None:
@@ -603,8 +712,13 @@ async def run_ws(server: ServerProcess, ops: list[tuple]) -> None:
                 session = peer.session if op[1] is None else op[1] and f"{base}-{op[1]}"
                 peer = await FuzzGodot.open_session(server, session)
                 continue
+            if op[0] == "turn":
+                await peer.play_turn(*op[1:])
+                continue
             payload = materialize(op, peer)
             if payload is None or (isinstance(payload, str) and len(payload.encode()) > HARD_FRAME):
+                continue
+            if hits_known_bug(payload):
                 continue
             await peer.fuzz(payload)
         await peer.settle()
@@ -613,7 +727,44 @@ async def run_ws(server: ServerProcess, ops: list[tuple]) -> None:
     await healthz_ok(server)
 
 
+def _frame(**fields: Any) -> tuple:
+    return ("frame", fields, False)
+
+
+RESULT = {"type": "agent_turn_result", "agent_id": "bram", "turn_id": TURN, "status": "completed"}
+TOOLS = {"type": "tool_results", "agent_id": "bram", "turn_id": TURN}
+WS_EDGES = [  # the corners of docs/protocol.md sections 3 and 9, tried on every run
+    ("text", ""), ("text", "null"), ("text", "[]"), ("text", '{"type": 5}'),
+    ("text", '{"type": "dance", "agent_id": "x"}'),
+    ("text", '{"type": "ping", "id": 100000000000000000000000000000}'), ("text", '{"type": "ping", "id": 1e400}'),
+    ("text", '{"type": "ping", "id": "\\ud800"}'), ("bytes", b"{}"),
+    _frame(type="ping"), _frame(type="ping", id=None), _frame(type="ping", id=2**64 - 1),
+    _frame(type="agent_turn_result", agent_id="ghost", turn_id="t", event_id="e", status="completed", tags=[]),
+    _frame(type="notification_event", agent_id="bram", event={}),
+    _frame(type="notification_event", agent_ids=[], agent_id="bram", event={}),
+    _frame(type="notification_event", agent_ids=[""], event={}),
+    _frame(type="notification_event", agent_ids=None, agent_id=None, event={}),
+    _frame(type="notification_event", agent_ids=["a", "a"], event={"kind": None, "text": 3}),
+    _frame(type="interaction_event", agent_id="", event={}), _frame(type="interaction_event", agent_id="x", event=[]),
+    _frame(type="interaction_event", agent_id="bram", event_id="", event={"data": None}),
+    ("turn", "bram", "Hello", False),
+    _frame(**RESULT, tags=[{"tag": "say", "attrs": []}]), _frame(**RESULT, tags=[{"tag": "say", "attrs": ""}]),
+    _frame(**RESULT, tags=[{"tag": "say", "attrs": [1]}]), _frame(**RESULT, tags=[{"tag": "say", "text": None}]),
+    _frame(**RESULT, tags=[{"attrs": {}}]), _frame(**RESULT, tags=[{"tag": ""}]), _frame(**RESULT, tags=[1]),
+    _frame(**{**RESULT, "status": None}, tags=[]), _frame(**{**RESULT, "status": "done"}, tags=[]),
+    _frame(**TOOLS, results=[{}]), _frame(**TOOLS, results=[], **{"continue": None}),
+    _frame(**TOOLS, results=[], **{"continue": "yes"}), _frame(**TOOLS, results={}),
+    _frame(type="agent_state_snapshot", agent_id="bram", request_id=REQ, state=[]),
+    _frame(type="agent_state_snapshot", agent_id="bram", request_id="", state={}),
+    ("pad", {"type": "ping", "id": "at the limit"}, 0), ("pad", {"type": "ping", "id": "one over"}, 1),
+    ("pad", {"type": "notification_event", "agent_id": "bram", "event": {}}, 0),
+]
+
+
 @SETTINGS
+@example(ops=WS_EDGES)
+@example(ops=[("reconnect", ""), _frame(type="notification_event", agent_id="bram", event={}),
+              ("reconnect", None), ("turn", "bram", "Hi again", True), ("reconnect", "\x00/../é 😀+%20&x=y")])
 @given(ops=ws_ops)
 def test_ws_fuzz(server, ops):
     asyncio.run(run_ws(server, ops))
@@ -647,6 +798,8 @@ events_ops = st.lists(st.one_of(
     st.tuples(st.just("interact"), st.sampled_from(["bram", "mira"]), st.text(max_size=40)),
     st.tuples(st.just("interact"), st.sampled_from(["bram", "mira"]), st.text(max_size=40)),
     st.tuples(st.just("rejoin")),
+    st.tuples(st.just("play"), st.sampled_from(["bram", "mira", "Mira", "BRAM"]), player_inputs),
+    st.tuples(st.just("play"), st.sampled_from(["bram", "mira", "Mira", "BRAM"]), player_inputs),
 ), max_size=40)
 
 
@@ -654,13 +807,13 @@ class FuzzClient(JsonPeer):
     @classmethod
     async def join(cls, server: ServerProcess, session: str) -> FuzzClient:
         peer = await cls.open(server.url, "/events?session=" + urllib.parse.quote(session, safe=""))
-        await peer.wait_type("id")
+        peer.client = (await peer.wait_type("id"))["client"]
         peer.sent: list[tuple[str, Expect]] = []
         return peer
 
     async def fuzz(self, payload: str | bytes) -> None:
         self.sent.append((preview(payload), events_expect(payload)))
-        await self.send(payload)
+        await send_or_fail(self, payload)
 
     async def settle(self) -> None:
         sentinel = f"fuzz-sentinel-{uuid.uuid4().hex}"
@@ -668,18 +821,67 @@ class FuzzClient(JsonPeer):
         try:
             await self.wait_for(lambda e: e["type"] == "error" and sentinel in e["message"], timeout=20)
         except ConnectionError:
-            raise AssertionError(f"the server closed /events (code {self.ws.close_code})\n"
-                                 + explain(self.sent, self.errors())) from None
+            fail_closed(self, self.errors())
         replies = self.errors()
         replies = replies[:next(i for i, e in enumerate(replies) if sentinel in e["message"])]
         assert align([e for _, e in self.sent], replies), explain(self.sent, replies)
+        for e in replies:
+            event(f"/events error: {e['code']}")
         for e in self.frames:
             assert e["type"] in EVENTS_OUTBOUND and isinstance(e["id"], str), str(e)[:300]
             if e["type"] == "error":
-                assert e["code"] in EVENTS_CODES | {"unknown_type"} and e["message"], e
+                assert e["code"] in EVENTS_CODES and e["message"], e
 
     def errors(self) -> list[dict]:
         return [e for e in self.frames if e["type"] == "error"]
+
+    async def refused(self, payload: str) -> list[dict]:
+        """Send ``payload`` as the fuzz would, then a marker: the errors in between."""
+        before = len(self.errors())
+        await self.fuzz(payload)
+        marker = f"fuzz-marker-{uuid.uuid4().hex}"
+        await self.fuzz(json.dumps({"type": marker}))
+        try:
+            await self.wait_for(lambda e: e["type"] == "error" and marker in e["message"], timeout=15)
+        except (TimeoutError, ConnectionError) as exc:
+            raise AssertionError(f"no answer to a marker ({type(exc).__name__})\n"
+                                 + explain(self.sent, self.errors())) from None
+        return [e for e in self.errors()[before:] if marker not in e["message"]]
+
+    async def play(self, godot: FuzzGodot, character: str, typed: str) -> None:
+        """Take ``character`` over, have Godot start its turn, answer the prompt with ``typed``.
+
+        docs/protocol.md, "Playing an NPC": blank input is refused (bad_input); ``~...`` is an
+        action or refused; input holding one of the NPC's tags is taken as tags; anything else is
+        said as typed, as the speech tag."""
+        agent = character.lower()
+        await self.fuzz(json.dumps({"type": "player", "become": character}))
+        start, godot_start = len(self.frames), len(godot.frames)
+        cue = f"Your turn, {uuid.uuid4().hex[:8]}"  # tells this turn's prompt from an older one's
+        event_id = await godot.interact_fuzzed(agent, cue)
+        try:
+            await self.wait_for(lambda e: e["type"] == "prompt" and e.get("client") == self.client
+                                and cue in e["prompt"], timeout=15, start=start)
+        except (TimeoutError, ConnectionError) as exc:
+            raise AssertionError(f"the player of {character} got no prompt ({type(exc).__name__})") from None
+        refusals = await self.refused(json.dumps({"type": "input", "input": typed}))
+        stripped = typed.strip()
+        allowed = ["thought", "say", "action"] + (["tool"] if agent == "mira" else [])
+        tagged = re.search(rf"</?(?:{'|'.join(allowed)})(?=[\s/>])", stripped, re.IGNORECASE)
+        if not stripped:
+            assert [e["code"] for e in refusals] == ["bad_input"], (typed, refusals)
+            return
+        if stripped.startswith("~"):
+            assert [e["code"] for e in refusals] in ([], ["bad_input"]), (typed, refusals)
+            if refusals:
+                return
+        else:
+            assert refusals == [], (typed, refusals)
+        end = await godot.wait_turn(event_id, godot_start, f"{character} played with {typed!r}")
+        assert end["type"] == "agent_turn_finished" and end["reason"] == "completed", end
+        tags = played_tags(godot.turn_frames(end["turn_id"]))
+        if not tagged and not stripped.startswith("~"):
+            assert [t["tag"] for t in tags] == ["say"] and tags[0]["text"].strip() == stripped, (typed, tags)
 
 
 async def run_events(server: ServerProcess, ops: list[tuple]) -> None:
@@ -690,10 +892,13 @@ async def run_events(server: ServerProcess, ops: list[tuple]) -> None:
         await godot.send({"type": "notification_event", "agent_ids": ["bram", "mira"], "event": {"text": "Dawn."}})
         await godot.send({"type": "ping", "id": "ready"})
         await godot.wait_type("pong", id="ready")
+        godot.mark = len(godot.frames)
         client = await FuzzClient.join(server, session)
         for op in ops:
             if op[0] == "interact":
-                await godot.interact(op[1], op[2])
+                await godot.interact_fuzzed(op[1], op[2])
+            elif op[0] == "play":
+                await client.play(godot, op[1], op[2])
             elif op[0] == "rejoin":
                 await client.settle()
                 await client.close()
@@ -712,7 +917,21 @@ async def run_events(server: ServerProcess, ops: list[tuple]) -> None:
     await healthz_ok(server)
 
 
+EVENTS_EDGES = [(kind, frame, False) for kind, frame in [
+    ("json", {"type": "player"}), ("json", {"type": "player", "name": "x" * 64}),
+    ("json", {"type": "player", "name": "y" * 65}), ("json", {"type": "player", "name": "   "}),
+    ("json", {"type": "player", "name": None}), ("json", {"type": "player", "become": None}),
+    ("json", {"type": "player", "become": 5}), ("json", {"type": "player", "become": "nobody"}),
+    ("json", {"type": "input"}), ("json", {"type": "input", "input": 5}), ("json", {"type": "input", "input": "hi"}),
+    ("json", {"type": 5}), ("json", []), ("json", {"type": "ping"}),
+]] + [("text", "{"), ("bytes", b"\x00"), ("play", "Bram", "Halt & <who> goes?"), ("play", "mira", "   "),
+      ("play", "MIRA", "~give:item=spear,to=~Mira"), ("play", "bram", "~wave:name=x"),
+      ("play", "bram", "<thought>Hm.</thought><say>Next!</say>"), ("rejoin",),
+      ("json", {"type": "input", "input": "late"}, False)]
+
+
 @SETTINGS
+@example(ops=EVENTS_EDGES)
 @given(ops=events_ops)
 def test_events_fuzz(server, ops):
     asyncio.run(run_events(server, ops))
@@ -748,5 +967,108 @@ async def test_a_normal_turn_still_works_after_the_fuzz(server, llm):
         await spectator.close()
         await godot.close()
     await healthz_ok(server)
-    log = server.server_log()
-    assert "Traceback" not in log, log[log.index("Traceback") - 2000:][:6000]
+    unexpected = [t for t in tracebacks(server.server_log()) if not t.endswith(KNOWN_RACE)]
+    assert not unexpected, "the server logged exceptions:\n\n" + "\n\n".join(unexpected[:3])
+
+
+KNOWN_RACE = "RuntimeError: feed() called after close()"  # see the RACE tests at the end
+
+
+def tracebacks(log: str) -> list[str]:
+    """Each traceback in the server log, shortened to its first frames and its exception line."""
+    found = []
+    for block in log.split("Traceback (most recent call last):")[1:]:
+        lines = block.splitlines()
+        end = next((i for i, line in enumerate(lines) if line and not line[0].isspace()
+                    and not line.startswith(("│", "└"))), len(lines) - 1)
+        frames = [line for line in lines[:end] if line.strip().startswith("File ")]
+        found.append("\n".join(frames[-4:] + [lines[end] if lines else ""]))
+    return found
+
+
+# --- a known bug, reproduced (last: its tracebacks land in the server log) --------------------
+
+DEEP = _nest(260, "x")
+DEEP_FRAMES = {
+    "ping id": {"type": "ping", "id": DEEP},
+    "interaction_event event.data": {"type": "interaction_event", "agent_id": "bram", "event": {"data": DEEP}},
+    "notification_event event.data": {"type": "notification_event", "agent_id": "bram", "event": {"data": DEEP}},
+    "agent_turn_result tags[].attrs": {"type": "agent_turn_result", "agent_id": "bram", "turn_id": "t",
+                                       "status": "completed", "tags": [{"tag": "say", "attrs": {"x": DEEP}}]},
+    "tool_results results[].output": {"type": "tool_results", "agent_id": "bram", "turn_id": "t", "continue": False,
+                                      "results": [{"tool": "look", "output": DEEP}]},
+}
+
+
+@pytest.mark.xfail(strict=True, reason="server bug: a value nested 254+ levels deep (but under orjson.loads' 1024) "
+                                       "makes the /ws handler raise (orjson.dumps recursion limit): connection dropped")
+@pytest.mark.parametrize("where", list(DEEP_FRAMES))
+async def test_deeply_nested_values_keep_the_connection(server, where):
+    """Valid JSON, a few kB: at most an error frame, and the connection stays open (section 9)."""
+    godot = await GodotPeer.connect(server.url, f"?session=deep-{uuid.uuid4().hex[:8]}")
+    try:
+        await godot.send({"type": "notification_event", "agent_id": "bram", "event": {"text": "Dawn."}})
+        await godot.send(json.dumps(DEEP_FRAMES[where]))
+        await godot.send({"type": "ping", "id": "still open?"})
+        await godot.wait_type("pong", timeout=10, id="still open?")
+    finally:
+        await godot.close()
+
+
+async def _answer_then_lose_the_turn(server: ServerProcess, attempt: int) -> None:
+    session = f"race-{attempt}-{uuid.uuid4().hex[:6]}"
+    godot = await GodotPeer.connect(server.url, f"?session={session}")
+    player = await JsonPeer.open(server.url, f"/events?session={session}")
+    try:
+        godot.specs["bram"] = GUARD
+        await godot.send({"type": "notification_event", "agent_id": "bram", "event": {"text": "Dawn."}})
+        me = (await player.wait_type("id"))["client"]
+        await player.wait_type("generate", name="bram")
+        await player.send({"type": "player", "become": "bram"})
+        await player.wait_type("player", status="join")
+        await godot.interact("bram", "Your turn")
+        await player.wait_for(lambda e: e["type"] == "prompt" and e.get("client") == me)
+        await player.send({"type": "input", "input": "Hello there"})
+    finally:
+        await godot.close()  # right after the input: the turn ends "disconnected" as the input lands
+        await player.close()
+
+
+RACE = pytest.mark.xfail(strict=True, reason="server bug: asyncio.wait_for (Python 3.11) swallows the cancel of a "
+                                             "turn whose input or snapshot lands in the same loop step as its end")
+
+
+@RACE
+async def test_a_turn_ended_meanwhile_does_not_go_on(server):
+    """A player's input and Godot's disconnect reach the agent together: the turn ends
+    (interrupted, disconnected) and must stop there, not feed the input to its closed parser."""
+    logged = len(server.server_log())
+    for attempt in range(10):
+        await _answer_then_lose_the_turn(server, attempt)
+    await asyncio.sleep(0.3)
+    assert KNOWN_RACE not in server.server_log()[logged:]
+
+
+@RACE
+async def test_a_turn_interrupted_as_its_snapshot_arrives_calls_no_llm(server, llm):
+    """A snapshot and a newer event back to back: the interrupted turn must not ask the LLM."""
+    await llm.reset()
+    godot = await GodotPeer.connect(server.url, "?session=race-snapshot")
+    try:
+        for n in range(20):
+            start = len(godot.frames)
+            await godot.send({"type": "interaction_event", "agent_id": "bram", "event_id": f"a{n}", "event": {}})
+            asked = await godot.wait_type("get_agent_state", start=start, event_id=f"a{n}")
+            await godot.send({"type": "agent_state_snapshot", "agent_id": "bram",
+                              "request_id": asked["request_id"], "state": GUARD})
+            godot.specs["bram"] = GUARD  # answers the next turn's request
+            await godot.send({"type": "interaction_event", "agent_id": "bram", "event_id": f"b{n}", "event": {}})
+            end = await turn_end(godot, f"b{n}", start)
+            del godot.specs["bram"]
+            assert end["type"] == "agent_turn_finished"
+        await asyncio.sleep(0.5)
+        finished = sum(f["type"] == "agent_turn_finished" for f in godot.frames)
+        completed = [r for r in await llm.requests() if r["end"] == "completed"]
+        assert len(completed) <= finished, f"{len(completed)} LLM answers streamed in full for {finished} turns"
+    finally:
+        await godot.close()

@@ -84,17 +84,18 @@ def frame(**fields):
 def test_open_turns_follow_the_frames_and_end_what_a_lost_worker_left_open():
     books = OpenTurns()
     key = ("s", "a")
-    books.assigned(key, "t1")
+    books.assigned(key, "t1", "e1")
     assert books.running(key, "t1") and books.busy(key)
+    books.frame("s", orjson.dumps(p.turn_started("a", "t1", "e1")))
     books.frame("s", orjson.dumps(p.tag_open("a", "t1", 0, "say", {})))
     books.frame("s", orjson.dumps(p.tag_chunk("a", "t1", 0, "say", "Hel")))
-    books.assigned(key, "t2")  # a newer event: t1 is being interrupted
-    books.frame("s", orjson.dumps(p.turn_started("a", "t2", None)))
+    books.assigned(key, "t2", "e2")  # a newer event: t1 is being interrupted; t2 never starts
     frames = books.end(key, "gone")
     assert frames == [
         p.tag_close("a", "t1", 0, "say"),
         p.error(p.WORKER_LOST, "gone", {"agent_id": "a", "turn_id": "t1"}),
         p.turn_finished("a", "t1", "error"),
+        p.turn_started("a", "t2", "e2"),
         p.error(p.WORKER_LOST, "gone", {"agent_id": "a", "turn_id": "t2"}),
         p.turn_finished("a", "t2", "error"),
     ]
@@ -103,8 +104,8 @@ def test_open_turns_follow_the_frames_and_end_what_a_lost_worker_left_open():
 
 def test_a_turn_ends_with_its_last_frame_only():
     books = OpenTurns()
-    books.assigned(("s", "a"), "t1")
-    books.assigned(("s", "a"), "t2")
+    books.assigned(("s", "a"), "t1", None)
+    books.assigned(("s", "a"), "t2", None)
     books.frame("s", orjson.dumps(p.turn_interrupted("a", "t1", "new_event", None)))
     assert not books.running(("s", "a"), "t1") and books.running(("s", "a"), "t2")
     books.frame("other", orjson.dumps(p.turn_finished("a", "t2", "completed")))  # another session

@@ -1,0 +1,211 @@
+"""Reliability end to end: a worker killed mid-turn, a whole server killed and restarted, a
+reconnect, two sessions side by side, the limits, and idle agents deactivated and restored.
+
+Each test starts its own server (they kill processes or restart), with its own data directory;
+the scripted LLM is shared. History is checked where it matters: in the prompt the LLM receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import aiohttp
+import pytest
+
+from tests.conftest import ServerProcess
+from tests.godot_peer import END_TYPES, GodotPeer
+from tests.test_turns import check_turn_order, user_text
+
+pytestmark = pytest.mark.timeout(120)
+SLOW = {"content": "<say>" + " ".join(f"word{n}" for n in range(200)) + "</say>", "tokens_per_s": 20}
+
+
+async def health(server: ServerProcess) -> dict:
+    async with aiohttp.ClientSession() as http, http.get(server.url + "/healthz") as response:
+        return await response.json()
+
+
+async def confirmed_turn(godot: GodotPeer, llm, agent_id: str, words: str) -> None:
+    """A turn that says ``words``, played and confirmed as a game would."""
+    await llm.script({"content": f"<say>{words}</say>", "match": words})
+    frames = await godot.turn(agent_id, f"say {words}")
+    assert frames[-1].get("reason") == "completed", frames
+    await godot.confirm(frames)
+
+
+async def prompt_of_next_turn(godot: GodotPeer, llm, agent_id: str) -> str:
+    """Run one more turn and return everything but the system part of the prompt it sent."""
+    await llm.script({"content": "<say>ok</say>", "match": "what do you remember"})
+    before = len(await llm.requests())
+    frames = await godot.turn(agent_id, "what do you remember")
+    assert frames[-1]["type"] in END_TYPES
+    requests = await llm.requests()
+    assert len(requests) > before
+    return user_text(requests[-1])
+
+
+@pytest.fixture
+async def fresh(tmp_path, llm):
+    """Start servers on demand (``await fresh(...)``); all are stopped afterwards."""
+    started: list[ServerProcess] = []
+    peers: list[GodotPeer] = []
+
+    async def start(**env) -> ServerProcess:
+        server = await asyncio.to_thread(ServerProcess, tmp_path, llm.url, **env)
+        started.append(server)
+        return server
+
+    async def connect(server: ServerProcess, query: str = "") -> GodotPeer:
+        peer = await GodotPeer.connect(server.url, query)
+        peers.append(peer)
+        return peer
+
+    start.connect = connect
+    await llm.reset()
+    yield start
+    for peer in peers:
+        await peer.close()
+    for server in started:
+        server.stop(check=server.process.proc.poll() is None)
+
+
+async def test_a_killed_worker_is_replaced_and_only_its_agents_notice(fresh, llm):
+    server = await fresh(workers=2)
+    godot = await fresh.connect(server)
+    godot.specs.update(victim={"name": "Vic"}, bystander={"name": "Bea"})
+    await confirmed_turn(godot, llm, "victim", "alpha beta")  # victim on worker 0 (least loaded first)
+    before = await health(server)
+    assert before["worker_agents"] == [1, 0] and len(before["worker_pids"]) == 2
+
+    # Both agents stream; the victim's worker is killed mid-tag.
+    await llm.script({**SLOW, "match": "keep talking"}, {**SLOW, "match": "go on"})
+    start = len(godot.frames)
+    await godot.interact("victim", "keep talking")
+    await godot.interact("bystander", "go on")
+    for agent_id in ("victim", "bystander"):
+        await godot.wait_type("agent_tag_chunk", 10, start, agent_id=agent_id)
+    victim_turn = next(f["turn_id"] for f in godot.frames[start:]
+                       if f["type"] == "agent_turn_started" and f["agent_id"] == "victim")
+    killed_at = time.monotonic()
+    os.kill(before["worker_pids"][0], signal.SIGKILL)
+
+    finished = await godot.wait_type("agent_turn_finished", 10, start, turn_id=victim_turn)
+    assert finished["reason"] == "error"
+    frames = godot.turn_frames(victim_turn)
+    check_turn_order(frames)  # the open tag was closed before the end
+    lost = [f for f in godot.frames[start:] if f["type"] == "error" and f["code"] == "worker_lost"]
+    assert [f["ref"] for f in lost] == [{"agent_id": "victim", "turn_id": victim_turn}]
+    while (replaced := await health(server))["worker_pids"][0] == before["worker_pids"][0]:
+        assert time.monotonic() - killed_at < 10, "the worker was not replaced within 10 s"
+        await asyncio.sleep(0.05)
+    recovery_s = time.monotonic() - killed_at
+    print(f"worker replaced {recovery_s:.2f} s after kill -9")
+    assert replaced["worker_pids"][1] == before["worker_pids"][1]
+
+    # The bystander on the other worker streams on undisturbed.
+    bystander_end = await godot.wait_for(lambda f: f["type"] in END_TYPES and f["agent_id"] == "bystander", 30,
+                                         start)
+    assert bystander_end.get("reason") == "completed"
+    # The victim comes back with its history, and can confirm what it played before the kill.
+    await godot.confirm(frames, status="interrupted")
+    remembered = await prompt_of_next_turn(godot, llm, "victim")
+    assert "alpha beta" in remembered and "<say>word0" in remembered
+    assert not [f for f in godot.frames[start:] if f["type"] == "error" and f["code"] != "worker_lost"]
+
+
+async def test_a_server_killed_and_restarted_has_every_confirmed_turn(fresh, llm, tmp_path):
+    data = tmp_path / "kept-data"
+    server = await fresh(data_dir=data)
+    godot = await fresh.connect(server, "?session=save1")
+    godot.specs["keeper"] = {"name": "Kee"}
+    for words in ("first memory", "second memory", "third memory"):
+        await confirmed_turn(godot, llm, "keeper", words)
+    await godot.send({"type": "notification_event", "agent_id": "keeper", "event": {"text": "a storm rises"}})
+    await godot.send({"type": "ping", "id": 1})
+    await godot.wait_type("pong", 5)
+    await godot.close()
+    for process in server.processes():  # a power cut, as far as the server can tell
+        process.kill()
+    server.process.proc.wait(10)
+
+    again = await fresh(data_dir=data)
+    assert (await health(again))["known_agents"] == 1
+    godot = await fresh.connect(again, "?session=save1")
+    godot.specs["keeper"] = {"name": "Kee"}
+    remembered = await prompt_of_next_turn(godot, llm, "keeper")
+    for words in ("first memory", "second memory", "third memory", "a storm rises"):
+        assert words in remembered
+    # Another session of the same journal knows nothing of it.
+    other = await fresh.connect(again, "?session=save2")
+    await other.send({"type": "agent_turn_result", "agent_id": "keeper", "turn_id": "x", "status": "completed",
+                      "tags": []})
+    assert (await other.wait_type("error", 5))["code"] == "unknown_agent"
+
+
+async def test_reconnect_keeps_history_and_ends_the_dropped_turn(fresh, llm):
+    server = await fresh()
+    godot = await fresh.connect(server, "?session=rc")
+    godot.specs["mira"] = {"name": "Mira"}
+    await confirmed_turn(godot, llm, "mira", "potions for sale")
+    await llm.script({**SLOW, "match": "long story"})
+    start = len(godot.frames)
+    await godot.interact("mira", "long story")
+    await godot.wait_type("agent_tag_chunk", 10, start)
+    await godot.close()  # the game drops mid-turn
+    await asyncio.sleep(0.5)
+    requests = await llm.requests()
+    assert requests[-1]["end"] == "client_closed"  # the LLM stream was closed
+
+    godot = await fresh.connect(server, "?session=rc")
+    godot.specs["mira"] = {"name": "Mira"}
+    assert "potions for sale" in await prompt_of_next_turn(godot, llm, "mira")
+
+
+async def test_two_sessions_never_see_each_other(fresh, llm):
+    server = await fresh()
+    north, south = await fresh.connect(server, "?session=north"), await fresh.connect(server, "?session=south")
+    for peer, words in ((north, "northern secret"), (south, "southern secret")):
+        peer.specs["guard"] = {"name": "Guard"}
+        await confirmed_turn(peer, llm, "guard", words)
+    assert not [f for f in north.frames if "southern" in str(f)]
+    assert not [f for f in south.frames if "northern" in str(f)]
+    remembered = await prompt_of_next_turn(north, llm, "guard")
+    assert "northern secret" in remembered and "southern secret" not in remembered
+    assert (await health(server))["agents"] == 2
+
+
+async def test_limits_answer_with_errors_and_the_connection_goes_on(fresh, llm):
+    server = await fresh(GAME_AGENT_RATE_LIMIT_BURST="3", GAME_AGENT_RATE_LIMIT_EVENTS_PER_S="0.5",
+                         GAME_AGENT_MAX_AGENTS_PER_SESSION="2")
+    godot = await fresh.connect(server)
+    for n in range(5):
+        await godot.interact(f"npc{n % 2}", "hi")
+    limited = await godot.wait_type("error", 10, code="rate_limited")
+    assert limited["ref"]["type"] == "interaction_event"
+    await godot.send({"type": "notification_event", "agent_ids": ["npc0", "npc2"], "event": {"text": "rain"}})
+    too_many = await godot.wait_type("error", 10, code="too_many_agents")
+    assert too_many["ref"]["agent_id"] == "npc2"
+    assert sum(f["type"] == "error" and f["code"] == "rate_limited" for f in godot.frames) == 2
+    await godot.send({"type": "ping", "id": "still here"})
+    assert (await godot.wait_type("pong", 5))["id"] == "still here"
+
+
+async def test_idle_agents_are_deactivated_and_come_back_with_their_history(fresh, llm):
+    server = await fresh(GAME_AGENT_AGENT_IDLE_S="1")
+    godot = await fresh.connect(server)
+    godot.specs["sleepy"] = {"name": "Sleepy"}
+    await confirmed_turn(godot, llm, "sleepy", "remember the red door")
+    deadline = time.monotonic() + 10
+    while (await health(server))["agents"]:
+        assert time.monotonic() < deadline, "the idle agent was not deactivated"
+        await asyncio.sleep(0.2)
+    assert (await health(server))["known_agents"] == 1
+    # Its next messages arrive in order on whichever worker it lands on.
+    await godot.send({"type": "notification_event", "agent_id": "sleepy", "event": {"text": "one"}})
+    await godot.send({"type": "notification_event", "agent_id": "sleepy", "event": {"text": "two"}})
+    remembered = await prompt_of_next_turn(godot, llm, "sleepy")
+    assert "remember the red door" in remembered
+    assert remembered.index("one") < remembered.index("two") < remembered.index("what do you remember")
