@@ -2,6 +2,9 @@
 
     python run.py [--host H] [--port P] [--workers N] [--admin-port A] [--config FILE]
         run the server until SIGINT/SIGTERM, then stop every process it started
+    python run.py worker --leader HOST:PORT [--admin-port P] [--workers N] [--node NAME] [--config FILE]
+        run a worker node that joins the leader's Thespian convention and hosts NPC workers
+        (docs/deploy.md), until SIGINT/SIGTERM
     python run.py llm-server [--port P] ...
         run the scripted OpenAI-compatible LLM server (tests, demos, load tests)
     python run.py loadtest [--npcs N] [--workers W] [--duration S] ... [--report F] [--plot F]
@@ -11,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -35,12 +39,11 @@ def serve(argv: list[str]) -> int:
     except SettingsError as exc:
         parser.error(str(exc))
     configure_logging(settings.log_level, "main")
+    os.environ.update(settings.thespian_environment())  # before Thespian is imported
 
     from gateway.service import Service, ServiceError  # imports Thespian: after argument errors
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
+    stop = _stop_on_signals()
     service = Service(settings)
     try:
         service.start()
@@ -57,6 +60,52 @@ def serve(argv: list[str]) -> int:
     return 0
 
 
+def worker(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="run.py worker", description="Run a worker node of the NPC turn server.")
+    parser.add_argument("--leader", required=True, metavar="HOST:PORT", help="the leader's Thespian admin address")
+    parser.add_argument("--admin-port", type=int, help="this node's Thespian admin port (default 1900)")
+    parser.add_argument("--workers", type=int, help="worker processes on this node (default: one per CPU)")
+    parser.add_argument("--node", help="this node's name (default host:admin-port); unique in the convention")
+    parser.add_argument("--config", help="TOML file of settings (see config/defaults.toml)")
+    args = parser.parse_args(argv)
+    host, _, port = args.leader.rpartition(":")
+    if not host or not port.isdigit():
+        parser.error(f"--leader must be HOST:PORT, got {args.leader!r}")
+    try:
+        settings = load_settings(args.config, overrides={
+            "admin_port": args.admin_port, "workers": args.workers, "node_name": args.node})
+    except SettingsError as exc:
+        parser.error(str(exc))
+    configure_logging(settings.log_level, "node")
+    os.environ.update(settings.thespian_environment())  # before Thespian is imported
+
+    from actors.node import NodeError, start_system
+
+    stop = _stop_on_signals()
+    try:
+        system = start_system(settings, leader=(host, int(port)))
+    except NodeError as exc:
+        logger.error("{}", exc)
+        return 1
+    logger.info("node {} (admin port {}) joins the leader at {} with {} workers", settings.node,
+                settings.admin_port, args.leader, settings.worker_count)
+    try:
+        while not stop.wait(3600):
+            pass
+        logger.info("stopping node {}", settings.node)
+    finally:
+        system.shutdown()
+        logger.complete()
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    return stop
+
+
 def llm_server(argv: list[str]) -> int:
     from providers import scripted
 
@@ -69,7 +118,7 @@ def loadtest(argv: list[str]) -> int:
     return main(argv)
 
 
-COMMANDS = {"llm-server": llm_server, "loadtest": loadtest}
+COMMANDS = {"worker": worker, "llm-server": llm_server, "loadtest": loadtest}
 
 
 def main(argv: list[str]) -> int:

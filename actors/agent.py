@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from actors.llm_input_log import LlmInputLog, spool_path
 from core import protocol as p
 from core.history import History
 from core.prompt import build_messages
@@ -48,6 +48,7 @@ class Turn:
     task: asyncio.Task | None = None
     parser: TagStreamParser | None = None
     input_waiter: asyncio.Future | None = None  # a person's markup, when a person plays this turn
+    llm_input: dict | None = None  # the LLM request's record, logged when the turn ends
     ended: bool = False
     started_at: float = field(default_factory=time.monotonic)
 
@@ -64,7 +65,9 @@ class Agent:
         self.turn: Turn | None = None
         self.last_request_id: str | None = None
         self.takeover: Takeover | None = None  # the person playing this NPC, if any
-        self.llm_inputs: deque[dict] = deque(maxlen=max(1, host.settings.llm_input_log_turns))
+        keep = host.settings.llm_input_log_turns
+        self.llm_log = LlmInputLog(spool_path(host.settings.log_dir, session, agent_id, host.index),
+                                   keep) if keep else None
         self.log = logger.bind(agent_id=agent_id, session=session)
 
     # --- mailbox -------------------------------------------------------------------------
@@ -146,6 +149,8 @@ class Agent:
 
     def close(self) -> None:
         self._interrupt("shutdown", None)
+        if self.llm_log is not None:
+            self.llm_log.close()
 
     # --- the turn --------------------------------------------------------------------------
 
@@ -176,9 +181,8 @@ class Agent:
                 self._end(turn, "finished", "completed")
                 log.debug("turn played by a person in {:.3f} s", time.monotonic() - turn.started_at)
                 return
-            record = {"turn_id": turn.turn_id, "time": time.time(),
-                      "model": self.host.settings.turn_model, "messages": messages, "usage": None}
-            self.llm_inputs.append(record)
+            turn.llm_input = record = {"turn_id": turn.turn_id, "time": time.time(),
+                                       "model": self.host.settings.turn_model, "messages": messages, "usage": None}
             async for delta in self.host.llm.stream(messages, extra_body=self.host.extra_body(spec)):
                 if delta.content and not turn.ended:
                     self._emit_tags(turn, parser.feed(delta.content))
@@ -253,6 +257,11 @@ class Agent:
         if turn.ended:
             return
         turn.ended = True
+        if turn.llm_input is not None and self.llm_log is not None:
+            # Here, not after the stream: a turn ended from outside (interrupted, disconnected)
+            # is logged now, before a disconnect log is written, not when its task next runs.
+            self.llm_log.append(turn.llm_input)
+        turn.llm_input = None
         if turn.parser is not None:
             self._emit_tags(turn, turn.parser.close())
         if error is not None:
@@ -277,9 +286,9 @@ class Agent:
             ref["type"] = p.TYPE_NAMES[type(about)]
         self._emit(p.error(code, message, {"agent_id": self.agent_id, **ref}))
 
-    def log_records(self) -> tuple[dict, dict]:
-        """The conversation log and the LLM-input log, as written on disconnect."""
+    def log_records(self) -> tuple[dict, dict | None]:
+        """The conversation log and the LLM-input log (None when off), as written on disconnect."""
         head = {"session": self.session, "agent_id": self.agent_id,
                 "name": self.spec.name if self.spec else None, "written_at": time.time()}
         return ({**head, "history": list(self.history.entries)},
-                {**head, "turns": list(self.llm_inputs)})
+                {**head, "turns": self.llm_log.newest()} if self.llm_log is not None else None)

@@ -6,9 +6,7 @@ order. Frames leave serialised once, here, so the gateway forwards bytes without
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 from pathlib import Path
 from typing import Any, Callable, Hashable
 
@@ -16,7 +14,10 @@ import orjson
 from loguru import logger
 
 from actors.agent import Agent
-from actors.messages import CONNECTION_CLOSED, DEACTIVATE, FLUSH, FLUSHED, FRAME, RESTORE, TO_AGENT, TO_FEED
+from actors.llm_input_log import _safe
+from actors.messages import (
+    CONNECTION_CLOSED, DEACTIVATE, FLUSH, FLUSHED, FRAME, NOTICE, RESTORE, TO_AGENT, TO_FEED,
+)
 from config.settings import Settings
 from core.spec import AgentSpec
 from core.taleweave import TakeoverEnded, TurnPrompt
@@ -25,7 +26,6 @@ from providers.grammar import tags_grammar
 
 GATEWAY = "gateway"
 GRAMMAR_MAX_TAGS, GRAMMAR_MAX_CHARS = 3, 200  # short, snappy turns from a grammar-bound model
-_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def llm_settings(settings: Settings) -> LLMSettings:
@@ -90,6 +90,8 @@ class AgentHost:
                     self._connection_closed(*item[1:])
                 elif op == FLUSH:
                     self._post(GATEWAY, (FLUSHED, item[1]))
+                elif op == NOTICE:
+                    self._post(GATEWAY, item[1])
                 else:
                     logger.error("unknown item {!r} from the gateway", op)
             except Exception:  # noqa: BLE001 - one item must not lose the rest of the batch
@@ -128,8 +130,9 @@ class AgentHost:
                 stem = folder / _safe(agent_id)
                 stem.with_name(stem.name + ".conversation.json").write_bytes(
                     orjson.dumps(conversation, option=orjson.OPT_INDENT_2))
-                stem.with_name(stem.name + ".llm_input.json").write_bytes(
-                    orjson.dumps(llm_input, option=orjson.OPT_INDENT_2))
+                if llm_input is not None:  # None: llm_input_log_turns = 0
+                    stem.with_name(stem.name + ".llm_input.json").write_bytes(
+                        orjson.dumps(llm_input, option=orjson.OPT_INDENT_2))
             except OSError as exc:
                 logger.error("cannot write logs of agent {} to {}: {}", agent_id, folder, exc)
 
@@ -137,14 +140,3 @@ class AgentHost:
         for agent in self.agents.values():
             agent.close()
         await self.llm.aclose()
-
-
-def _safe(name: str) -> str:
-    """A file-name-safe form of an id (ids come from the game and may contain anything).
-
-    An id that had to change gets a short hash of the original, so two ids never share a file.
-    """
-    safe = _UNSAFE_FILENAME.sub("_", name)[:100]
-    if safe != name:
-        safe += "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
-    return safe

@@ -17,6 +17,11 @@ worker -> gateway
     (FRAME, session, frame_bytes)             one JSON frame for the session's Godot connection
     (TO_FEED, session, report)                a core.taleweave TurnPrompt / TakeoverEnded for /events
     (FLUSHED, token)
+    (WORKER_GONE, index)                      worker ``index`` is gone for good (its node left); the
+                                              pool has a surviving worker pass this on
+pool -> worker
+    (NOTICE, item)                            pass ``item`` on to the gateway (the pool never sends
+                                              to the gateway itself: see actors/pool.py)
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ from thespian.actors import ActorAddress
 
 from config.settings import Settings
 
-# Capability of an actor system that may host NPC workers (placement through Thespian).
+# Capabilities of an actor system that hosts NPC workers (placement through Thespian): that it
+# does, its node's name, and how many workers it wants.
 NPC_HOST = "NPC Host"
+NPC_NODE = "NPC Node"
+NPC_WORKERS = "NPC Workers"
 
 TO_AGENT = "agent"
 RESTORE = "restore"
@@ -39,6 +47,8 @@ FLUSH = "flush"
 FRAME = "frame"
 TO_FEED = "feed"
 FLUSHED = "flushed"
+WORKER_GONE = "gone"
+NOTICE = "notice"
 
 
 @dataclass
@@ -93,7 +103,6 @@ class GatewayStopped:
 class SpawnWorkers:
     settings: Settings
     gateway: ActorAddress
-    count: int
 
 
 @dataclass
@@ -102,6 +111,7 @@ class ConfigureWorker:
     gateway: ActorAddress
     index: int
     generation: int  # how many times worker ``index`` was replaced
+    node: str
 
 
 @dataclass
@@ -109,6 +119,7 @@ class WorkerReady:
     index: int
     pid: int
     generation: int
+    node: str
 
 
 @dataclass

@@ -8,40 +8,55 @@ Two reasons for it to exist:
   attempts x 35 s, and later messages overtake (measured: reordered frames, multi-second stalls).
   So traffic flows one way on every pair: gateway -> pool -> worker -> gateway.
 
-Workers are placed by Thespian through the ``NPC Host`` capability, so a convention member on
-another machine can host them.
+Workers are placed by Thespian on a named node (capabilities ``NPC Host`` and ``NPC Node``): this
+node's at start, and a worker node's when it joins the leader's convention (the pool subscribes
+to convention updates; see actors/node.py and docs/deploy.md).
 
 It also supervises them: a worker that exits (even killed) is replaced under the same index
 with the next generation. The new worker's ``WorkerReady`` tells the gateway, which ends the lost
 turns for Godot and places the lost agents again (their history comes back from the journal);
 batches the gateway addressed to the old generation are dropped here, since their facts are
-already in the journal.
+already in the journal. When a whole node leaves the convention (stopped, or silent for about
+three check-in periods), its workers are gone for good: a surviving worker passes that on to the
+gateway (``NOTICE``), which ends their turns and places their agents elsewhere.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from loguru import logger
-from thespian.actors import Actor, ActorExitRequest, ChildActorExited, WakeupMessage
+from thespian.actors import Actor, ActorExitRequest, ActorSystemConventionUpdate, ChildActorExited, WakeupMessage
 
 from actors.bridge import OneInFlight
-from actors.messages import Batch, ConfigureWorker, SpawnWorkers, ToWorkers
+from actors.messages import NOTICE, NPC_HOST, NPC_NODE, NPC_WORKERS, WORKER_GONE, Batch, ConfigureWorker, \
+    SpawnWorkers, ToWorkers
 from actors.worker import WorkerActor
 from config.log import configure_logging
 
-
 QUICK_DEATH_S = 5.0  # a worker that dies sooner than this after starting died "quickly"
 MAX_BACKOFF_S = 30.0
+REMOTE_RESTART_S = 1.0  # a remote worker is restarted after this, if its node is still there
+
+
+@dataclass
+class Slot:
+    """One worker index: where it lives and which generation of it runs."""
+
+    node: str
+    address: object = None  # None while it is being replaced, or when gone
+    generation: int = 0
+    started_at: float = 0.0
+    quick_deaths: int = 0
+    gone: bool = False  # its node left: never restarted
 
 
 class WorkerPool(Actor):
     def __init__(self) -> None:
         super().__init__()
-        self.workers: list = []
-        self.generations: list[int] = []
-        self.started_at: list[float] = []
-        self.quick_deaths: list[int] = []
+        self.slots: list[Slot] = []
+        self.nodes: set[str] = set()  # nodes in the convention, this one included
         self.spawn: SpawnWorkers | None = None
         self.outbox: OneInFlight | None = None
         self.stopping = False
@@ -50,23 +65,17 @@ class WorkerPool(Actor):
         try:
             if type(message) is ToWorkers:
                 for (index, generation), items in message.batches:
-                    if generation == self.generations[index]:
+                    if generation == self.slots[index].generation:
                         self.outbox.add(index, items)
             elif isinstance(message, WakeupMessage):
                 if type(message.payload) is int:
                     self._start_worker(message.payload)
                 else:
                     self.outbox.wakeup(message.payload)
+            elif isinstance(message, ActorSystemConventionUpdate):
+                self._convention_update(message)
             elif isinstance(message, SpawnWorkers):
-                configure_logging(message.settings.log_level, "pool")
-                self.spawn = message
-                self.outbox = OneInFlight(self, self._batch_for, min_interval_s=message.settings.batch_interval_s)
-                self.workers = [None] * message.count
-                self.generations = [0] * message.count
-                self.started_at = [0.0] * message.count
-                self.quick_deaths = [0] * message.count
-                for index in range(message.count):
-                    self._start_worker(index)
+                self._spawn(message)
             elif isinstance(message, ActorExitRequest):
                 self.stopping = True
             elif isinstance(message, ChildActorExited) and not self.stopping:
@@ -74,29 +83,80 @@ class WorkerPool(Actor):
         except Exception:  # noqa: BLE001 - an actor must not die on one message
             logger.exception("worker pool failed on {}", type(message).__name__)
 
+    def _spawn(self, message: SpawnWorkers) -> None:
+        settings = message.settings
+        configure_logging(settings.log_level, "pool")
+        self.spawn = message
+        self.outbox = OneInFlight(self, self._batch_for, min_interval_s=settings.batch_interval_s)
+        self._add_node(settings.node, settings.worker_count)
+        self.notifyOnSystemRegistrationChanges(True)  # worker nodes joining or leaving
+
+    def _add_node(self, node: str, count: int) -> None:
+        self.nodes.add(node)
+        if any(slot.node == node and not slot.gone for slot in self.slots):
+            return  # a node that checked in again after a hiccup keeps its workers
+        for _ in range(count):
+            self.slots.append(Slot(node))
+            self._start_worker(len(self.slots) - 1)
+
+    def _convention_update(self, update: ActorSystemConventionUpdate) -> None:
+        capabilities = update.remoteCapabilities or {}
+        node = capabilities.get(NPC_NODE)
+        if not capabilities.get(NPC_HOST) or node is None or node == self.spawn.settings.node:
+            return
+        if update.remoteAdded:
+            logger.info("node {} joined with {} workers", node, capabilities.get(NPC_WORKERS, 1))
+            self._add_node(node, max(1, int(capabilities.get(NPC_WORKERS) or 1)))
+            return
+        self.nodes.discard(node)
+        lost = [index for index, slot in enumerate(self.slots) if slot.node == node and not slot.gone]
+        logger.error("node {} left the convention: its {} workers are gone", node, len(lost))
+        for index in lost:
+            slot = self.slots[index]
+            slot.gone, slot.address = True, None
+            slot.generation += 1
+            self.outbox.discard(index)
+            self._notice((WORKER_GONE, index))
+
+    def _notice(self, item: tuple) -> None:
+        """Have a live worker (this node's first) pass ``item`` on to the gateway."""
+        local = self.spawn.settings.node
+        live = [index for index, slot in enumerate(self.slots) if slot.address is not None]
+        if not live:
+            logger.error("no live worker to tell the gateway {!r}", item)
+            return
+        self.outbox.add(min(live, key=lambda index: self.slots[index].node != local), [(NOTICE, item)])
+
     def _start_worker(self, index: int) -> None:
-        self.workers[index] = self.createActor(WorkerActor)
-        self.started_at[index] = time.monotonic()
-        self.send(self.workers[index], ConfigureWorker(
-            self.spawn.settings, self.spawn.gateway, index, self.generations[index]))
+        slot = self.slots[index]
+        if slot.gone or slot.node not in self.nodes:
+            return
+        slot.address = self.createActor(WorkerActor, targetActorRequirements={"node": slot.node})
+        slot.started_at = time.monotonic()
+        self.send(slot.address, ConfigureWorker(
+            self.spawn.settings, self.spawn.gateway, index, slot.generation, slot.node))
 
     def _worker_exited(self, address) -> None:
-        """Replace the worker at once; after a pause when it keeps dying as soon as it starts."""
-        if address not in self.workers:
+        """Replace the worker at once; after a pause when it keeps dying as soon as it starts, or
+        when it ran on another node (which may be leaving: then it is not replaced)."""
+        index = next((i for i, slot in enumerate(self.slots) if slot.address == address), None)
+        if index is None:
             return
-        index = self.workers.index(address)
-        self.workers[index] = None
-        self.generations[index] += 1
+        slot = self.slots[index]
+        slot.address = None
+        slot.generation += 1
         self.outbox.discard(index)
-        lived = time.monotonic() - self.started_at[index]
-        self.quick_deaths[index] = self.quick_deaths[index] + 1 if lived < QUICK_DEATH_S else 0
-        delay = min(MAX_BACKOFF_S, 2.0 ** self.quick_deaths[index]) if self.quick_deaths[index] > 1 else 0.0
-        logger.error("worker {} exited after {:.1f} s: starting generation {} in {:.0f} s", index, lived,
-                     self.generations[index], delay)
+        lived = time.monotonic() - slot.started_at
+        slot.quick_deaths = slot.quick_deaths + 1 if lived < QUICK_DEATH_S else 0
+        delay = min(MAX_BACKOFF_S, 2.0 ** slot.quick_deaths) if slot.quick_deaths > 1 else 0.0
+        if slot.node != self.spawn.settings.node:
+            delay = max(delay, REMOTE_RESTART_S)
+        logger.error("worker {} on node {} exited after {:.1f} s: starting generation {} in {:.0f} s", index,
+                     slot.node, lived, slot.generation, delay)
         if delay:
             self.wakeupAfter(delay, payload=index)
         else:
             self._start_worker(index)
 
     def _batch_for(self, index: int, items: list) -> tuple:
-        return self.workers[index], Batch(-1, items)
+        return self.slots[index].address, Batch(-1, items)

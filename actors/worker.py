@@ -13,12 +13,18 @@ from thespian.actors import Actor, ActorExitRequest, WakeupMessage, WatchMessage
 
 from actors.bridge import LoopBridge, OneInFlight
 from actors.host import AgentHost
-from actors.messages import NPC_HOST, Batch, ConfigureWorker, WorkerFailed, WorkerReady
+from actors.messages import NPC_HOST, NPC_NODE, Batch, ConfigureWorker, WorkerFailed, WorkerReady
 from config.log import configure_logging
 
 
 @requireCapability(NPC_HOST)
 class WorkerActor(Actor):
+    @classmethod
+    def actorSystemCapabilityCheck(cls, capabilities: dict, requirements: dict) -> bool:  # noqa: N802 - Thespian's
+        """Placement on one named node: the pool asks for ``{"node": name}``."""
+        wanted = (requirements or {}).get("node")
+        return wanted is None or capabilities.get(NPC_NODE) == wanted
+
     def __init__(self) -> None:
         super().__init__()
         self.bridge: LoopBridge | None = None
@@ -55,8 +61,9 @@ class WorkerActor(Actor):
             return AgentHost(message.settings, self.index, self.bridge.post)
 
         self.host = self.bridge.run(make_host(), timeout=30)
-        logger.info("worker {} generation {} ready (pid {})", self.index, message.generation, os.getpid())
-        self.send(self.gateway, WorkerReady(self.index, os.getpid(), message.generation))
+        logger.info("worker {} generation {} ready on node {} (pid {})", self.index, message.generation,
+                    message.node, os.getpid())
+        self.send(self.gateway, WorkerReady(self.index, os.getpid(), message.generation, message.node))
 
     def _flush(self) -> None:
         for destination, items in self.bridge.drain().items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -42,6 +43,8 @@ class Settings:
     max_frame_bytes: int
     workers: int
     admin_port: int
+    node_name: str
+    node_check_s: int
     startup_timeout_s: float
     batch_interval_s: float
     snapshot_timeout_s: float
@@ -90,6 +93,17 @@ class Settings:
     def worker_count(self) -> int:
         """Workers to start: the configured count, or one per CPU."""
         return self.workers if self.workers > 0 else (os.cpu_count() or 1)
+
+    @property
+    def node(self) -> str:
+        """This node's name in the convention: node_name, else host:admin_port."""
+        return self.node_name or f"{socket.gethostname()}:{self.admin_port}"
+
+    def thespian_environment(self) -> dict[str, str]:
+        """Thespian reads its convention timing from the environment when it is imported: set
+        these before importing it, on every node alike."""
+        period = f"{self.node_check_s // 60}:{self.node_check_s % 60:02d}"
+        return {"CONVENTION_REREGISTRATION_PERIOD": period, "CONVENTION_RESTART_PERIOD": period}
 
     @property
     def turn_model(self) -> str:

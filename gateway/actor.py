@@ -30,7 +30,7 @@ class GatewayActor(Actor):
         self.bridge: LoopBridge | None = None
         self.server: GatewayServer | None = None
         self.pool = None
-        self.workers: dict[int, tuple[int, int]] = {}  # worker index -> (generation, pid)
+        self.workers: dict[int, WorkerReady] = {}  # worker index -> its latest generation's report
         self.requester = None
         self.settings = None
         self.started = False
@@ -78,24 +78,30 @@ class GatewayActor(Actor):
         self.requester = sender
         configure_logging(self.settings.log_level, "gateway")
         self.pool = self.createActor(WorkerPool)  # fork while this process has a single thread
-        self.send(self.pool, SpawnWorkers(self.settings, self.myAddress, self.settings.worker_count))
+        self.send(self.pool, SpawnWorkers(self.settings, self.myAddress))
         self.bridge = LoopBridge("gateway-loop")
         self.outbox = OneInFlight(self, lambda _, batches: (self.pool, ToWorkers(batches)), self._send_queued,
                                   self.settings.batch_interval_s)
         logger.info("starting {} workers", self.settings.worker_count)
 
     def _worker_ready(self, message: WorkerReady, sender) -> None:
-        self.workers[message.index] = (message.generation, message.pid)
-        logger.debug("worker {} generation {} ready (pid {})", message.index, message.generation, message.pid)
+        """A worker is ready: one of this node's at start, a new node's, or a replacement."""
+        known = message.index in self.workers
+        self.workers[message.index] = message
+        logger.debug("worker {} generation {} ready on node {} (pid {})", message.index, message.generation,
+                     message.node, message.pid)
         if self.started:
-            self.bridge.call(self.server.router.worker_replaced, message.index, message.generation, message.pid)
+            router = self.server.router
+            if known:
+                self.bridge.call(router.worker_replaced, message.index, message.generation, message.pid)
+            else:
+                self.bridge.call(router.add_worker, message.index, message.generation, message.pid, message.node)
             return
-        if len(self.workers) < self.settings.worker_count:
+        if sum(ready.node == self.settings.node for ready in self.workers.values()) < self.settings.worker_count:
             return
 
         async def start_server() -> str:
-            pids = [self.workers[index][1] for index in range(self.settings.worker_count)]
-            self.server = GatewayServer(self.settings, pids, self.bridge.post)
+            self.server = GatewayServer(self.settings, list(self.workers.values()), self.bridge.post)
             return await self.server.start()
 
         url = self.bridge.run(start_server(), timeout=self.settings.startup_timeout_s)

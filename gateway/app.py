@@ -13,6 +13,7 @@ from typing import Any, Callable, Hashable
 from aiohttp import web
 from loguru import logger
 
+from actors.messages import WorkerReady
 from config.settings import Settings
 from gateway.auth import auth_middleware
 from gateway.events import WEB_DIR, EventsEndpoint, index
@@ -24,7 +25,7 @@ IDLE_SWEEPS = 10  # idle agents are looked for this many times per agent_idle_s 
 
 
 class GatewayServer:
-    def __init__(self, settings: Settings, worker_pids: list[int], post: Callable[[Hashable, Any], None]) -> None:
+    def __init__(self, settings: Settings, workers: list[WorkerReady], post: Callable[[Hashable, Any], None]) -> None:
         self.settings = settings
 
         def release(items: list[tuple[Hashable, tuple]]) -> None:
@@ -32,7 +33,9 @@ class GatewayServer:
                 post(destination, item)
 
         self.journal = Journal(settings.data_dir, settings.journal_fsync, 2 * settings.history_max_entries, release)
-        self.router = Router(settings, worker_pids, self.journal)
+        self.router = Router(settings, self.journal)
+        for ready in workers:
+            self.router.add_worker(ready.index, ready.generation, ready.pid, ready.node)
         self.events = EventsEndpoint(settings, self.router)
         self.router.observer = self.events
         self.godot = GodotEndpoint(self.router, settings, self.events)
@@ -51,10 +54,11 @@ class GatewayServer:
 
     async def healthz(self, request: web.Request) -> web.Response:
         router = self.router
+        live = router.live_workers()
         return web.json_response({
-            "status": "ok", "workers": len(router.load), "agents": router.agent_count,
-            "worker_pids": router.worker_pids, "worker_agents": router.load,
-            "known_agents": len(self.journal.known)})
+            "status": "ok", "workers": len(live), "agents": router.agent_count,
+            "worker_pids": [router.worker_pids[w] for w in live], "worker_agents": [router.load[w] for w in live],
+            "known_agents": len(self.journal.known), "nodes": router.nodes()})
 
     async def start(self) -> str:
         """Open the journal, listen on the configured address; return the base URL."""
@@ -95,10 +99,10 @@ class GatewayServer:
 
     async def flush_workers(self) -> None:
         """Return once every worker has handled everything sent to it before this call."""
-        remaining = len(self.router.load)
+        done = asyncio.get_running_loop().create_future()
+        remaining = len(self.router.live_workers())
         if not remaining:
             return
-        done = asyncio.get_running_loop().create_future()
 
         def one_done(_token: int) -> None:
             nonlocal remaining

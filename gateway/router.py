@@ -21,7 +21,7 @@ from typing import Any, Callable, Hashable, Protocol
 import orjson
 from loguru import logger
 
-from actors.messages import CONNECTION_CLOSED, DEACTIVATE, FLUSH, FLUSHED, FRAME, TO_AGENT, TO_FEED
+from actors.messages import CONNECTION_CLOSED, DEACTIVATE, FLUSH, FLUSHED, FRAME, TO_AGENT, TO_FEED, WORKER_GONE
 from config.settings import Settings
 from core import protocol as p
 from core.history import fact_of, starts_turn
@@ -46,15 +46,17 @@ class Observer(Protocol):
 
 
 class Router:
-    def __init__(self, settings: Settings, worker_pids: list[int], journal: Journal,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: Settings, journal: Journal, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.journal = journal
         self.clock = clock
         self.placement: dict[Key, int] = {}
-        self.load = [0] * len(worker_pids)
-        self.generation = [0] * len(worker_pids)
-        self.worker_pids = list(worker_pids)
+        # Per worker index (add_worker): agents placed, generation, pid, node, and whether it lives.
+        self.load: list[int] = []
+        self.generation: list[int] = []
+        self.worker_pids: list[int | None] = []
+        self.worker_nodes: list[str | None] = []
+        self.alive: list[bool] = []
         self.last_seen: dict[Key, float] = {}  # placed agents: when Godot or a player last addressed them
         self.pinned: set[Key] = set()  # taken over by a person on /events: kept active
         self.open = OpenTurns()
@@ -143,8 +145,8 @@ class Router:
         return True
 
     def _place(self, key: Key) -> int:
-        """Put ``key`` on the least-loaded worker; it gets its history first if it has one."""
-        worker = min(range(len(self.load)), key=self.load.__getitem__)
+        """Put ``key`` on the least-loaded live worker; it gets its history first if it has one."""
+        worker = min(self.live_workers(), key=self.load.__getitem__)
         self.placement[key] = worker
         self.load[worker] += 1
         if key in self.journal.known:
@@ -172,6 +174,8 @@ class Router:
                 if type(item[2]) is TakeoverEnded:
                     self.pinned.discard((item[1], item[2].agent_id))
                 observed.append(item)
+            elif item[0] == WORKER_GONE:
+                self.worker_gone(item[1])
             elif item[0] == FLUSHED:
                 waiter = self._flush_waiters.get(item[1])
                 if waiter is not None:
@@ -184,24 +188,60 @@ class Router:
     def flush(self, token: int, done: Callable[[int], None]) -> None:
         """Ask every worker to report once all it was sent so far is handled."""
         self._flush_waiters[token] = done
-        for worker in range(len(self.load)):
+        for worker in self.live_workers():
             self._send(worker, (FLUSH, token))
 
+    # --- workers coming and going --------------------------------------------------------------
+
+    def live_workers(self) -> list[int]:
+        return [worker for worker, alive in enumerate(self.alive) if alive]
+
+    def nodes(self) -> list[dict]:
+        """``{name, workers, agents}`` per node with live workers."""
+        nodes: dict[str, dict] = {}
+        for worker in self.live_workers():
+            node = nodes.setdefault(self.worker_nodes[worker],
+                                    {"name": self.worker_nodes[worker], "workers": 0, "agents": 0})
+            node["workers"] += 1
+            node["agents"] += self.load[worker]
+        return list(nodes.values())
+
+    def add_worker(self, worker: int, generation: int, pid: int, node: str) -> None:
+        """A worker to place agents on: one of this node's, or a joining node's."""
+        missing = worker + 1 - len(self.alive)
+        if missing > 0:
+            self.load += [0] * missing
+            self.generation += [0] * missing
+            self.worker_pids += [None] * missing
+            self.worker_nodes += [None] * missing
+            self.alive += [False] * missing
+        self.generation[worker], self.worker_pids[worker], self.worker_nodes[worker] = generation, pid, node
+        self.alive[worker] = True
+        logger.info("worker {} of node {} (pid {}) takes agents", worker, node, pid)
+
     def worker_replaced(self, worker: int, generation: int, pid: int) -> None:
-        """Worker ``worker`` died and a new one took its place: end the turns it was running for
-        Godot; its agents are placed again (with their history) when next addressed."""
+        """Worker ``worker`` died and a new one took its place."""
+        self._lose(worker, f"the worker process running this agent died (pid {self.worker_pids[worker]}); "
+                           "its turn is lost")
+        self.generation[worker], self.worker_pids[worker] = generation, pid
+
+    def worker_gone(self, worker: int) -> None:
+        """Worker ``worker``'s node left the convention: it takes no more agents."""
+        self.alive[worker] = False
+        self._lose(worker, f"the node running this agent ({self.worker_nodes[worker]}) was lost; its turn is lost")
+
+    def _lose(self, worker: int, why: str) -> None:
+        """End the turns ``worker`` was running for Godot; its agents are placed again (with their
+        history) when next addressed."""
         lost = [key for key, placed in self.placement.items() if placed == worker]
-        why = f"the worker process running this agent died (pid {self.worker_pids[worker]}); its turn is lost"
         frames = []
         for key in lost:
             del self.placement[key]
             self.last_seen.pop(key, None)
             frames += [(key[0], orjson.dumps(frame)) for frame in self.open.end(key, why)]
         self.load[worker] = 0
-        self.generation[worker] = generation
-        self.worker_pids[worker] = pid
-        logger.warning("worker {} replaced (generation {}, pid {}): {} agents will be restored, "
-                       "{} frames end their turns", worker, generation, pid, len(lost), len(frames))
+        logger.warning("worker {} of node {} lost: {} agents will be restored, {} frames end their turns",
+                       worker, self.worker_nodes[worker], len(lost), len(frames))
         self.deliver([(FRAME, session, data) for session, data in frames])
 
     # --- idle agents -------------------------------------------------------------------------

@@ -6,16 +6,13 @@ gateway with Thespian's ``ask``.
 
 from __future__ import annotations
 
-import socket
-
 from loguru import logger
 from thespian.actors import ActorSystem
 
-from actors.messages import NPC_HOST, GatewayStarted, GatewayStopped, StartGateway, StopGateway
+from actors.messages import GatewayStarted, GatewayStopped, StartGateway, StopGateway
+from actors.node import SYSTEM_BASE, NodeError, start_system
 from config.settings import Settings
 from gateway.actor import GatewayActor
-
-SYSTEM_BASE = "multiprocTCPBase"
 
 
 class ServiceError(RuntimeError):
@@ -33,16 +30,13 @@ class Service:
     def start(self) -> str:
         """Start everything and return the gateway's base URL once it accepts connections."""
         s = self.settings
-        if _port_in_use(s.admin_port):
-            raise ServiceError(
-                f"Thespian admin port {s.admin_port} is already in use: another server is running, "
-                "or a crashed one left its actor system behind. Stop it, or choose another port "
-                "with --admin-port / GAME_AGENT_ADMIN_PORT.")
         try:
             self.settings = s = self._provider(s)
-            logger.info("starting actor system ({}, admin port {})", SYSTEM_BASE, s.admin_port)
-            self.system = ActorSystem(
-                SYSTEM_BASE, capabilities={"Admin Port": s.admin_port, NPC_HOST: True}, transientUnique=True)
+            logger.info("starting actor system ({}, admin port {}, node {})", SYSTEM_BASE, s.admin_port, s.node)
+            try:
+                self.system = start_system(s)
+            except NodeError as exc:
+                raise ServiceError(str(exc)) from None
             self.gateway = self.system.createActor(GatewayActor)
             reply = self.system.ask(self.gateway, StartGateway(s), s.startup_timeout_s)
             if not isinstance(reply, GatewayStarted):
@@ -86,8 +80,3 @@ class Service:
                 logger.info("actor system stopped")
             if self.embedded_model is not None:
                 self.embedded_model.stop()
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -135,7 +135,8 @@ def start_server(tmp: Path, llm_url: str, workers: int, baseline: bool) -> tuple
     """``run.py`` (or the baseline relay) pointed at ``llm_url``; returns it and its base URL."""
     port = free_port()
     env = {**os.environ, "OPENAI_API_BASE": llm_url + "/v1", "OPENAI_API_KEY": API_KEY,
-           "LLM_MODEL": "scripted", "GAME_AGENT_LOG_DIR": str(tmp / "npc-logs")}
+           "LLM_MODEL": "scripted", "GAME_AGENT_LOG_DIR": str(tmp / "npc-logs"),
+           "GAME_AGENT_DATA_DIR": str(tmp / "npc-data")}
     if baseline:
         server = Managed("baseline relay", [sys.executable, "bench/baseline_relay.py", "--port", str(port)],
                          tmp / "baseline.log", env)

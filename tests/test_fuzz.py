@@ -971,6 +971,7 @@ async def test_a_normal_turn_still_works_after_the_fuzz(server, llm):
     assert not unexpected, "the server logged exceptions:\n\n" + "\n\n".join(unexpected[:3])
 
 
+EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(: |$)")  # "RuntimeError: ...", at the start of a line
 KNOWN_RACE = "RuntimeError: feed() called after close()"  # see the RACE tests at the end
 
 
@@ -979,8 +980,7 @@ def tracebacks(log: str) -> list[str]:
     found = []
     for block in log.split("Traceback (most recent call last):")[1:]:
         lines = block.splitlines()
-        end = next((i for i, line in enumerate(lines) if line and not line[0].isspace()
-                    and not line.startswith(("│", "└"))), len(lines) - 1)
+        end = next((i for i, line in enumerate(lines) if EXCEPTION_LINE.match(line)), len(lines) - 1)
         frames = [line for line in lines[:end] if line.strip().startswith("File ")]
         found.append("\n".join(frames[-4:] + [lines[end] if lines else ""]))
     return found

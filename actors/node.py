@@ -1,0 +1,42 @@
+"""This process's actor system: the leader's, or a worker node's that joins the leader's convention.
+
+Scaling out is Thespian's own convention: a worker node starts a ``multiprocTCPBase`` system
+whose ``Convention Address.IPv4`` is the leader's admin port and whose capabilities say it hosts
+NPC workers (``NPC Host``), under which name (``NPC Node``) and how many (``NPC Workers``). The
+leader's worker pool hears of it (``ActorSystemConventionUpdate``) and places workers there by
+naming the node (``WorkerActor.actorSystemCapabilityCheck``). docs/deploy.md has the whole story.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from thespian.actors import ActorSystem
+
+from actors.messages import NPC_HOST, NPC_NODE, NPC_WORKERS
+from config.settings import Settings
+
+SYSTEM_BASE = "multiprocTCPBase"
+
+
+class NodeError(RuntimeError):
+    """The actor system could not start; the message says why and what to do."""
+
+
+def start_system(settings: Settings, leader: tuple[str, int] | None = None) -> ActorSystem:
+    """Start this node's actor system; with ``leader``, as a member of that leader's convention."""
+    if _port_in_use(settings.admin_port):
+        raise NodeError(
+            f"Thespian admin port {settings.admin_port} is already in use: another server or node is "
+            "running, or a crashed one left its actor system behind. Stop it, or choose another port "
+            "with --admin-port / GAME_AGENT_ADMIN_PORT.")
+    capabilities = {"Admin Port": settings.admin_port, NPC_HOST: True, NPC_NODE: settings.node,
+                    NPC_WORKERS: settings.worker_count}
+    if leader is not None:
+        capabilities["Convention Address.IPv4"] = leader
+    return ActorSystem(SYSTEM_BASE, capabilities, transientUnique=True)
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
