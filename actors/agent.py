@@ -167,6 +167,8 @@ class Agent:
         log = self.log.bind(turn_id=turn.turn_id)
         try:
             spec = await self._fetch_spec(turn)
+            if turn.ended:  # ended while its answer arrived (wait_for may swallow that cancel)
+                return
             if spec is None:
                 self._end(turn, "finished", "error", error=(
                     p.SNAPSHOT_TIMEOUT,
@@ -176,6 +178,8 @@ class Agent:
             messages = build_messages(spec, self.history.entries, budget_chars=self.host.settings.history_budget_chars)
             turn.parser = parser = TagStreamParser(spec.allowed_tags)
             markup = await self._ask_player(turn, spec, messages[-1]["content"])
+            if turn.ended:
+                return
             if markup is not None:
                 self._emit_tags(turn, parser.feed(markup))
                 self._end(turn, "finished", "completed")

@@ -95,6 +95,7 @@ TOO_MANY_AGENTS = "too_many_agents"
 
 TURN_STATUSES = ("completed", "interrupted")
 RECENT_TURNS = 64  # an agent's turns that agent_turn_result / tool_results may still name
+MAX_DEPTH = 64  # JSON nesting a frame may have: orjson reads 1024 levels but writes only ~254
 EVENT_STRING_FIELDS = ("kind", "source", "text")
 
 
@@ -106,6 +107,8 @@ def parse_frame(raw: str | bytes) -> ClientMessage:
         raise ProtocolError(BAD_JSON, f"frame is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(BAD_FRAME, f"frame must be a JSON object, got {_kind(obj)}")
+    if _too_deep(obj):
+        raise ProtocolError(BAD_FRAME, f"frame is nested deeper than {MAX_DEPTH} levels", _ref(obj))
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(BAD_FRAME, "frame needs a string field 'type'", _ref(obj))
@@ -114,6 +117,18 @@ def parse_frame(raw: str | bytes) -> ClientMessage:
         known = ", ".join(_PARSERS)
         raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind!r}; known: {known}", _ref(obj))
     return parser(obj)
+
+
+def _too_deep(obj: dict) -> bool:
+    """Whether ``obj`` nests lists and objects deeper than MAX_DEPTH (iterative: no recursion)."""
+    level, depth = [obj], 1
+    while level:
+        if depth > MAX_DEPTH:
+            return True
+        level = [child for node in level for child in (node.values() if type(node) is dict else node)
+                 if type(child) is dict or type(child) is list]
+        depth += 1
+    return False
 
 
 def _ref(obj: dict) -> dict:
@@ -210,13 +225,14 @@ def _parse_turn_result(obj: dict) -> AgentTurnResult:
     status = obj.get("status")
     if status not in TURN_STATUSES:
         raise ProtocolError(
-            BAD_FIELD if "status" in obj else MISSING_FIELD,
+            BAD_FIELD if obj.get("status") is not None else MISSING_FIELD,
             f"agent_turn_result.status must be one of {', '.join(TURN_STATUSES)}, got {status!r}",
             _ref(obj),
         )
     tags = []
     for i, tag in enumerate(_list_of_objects(obj, "tags")):
-        name, attrs, text = tag.get("tag"), tag.get("attrs") or {}, tag.get("text", "")
+        name, attrs, text = tag.get("tag"), tag.get("attrs"), tag.get("text", "")
+        attrs = {} if attrs is None else attrs
         if not isinstance(name, str) or not name:
             raise ProtocolError(BAD_FIELD, f"agent_turn_result.tags[{i}].tag must be a non-empty string", _ref(obj))
         if not isinstance(attrs, dict):

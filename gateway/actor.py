@@ -43,7 +43,7 @@ class GatewayActor(Actor):
             elif isinstance(message, WakeupMessage):
                 self.outbox.wakeup(message.payload)
             elif isinstance(message, Batch):
-                self.bridge.call(self.server.router.deliver, message.items)
+                self.bridge.call(self.server.router.deliver, message.items, message.origin)
             elif isinstance(message, WorkerReady):
                 self._worker_ready(message, sender)
             elif isinstance(message, WorkerFailed):

@@ -57,6 +57,7 @@ class Router:
         self.worker_pids: list[int | None] = []
         self.worker_nodes: list[str | None] = []
         self.alive: list[bool] = []
+        self.relayed: list[int] = []  # items received from each worker (frames, mostly)
         self.last_seen: dict[Key, float] = {}  # placed agents: when Godot or a player last addressed them
         self.pinned: set[Key] = set()  # taken over by a person on /events: kept active
         self.open = OpenTurns()
@@ -158,8 +159,10 @@ class Router:
 
     # --- worker side -----------------------------------------------------------------------
 
-    def deliver(self, items: list[tuple]) -> None:
-        """Forward one batch from a worker."""
+    def deliver(self, items: list[tuple], origin: int | None = None) -> None:
+        """Forward one batch from worker ``origin``."""
+        if origin is not None:
+            self.relayed[origin] += len(items)
         connections = self.connections
         note = self.open.frame
         observed = []  # FRAME and TO_FEED items, in order, for the observer
@@ -197,13 +200,14 @@ class Router:
         return [worker for worker, alive in enumerate(self.alive) if alive]
 
     def nodes(self) -> list[dict]:
-        """``{name, workers, agents}`` per node with live workers."""
+        """``{name, workers, agents, frames}`` per node with live workers (frames: relayed so far)."""
         nodes: dict[str, dict] = {}
         for worker in self.live_workers():
             node = nodes.setdefault(self.worker_nodes[worker],
-                                    {"name": self.worker_nodes[worker], "workers": 0, "agents": 0})
+                                    {"name": self.worker_nodes[worker], "workers": 0, "agents": 0, "frames": 0})
             node["workers"] += 1
             node["agents"] += self.load[worker]
+            node["frames"] += self.relayed[worker]
         return list(nodes.values())
 
     def add_worker(self, worker: int, generation: int, pid: int, node: str) -> None:
@@ -215,6 +219,7 @@ class Router:
             self.worker_pids += [None] * missing
             self.worker_nodes += [None] * missing
             self.alive += [False] * missing
+            self.relayed += [0] * missing
         self.generation[worker], self.worker_pids[worker], self.worker_nodes[worker] = generation, pid, node
         self.alive[worker] = True
         logger.info("worker {} of node {} (pid {}) takes agents", worker, node, pid)

@@ -174,7 +174,9 @@ class LoadTest:
                 server, url = processes.start_server(self.tmp, llm_url, args.workers, args.baseline)
                 self.started.insert(0, server)  # stopped first: its turns end before the LLM goes
             groups = self._groups(url, server, llm_url)
+            nodes_before, started_at = _nodes(url), time.monotonic()
             self._drive(url, llm_url is not None, groups)
+            nodes = _node_rates(nodes_before, _nodes(url), time.monotonic() - started_at)
             records = _requests(llm_url) if llm_url else None
         finally:
             for proc in self.started:
@@ -185,6 +187,7 @@ class LoadTest:
         resources = {name: (group.report() if group else None) for name, group in groups.items()}
         result = report.build(self._config(), target, list(self.finals.values()), self.timeline, resources,
                               interrupt_close_ms(records, closes) if records is not None else None, leftovers)
+        result["nodes"] = nodes
         clean = (result["turns_completed"] > 0 and not result["errors"]["count"] and not leftovers
                  and len(self.finals) == args.generator_processes
                  and not any(result[k] for k in ("lost_events", "duplicated_events", "out_of_order_events",
@@ -334,3 +337,20 @@ def _requests(llm_url: str) -> list[dict]:
     """The scripted LLM's request records (with the prompts: can be tens of MB)."""
     with urllib.request.urlopen(f"{llm_url}/_control/requests", timeout=120) as response:
         return orjson.loads(response.read())
+
+
+def _nodes(url: str) -> list[dict]:
+    """The server's nodes from /healthz (none for the baseline relay or an unreachable server)."""
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
+            return orjson.loads(response.read()).get("nodes") or []
+    except OSError:
+        return []
+
+
+def _node_rates(before: list[dict], after: list[dict], seconds: float) -> list[dict]:
+    """Frames per second each node carried between two /healthz readings."""
+    start = {node["name"]: node["frames"] for node in before}
+    return [{"name": node["name"], "workers": node["workers"],
+             "frames_per_s": round((node["frames"] - start.get(node["name"], 0)) / seconds, 1)}
+            for node in after]

@@ -130,6 +130,8 @@ def table(report: dict) -> str:
         f"{report['notifications_sent']} notifications, {report['turn_results_sent']} turn results, "
         f"{report['tool_results_sent']} tool results",
         f"received    {report['events_per_s']:,.0f} frames/s, {report['tokens_per_s']:,.0f} tokens/s",
+        *(f"node        {node['name']}: {node['workers']} workers, {node['frames_per_s']:,.0f} frames/s"
+          for node in report.get("nodes") or []),
         f"integrity   lost {report['lost_events']}, duplicated {report['duplicated_events']}, "
         f"out of order {report['out_of_order_events']}, corrupted {report['corrupted_chunks']}",
         f"errors      {report['errors']['count']}" + (f" {report['errors']['codes']}" if report["errors"]["codes"]

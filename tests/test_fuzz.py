@@ -22,8 +22,7 @@ its ``error`` event, in order, and the client is never dropped. A player answeri
 
 Each example uses sessions of its own; GET /healthz is checked after each. Afterwards a normal
 turn must still work and the server log must hold no traceback. Known server deviations from the
-docs are tolerated where marked DEVIATION; a known crash is kept out of the fuzz (hits_known_bug)
-and reproduced by an xfail test at the end.
+docs are tolerated where marked DEVIATION. The bugs it found have tests of their own at the end.
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ EVENTS_OUTBOUND = {"id", "generate", "prompt", "reply", "action", "result", "sta
 EVENTS_CODES = frozenset({"bad_json", "bad_frame", "unknown_type", "missing_field", "bad_field",
                           "unknown_character", "character_taken", "name_taken", "not_playing", "no_prompt",
                           "bad_input"})
-KNOWN_BUG_DEPTH = 250  # see hits_known_bug; raise it above 1024 once the server is fixed
+SERVER_MAX_DEPTH = 64  # core.protocol.MAX_DEPTH: deeper frames get bad_frame
 MAX_JSON_DEPTH = 1000  # RFC 8259 lets a parser limit nesting; deeper JSON may get bad_json
 TURN, REQ = "@@turn_id@@", "@@request_id@@"  # replaced, when sent, by the newest real id of that kind
 GUARD = {"name": "Bram", "description": "A tired gate guard", "persona": "gruff but fair",
@@ -178,6 +177,11 @@ def ws_expect(payload: str | bytes, known: set[str]) -> tuple[Expect, tuple[str,
         return error("bad_json", ref={}), ()
     if status == "deep":
         return ANYTHING, ()
+    nesting = depth(value) if isinstance(value, dict) else 0
+    if nesting > SERVER_MAX_DEPTH + 1:
+        return error("bad_frame", "bad_json"), ()  # bad_json beyond orjson's own limit (1024)
+    if nesting >= SERVER_MAX_DEPTH - 1:  # at the limit: counted a level apart by the server and by depth()
+        return ANYTHING, ()
     expect, named = frame_expect(value, known)
     if status == "odd":
         return error("bad_json") | expect, ()
@@ -250,15 +254,12 @@ def frame_expect(obj: Any, known: set[str]) -> tuple[Expect, tuple[str, ...]]:
     elif kind == "agent_turn_result":
         required_id("agent_id")
         required_id("turn_id")
-        # DEVIATION (reported): a null status gets bad_field; section 9 says null is missing_field.
-        null_status = ("missing_field", "bad_field") if "status" in obj else ("missing_field",)
-        required(obj, "status", lambda v: v in ("completed", "interrupted"), null_status)
+        required(obj, "status", lambda v: v in ("completed", "interrupted"))
         for tag in list_of_objects("tags"):
             # A required field inside a list item: absent is "missing" or "bad", the docs say neither.
             required(tag, "tag", lambda v: isinstance(v, str) and v != "", ("missing_field", "bad_field"))
             if tag.get("attrs") is not None and not isinstance(tag["attrs"], dict):
-                # DEVIATION (reported): a falsy non-object ([], "", 0, false) is taken as {}.
-                (may if not tag["attrs"] else must).add("bad_field")
+                must.add("bad_field")
             if "text" in tag and tag["text"] is None:
                 may.add("bad_field")  # optional, null: the docs do not say whether null means absent
             elif tag.get("text") is not None and not isinstance(tag["text"], str):
@@ -343,8 +344,8 @@ def align(expects: list[Expect], replies: list[dict]) -> bool:
 
 def explain(sent: list[tuple[str, Expect]], replies: list[dict]) -> str:
     lines = ["frames sent, with the direct reply each may get:"]
-    for preview, e in sent:
-        lines.append(f"  {preview}\n      -> errors={sorted(e.errors)} silent={e.silent} "
+    for shown, e in sent:
+        lines.append(f"  {shown}\n      -> errors={sorted(e.errors)} silent={e.silent} "
                      f"pong={'yes' if e.pong else 'no'} ref={e.ref}")
     lines.append("direct replies received:")
     lines.extend(f"  {json.dumps(r)[:300]}" for r in replies)
@@ -387,32 +388,6 @@ def depth(value: Any) -> int:
         if isinstance(item, dict | list):
             stack.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
     return deepest
-
-
-def text_depth(text: str) -> int:
-    """How deeply the brackets of JSON-like text nest, outside strings."""
-    deepest = level = 0
-    in_string = escaped = False
-    for c in text:
-        if in_string:
-            escaped, in_string = (False, True) if escaped else (c == "\\", c != '"')
-        elif c == '"':
-            in_string = True
-        elif c in "[{":
-            level += 1
-            deepest = max(deepest, level)
-        elif c in "]}":
-            level -= 1
-    return deepest
-
-
-def hits_known_bug(payload: str | bytes) -> bool:
-    """KNOWN SERVER BUG, kept out of the fuzz so that it can look further (test_deeply_nested_values,
-    xfail, reproduces it): the gateway parses JSON nested up to 1024 levels (orjson.loads) but
-    cannot serialise more than ~254 (orjson.dumps), so a frame with a value nested that deep
-    where the gateway re-serialises it (a ping ``id``, ``event.data``, ``tags[].attrs`` values,
-    ``tool_results`` values) raises in the /ws handler and the connection is dropped (1006)."""
-    return isinstance(payload, str) and KNOWN_BUG_DEPTH <= text_depth(payload) <= 1024
 
 
 def preview(payload: str | bytes) -> str:
@@ -718,8 +693,6 @@ async def run_ws(server: ServerProcess, ops: list[tuple]) -> None:
             payload = materialize(op, peer)
             if payload is None or (isinstance(payload, str) and len(payload.encode()) > HARD_FRAME):
                 continue
-            if hits_known_bug(payload):
-                continue
             await peer.fuzz(payload)
         await peer.settle()
     finally:
@@ -1000,8 +973,6 @@ DEEP_FRAMES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: a value nested 254+ levels deep (but under orjson.loads' 1024) "
-                                       "makes the /ws handler raise (orjson.dumps recursion limit): connection dropped")
 @pytest.mark.parametrize("where", list(DEEP_FRAMES))
 async def test_deeply_nested_values_keep_the_connection(server, where):
     """Valid JSON, a few kB: at most an error frame, and the connection stays open (section 9)."""
@@ -1034,11 +1005,6 @@ async def _answer_then_lose_the_turn(server: ServerProcess, attempt: int) -> Non
         await player.close()
 
 
-RACE = pytest.mark.xfail(strict=True, reason="server bug: asyncio.wait_for (Python 3.11) swallows the cancel of a "
-                                             "turn whose input or snapshot lands in the same loop step as its end")
-
-
-@RACE
 async def test_a_turn_ended_meanwhile_does_not_go_on(server):
     """A player's input and Godot's disconnect reach the agent together: the turn ends
     (interrupted, disconnected) and must stop there, not feed the input to its closed parser."""
@@ -1047,28 +1013,3 @@ async def test_a_turn_ended_meanwhile_does_not_go_on(server):
         await _answer_then_lose_the_turn(server, attempt)
     await asyncio.sleep(0.3)
     assert KNOWN_RACE not in server.server_log()[logged:]
-
-
-@RACE
-async def test_a_turn_interrupted_as_its_snapshot_arrives_calls_no_llm(server, llm):
-    """A snapshot and a newer event back to back: the interrupted turn must not ask the LLM."""
-    await llm.reset()
-    godot = await GodotPeer.connect(server.url, "?session=race-snapshot")
-    try:
-        for n in range(20):
-            start = len(godot.frames)
-            await godot.send({"type": "interaction_event", "agent_id": "bram", "event_id": f"a{n}", "event": {}})
-            asked = await godot.wait_type("get_agent_state", start=start, event_id=f"a{n}")
-            await godot.send({"type": "agent_state_snapshot", "agent_id": "bram",
-                              "request_id": asked["request_id"], "state": GUARD})
-            godot.specs["bram"] = GUARD  # answers the next turn's request
-            await godot.send({"type": "interaction_event", "agent_id": "bram", "event_id": f"b{n}", "event": {}})
-            end = await turn_end(godot, f"b{n}", start)
-            del godot.specs["bram"]
-            assert end["type"] == "agent_turn_finished"
-        await asyncio.sleep(0.5)
-        finished = sum(f["type"] == "agent_turn_finished" for f in godot.frames)
-        completed = [r for r in await llm.requests() if r["end"] == "completed"]
-        assert len(completed) <= finished, f"{len(completed)} LLM answers streamed in full for {finished} turns"
-    finally:
-        await godot.close()

@@ -219,6 +219,8 @@ def test_a_short_real_run_reports_everything(tmp_path):
     assert {"run.py", "gateway", "worker"} <= roles
     assert report["server"]["cpu_percent"]["max"] > 0 and report["server"]["rss_mb"]["mean"] > 0
     assert len(report["generator"]["processes"]) == 2 and report["timeline"]
+    [node] = report["nodes"]  # one node, which carried the frames
+    assert node["workers"] == 1 and node["frames_per_s"] > 0
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     started = [proc["pid"] for group in ("server", "llm", "generator") for proc in report[group]["processes"]]
     assert report["leftover_processes"] == [] and not [pid for pid in started if alive(pid)]
