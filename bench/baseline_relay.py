@@ -37,13 +37,11 @@ from actors.host import llm_settings  # noqa: E402  (a pure function; no actor i
 from config.log import configure_logging  # noqa: E402
 from config.settings import Settings, load_settings  # noqa: E402
 from core import protocol as p  # noqa: E402
-from core.history import PENDING  # noqa: E402
+from core.history import History, fact_of, starts_turn  # noqa: E402
 from core.prompt import build_messages  # noqa: E402
 from core.spec import AgentSpec, SpecError, parse_spec  # noqa: E402
 from core.tagstream import TagChunk, TagClose, TagOpen, TagStreamParser  # noqa: E402
 from providers.client import ChatStreamer, LLMError  # noqa: E402
-
-RECENT_TURNS = 64
 
 
 class Connection:
@@ -78,8 +76,8 @@ class Connection:
 class Turn:
     __slots__ = ("turn_id", "event_id", "request_id", "spec_waiter", "task", "parser", "ended")
 
-    def __init__(self, event_id: str | None) -> None:
-        self.turn_id = uuid.uuid4().hex[:16]
+    def __init__(self, turn_id: str, event_id: str | None) -> None:
+        self.turn_id = turn_id
         self.event_id = event_id
         self.request_id = f"{self.turn_id}.state"
         self.spec_waiter: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -95,8 +93,7 @@ class Agent:
         self.relay = relay
         self.agent_id = agent_id
         self.conn: Connection | None = None
-        self.history: deque[dict] = deque(maxlen=relay.settings.history_max_entries)
-        self.recent: dict[str, dict] = {}  # turn_id -> its history entry (insertion ordered)
+        self.history = History(relay.settings.history_max_entries)
         self.spec: AgentSpec | None = None
         self.turn: Turn | None = None
 
@@ -104,10 +101,16 @@ class Agent:
         if self.conn is not None:
             self.conn.send(frame)
 
-    def on_interaction(self, msg: p.InteractionEvent) -> None:
-        self.interrupt("new_event", msg.event_id)
-        self.history.append({"kind": "event", "event_id": msg.event_id, "event": msg.event})
-        self.start_turn(msg.event_id)
+    def on_fact(self, msg: p.AgentMessage) -> None:
+        """A message that changes history (the same rules as the server's, without the journal)."""
+        turn_id = uuid.uuid4().hex[:16] if starts_turn(msg) else None
+        rejected = self.history.apply(fact_of(msg, self.agent_id, turn_id))
+        if rejected is not None:
+            self.emit(p.error(rejected.code, rejected.message, {"agent_id": self.agent_id, **rejected.ref}))
+        elif turn_id is not None:
+            event_id = getattr(msg, "event_id", None)
+            self.interrupt("new_event", event_id)
+            self.start_turn(turn_id, event_id)
 
     def on_snapshot(self, msg: p.AgentStateSnapshot) -> None:
         try:
@@ -121,27 +124,8 @@ class Agent:
         if turn is not None and turn.request_id == msg.request_id and not turn.spec_waiter.done():
             turn.spec_waiter.set_result(spec)
 
-    def on_turn_result(self, msg: p.AgentTurnResult) -> None:
-        entry = self.recent.get(msg.turn_id)
-        if entry is None or entry["status"] != PENDING:
-            self.emit(p.error(p.UNKNOWN_TURN, f"agent_turn_result: turn {msg.turn_id!r} is unknown or confirmed",
-                              {"agent_id": self.agent_id, "turn_id": msg.turn_id}))
-        else:
-            entry["status"], entry["tags"] = msg.status, msg.tags
-
-    def on_tool_results(self, msg: p.ToolResults) -> None:
-        self.history.append({"kind": "tool_results", "turn_id": msg.turn_id, "results": msg.results})
-        if msg.cont:
-            self.interrupt("new_event", None)
-            self.start_turn(None)
-
-    def start_turn(self, event_id: str | None) -> None:
-        self.turn = turn = Turn(event_id)
-        entry = {"kind": "turn", "turn_id": turn.turn_id, "status": PENDING, "tags": []}
-        self.history.append(entry)
-        self.recent[turn.turn_id] = entry
-        if len(self.recent) > RECENT_TURNS:
-            del self.recent[next(iter(self.recent))]
+    def start_turn(self, turn_id: str, event_id: str | None) -> None:
+        self.turn = turn = Turn(turn_id, event_id)
         self.emit(p.turn_started(self.agent_id, turn.turn_id, event_id))
         turn.task = asyncio.get_running_loop().create_task(self.run_turn(turn))
 
@@ -156,7 +140,7 @@ class Agent:
             if spec is None:
                 self.end(turn, "finished", "error", error=(p.SNAPSHOT_TIMEOUT, "no agent_state_snapshot in time"))
                 return
-            messages = build_messages(spec, self.history, budget_chars=settings.history_budget_chars)
+            messages = build_messages(spec, self.history.entries, budget_chars=settings.history_budget_chars)
             turn.parser = parser = TagStreamParser(spec.allowed_tags)
             usage = None
             async for delta in self.relay.llm.stream(messages):
@@ -250,11 +234,10 @@ class Relay:
         if kind is p.Ping:
             conn.send(p.pong(msg.id))
         elif kind is p.InteractionEvent:
-            self.agent(conn, session, msg.agent_id, create=True).on_interaction(msg)
+            self.agent(conn, session, msg.agent_id, create=True).on_fact(msg)
         elif kind is p.NotificationEvent:
             for agent_id in msg.agent_ids:
-                self.agent(conn, session, agent_id, create=True).history.append(
-                    {"kind": "notification", "event": msg.event})
+                self.agent(conn, session, agent_id, create=True).on_fact(msg)
         else:
             agent = self.agent(conn, session, msg.agent_id, create=False)
             if agent is None:
@@ -262,10 +245,8 @@ class Relay:
                                   {"type": p.TYPE_NAMES[kind], "agent_id": msg.agent_id}))
             elif kind is p.AgentStateSnapshot:
                 agent.on_snapshot(msg)
-            elif kind is p.AgentTurnResult:
-                agent.on_turn_result(msg)
             else:
-                agent.on_tool_results(msg)
+                agent.on_fact(msg)
 
     def agent(self, conn: Connection, session: str, agent_id: str, create: bool) -> Agent | None:
         agent = self.agents.get((session, agent_id))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from typing import Any, Callable, Hashable, Protocol
+from typing import Any, Callable, Protocol
 
 import orjson
 from loguru import logger
