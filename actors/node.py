@@ -17,6 +17,14 @@ from actors.messages import NPC_HOST, NPC_NODE, NPC_WORKERS
 from config.settings import Settings
 
 SYSTEM_BASE = "multiprocTCPBase"
+# Thespian's own logging (the standard library's, in every actor process): warnings and worse
+# only. Our logs go through loguru; libraries such as the HTTP client would print each request.
+THESPIAN_LOGGING = {
+    "version": 1,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "level": "WARNING"}},
+    "root": {"handlers": ["stderr"], "level": "WARNING"},
+}
 
 
 class NodeError(RuntimeError):
@@ -34,7 +42,7 @@ def start_system(settings: Settings, leader: tuple[str, int] | None = None) -> A
                     NPC_WORKERS: settings.worker_count}
     if leader is not None:
         capabilities["Convention Address.IPv4"] = leader
-    return ActorSystem(SYSTEM_BASE, capabilities, transientUnique=True)
+    return ActorSystem(SYSTEM_BASE, capabilities, logDefs=THESPIAN_LOGGING, transientUnique=True)
 
 
 def _port_in_use(port: int) -> bool:
