@@ -2,7 +2,7 @@
 
 Every turn that calls the LLM leaves a record of its whole prompt, written out as the agent's
 ``.llm_input.json`` when its Godot connection closes. Holding the newest 50 of them in memory cost
-about 900 KB per NPC after 50 turns (docs/performance.md), so each record goes, as one JSON line,
+about 1 MB per NPC after 50 turns (docs/performance.md), so each record goes, as one JSON line,
 to a spool file as its turn ends; memory keeps a line count. When the file reaches twice the
 records to keep, it is rewritten with the newest ones, so it stays bounded on disk too.
 

@@ -13,7 +13,7 @@ Virtual actors (``--known``): fills the journal with a synthetic history for N k
 server's start time, a restore's first-turn latency against a fresh NPC's, the RSS of all server
 processes, the journal's size, and the RSS once the active NPCs went idle and were deactivated.
 
-    python bench/memory.py --known 100000 --active 1000 --turns 50 [--idle-s 5]
+    python bench/memory.py --known 100000 --active 1000 --turns 50 [--idle-s 30]
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ def fill_journal(path: Path, known: int, turns: int) -> None:
     db.execute("commit")
     mark = TURN_ID_MARK.encode()
     words = [f" w{n}@{1795323786780185 + 97 * n}" for n in range(8)]
-    tags = [{"tag": "thought", "attrs": {}, "text": "".join(words[:2])}, {"tag": "say", "attrs": {}, "text": "".join(words[2:])}]
+    tags = [{"tag": "thought", "attrs": {}, "text": "".join(words[:2])},
+            {"tag": "say", "attrs": {}, "text": "".join(words[2:])}]
     began = time.monotonic()
     for turn in range(turns):
         event = orjson.dumps(fact_of(p.InteractionEvent("npc", None, {
@@ -184,6 +185,8 @@ async def activate(url: str, restored: list[str], fresh: list[str], sample: int,
                                   ["restored", "fresh"] * sample):
             timed[kind].append(await game.play_turn(agent_id, "Good day, how is the harvest?"))
         for kind, runs in timed.items():
+            if not runs:
+                continue
             print(f"  {kind:8} NPC, one at a time ({len(runs)}): first frame {ms([r[0] for r in runs])}, "
                   f"turn end {ms([r[1] for r in runs])}")
         slots = asyncio.Semaphore(concurrency)
@@ -195,7 +198,8 @@ async def activate(url: str, restored: list[str], fresh: list[str], sample: int,
 
         began = time.monotonic()
         runs = await asyncio.gather(*(one(agent_id) for agent_id in rest))
-        print(f"  the other {len(rest)} restored NPCs, {concurrency} at a time: {time.monotonic() - began:.1f} s, "
+        print(f"  {'the other ' if sample else ''}{len(rest)} restored NPCs, {concurrency} at a time: "
+              f"{time.monotonic() - began:.1f} s, "
               f"first frame {ms([r[0] for r in runs])}, turn end {ms([r[1] for r in runs])}")
         await asyncio.sleep(2)  # the last results reach their agents
     finally:
@@ -221,7 +225,8 @@ def virtual(args: argparse.Namespace) -> int:
                   "written directly with sqlite3 executemany (not played through the server)")
             began = time.monotonic()
             fill_journal(tmp / "npc-data" / FILE_NAME, known, turns)
-            print(f"  filled in {time.monotonic() - began:.0f} s; journal {journal_mb(tmp / 'npc-data'):,.0f} MB on disk")
+            print(f"  filled in {time.monotonic() - began:.0f} s; "
+                  f"journal {journal_mb(tmp / 'npc-data'):,.0f} MB on disk")
             server, url, start_s = started(tmp, llm_url, args.workers)
             try:
                 health = healthz(url)
@@ -247,6 +252,14 @@ def virtual(args: argparse.Namespace) -> int:
                 after_rss = rss_mb(server)
                 print(f"{health['agents']} active after {time.monotonic() - began:.0f} s idle (agent_idle_s = "
                       f"{args.idle_s:g}): server RSS {after_rss:.0f} MB ({process_rss(server)})")
+                # Python keeps freed memory for reuse rather than giving it back: another 1,000 show
+                # whether the first ones' memory was freed (flat RSS) or kept (RSS grows again).
+                others = [f"npc{i * (known // active) + known // active // 2}" for i in range(active)]
+                print(f"activating {active:,} other known NPCs:")
+                asyncio.run(activate(url, others, [], 0, args.concurrency))
+                health = healthz(url)
+                print(f"server RSS with {health['agents']:,} active NPCs, the first {active:,} deactivated: "
+                      f"{rss_mb(server):.0f} MB ({process_rss(server)})")
             finally:
                 server.stop()
             print(f"journal after the run: {journal_mb(tmp / 'npc-data'):,.0f} MB on disk")
@@ -264,7 +277,9 @@ def main() -> int:
     parser.add_argument("--known", type=int, default=0,
                         help="virtual actors: NPCs in a synthetic journal (--turns each); 0: the plain bench")
     parser.add_argument("--active", type=int, default=1000, help="with --known: NPCs given one real turn")
-    parser.add_argument("--idle-s", type=float, default=5.0, help="with --known: agent_idle_s for the run")
+    parser.add_argument("--idle-s", type=float, default=30.0,
+                        help="with --known: agent_idle_s for the run; longer than the activation takes, or the "
+                             "first NPCs are deactivated before the active RSS is read")
     args = parser.parse_args()
     if args.known:
         return virtual(args)
