@@ -210,7 +210,7 @@ def virtual(args: argparse.Namespace) -> int:
     known, active, turns = args.known, args.active, args.turns
     sample = min(20, active)
     os.environ["GAME_AGENT_AGENT_IDLE_S"] = str(args.idle_s)
-    # the default max_agents_per_session (10,000) would refuse the fresh NPCs of this one session
+    # one session holds every NPC here: keep max_agents_per_session out of the way
     os.environ["GAME_AGENT_MAX_AGENTS_PER_SESSION"] = str(known + sample + 10)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
