@@ -172,11 +172,14 @@ class Journal:
             db.execute("commit")
             self.facts_written += facts
             self.commits += 1
-        except sqlite3.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - the thread must live on, or every item would wait forever
             # Availability over durability: the game goes on; the operator sees why.
-            logger.error("journal write failed ({} facts not durable): {}", facts, exc)
+            logger.error("journal write failed ({} facts not durable): {!r}", facts, exc)
             if db.in_transaction:
-                db.execute("rollback")
+                try:
+                    db.execute("rollback")
+                except sqlite3.Error:
+                    pass
             out += [(destination, item) for destination, item, _ in batch[len(out):]]
             out = [(destination, (RESTORE, item[1], item[2], []) if item[0] == RESTORE and item[3] is None else item)
                    for destination, item in out]

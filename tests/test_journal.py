@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sqlite3
 from pathlib import Path
 
 import orjson
@@ -202,4 +203,24 @@ async def test_an_unreadable_journal_is_kept_aside_and_a_new_one_started(tmp_pat
     journal = await open_journal(tmp_path)
     assert journal.known == set()
     assert [path.name for path in tmp_path.iterdir() if ".unreadable-" in path.name]
+    await journal.close()
+
+
+@pytest.mark.timeout(30)
+async def test_a_failing_disk_loses_durability_not_the_game(tmp_path):
+    """When a commit fails, the items still go on, in order: the game does not stall."""
+    released = Released()
+    journal = await open_journal(tmp_path, released)
+    other = sqlite3.connect(tmp_path / FILE_NAME)
+    other.execute("drop table facts")  # every later insert fails
+    other.commit()
+    other.close()
+    send_fact(journal, "s", "a", event("t1"))
+    journal.restore(0, "s", "a")
+    send_fact(journal, "s", "a", event("t2"))
+    items = await released.wait(3)
+    assert [item for _, item in items] == [
+        (TO_AGENT, "s", "a", event("t1")), (RESTORE, "s", "a", []), (TO_AGENT, "s", "a", event("t2"))]
+    journal.send(0, ("after",))
+    assert (await released.wait(4))[-1] == (0, ("after",))
     await journal.close()
