@@ -25,7 +25,7 @@ from core import protocol as p
 from core.history import History
 from core.prompt import build_messages
 from core.spec import AgentSpec, SpecError, parse_spec
-from core.tagstream import TagChunk, TagClose, TagOpen, TagStreamParser
+from core.tagstream import TagStreamParser
 from core.taleweave import PlayerInput, Takeover, TakeoverEnded, TurnPrompt, actions_of
 from providers.client import LLMError
 
@@ -238,17 +238,8 @@ class Agent:
             return None
 
     def _emit_tags(self, turn: Turn, events: list) -> None:
-        agent_id, turn_id = self.agent_id, turn.turn_id
-        for ev in events:
-            if type(ev) is TagChunk:
-                self._emit(p.tag_chunk(agent_id, turn_id, ev.index, ev.tag, ev.text))
-            elif type(ev) is TagOpen:
-                attrs = ev.attrs
-                if ev.tag == "tool" and "call_id" not in attrs:
-                    attrs = {**attrs, "call_id": f"{turn_id}.{ev.index}"}
-                self._emit(p.tag_open(agent_id, turn_id, ev.index, ev.tag, attrs))
-            elif type(ev) is TagClose:
-                self._emit(p.tag_close(agent_id, turn_id, ev.index, ev.tag))
+        for frame in p.tag_frames(self.agent_id, turn.turn_id, events):
+            self._emit(frame)
 
     def _interrupt(self, reason: str, by_event_id: str | None) -> None:
         turn = self.turn

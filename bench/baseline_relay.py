@@ -40,7 +40,7 @@ from core import protocol as p  # noqa: E402
 from core.history import History, fact_of, starts_turn  # noqa: E402
 from core.prompt import build_messages  # noqa: E402
 from core.spec import AgentSpec, SpecError, parse_spec  # noqa: E402
-from core.tagstream import TagChunk, TagClose, TagOpen, TagStreamParser  # noqa: E402
+from core.tagstream import TagStreamParser  # noqa: E402
 from providers.client import ChatStreamer, LLMError  # noqa: E402
 
 
@@ -159,17 +159,8 @@ class Agent:
             self.end(turn, "finished", "error", error=(p.TURN_ERROR, f"turn failed: {exc}"))
 
     def emit_tags(self, turn: Turn, events: list) -> None:
-        agent_id, turn_id = self.agent_id, turn.turn_id
-        for ev in events:
-            if type(ev) is TagChunk:
-                self.emit(p.tag_chunk(agent_id, turn_id, ev.index, ev.tag, ev.text))
-            elif type(ev) is TagOpen:
-                attrs = ev.attrs
-                if ev.tag == "tool" and "call_id" not in attrs:
-                    attrs = {**attrs, "call_id": f"{turn_id}.{ev.index}"}
-                self.emit(p.tag_open(agent_id, turn_id, ev.index, ev.tag, attrs))
-            elif type(ev) is TagClose:
-                self.emit(p.tag_close(agent_id, turn_id, ev.index, ev.tag))
+        for frame in p.tag_frames(self.agent_id, turn.turn_id, events):
+            self.emit(frame)
 
     def interrupt(self, reason: str, by_event_id: str | None) -> None:
         if self.turn is not None and not self.turn.ended:
