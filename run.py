@@ -1,14 +1,14 @@
 """Command line of the NPC turn server.
 
-    python run.py [--host H] [--port P] [--workers N] [--admin-port A] [--config FILE]
-        run the server until SIGINT/SIGTERM, then stop every process it started
-    python run.py worker --leader HOST:PORT [--admin-port P] [--workers N] [--node NAME] [--config FILE]
-        run a worker node that joins the leader's Thespian convention and hosts NPC workers
-        (docs/deploy.md), until SIGINT/SIGTERM
-    python run.py llm-server [--port P] ...
-        run the scripted OpenAI-compatible LLM server (tests, demos, load tests)
-    python run.py loadtest [--npcs N] [--workers W] [--duration S] ... [--report F] [--plot F]
-        drive many simulated NPCs over real WebSockets and report latency and throughput
+python run.py [--host H] [--port P] [--workers N] [--admin-port A] [--config FILE]
+    run the server until SIGINT/SIGTERM, then stop every process it started
+python run.py worker --leader HOST:PORT [--admin-port P] [--workers N] [--node NAME] [--config FILE]
+    run a worker node that joins the leader's Thespian convention and hosts NPC workers
+    (docs/deploy.md), until SIGINT/SIGTERM
+python run.py llm-server [--port P] ...
+    run the scripted OpenAI-compatible LLM server (tests, demos, load tests)
+python run.py loadtest [--npcs N] [--workers W] [--duration S] ... [--report F] [--plot F]
+    drive many simulated NPCs over real WebSockets and report latency and throughput
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ def serve(argv: list[str]) -> int:
     parser.add_argument("--config", help="TOML file of settings (see config/defaults.toml)")
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(args.config, overrides={
-            "host": args.host, "port": args.port, "workers": args.workers, "admin_port": args.admin_port})
+        settings = load_settings(
+            args.config,
+            overrides={"host": args.host, "port": args.port, "workers": args.workers, "admin_port": args.admin_port},
+        )
     except SettingsError as exc:
         parser.error(str(exc))
     configure_logging(settings.log_level, "main")
@@ -72,8 +74,9 @@ def worker(argv: list[str]) -> int:
     if not host or not port.isdigit():
         parser.error(f"--leader must be HOST:PORT, got {args.leader!r}")
     try:
-        settings = load_settings(args.config, overrides={
-            "admin_port": args.admin_port, "workers": args.workers, "node_name": args.node})
+        settings = load_settings(
+            args.config, overrides={"admin_port": args.admin_port, "workers": args.workers, "node_name": args.node}
+        )
     except SettingsError as exc:
         parser.error(str(exc))
     configure_logging(settings.log_level, "node")
@@ -87,8 +90,13 @@ def worker(argv: list[str]) -> int:
     except NodeError as exc:
         logger.error("{}", exc)
         return 1
-    logger.info("node {} (admin port {}) joins the leader at {} with {} workers", settings.node,
-                settings.admin_port, args.leader, settings.worker_count)
+    logger.info(
+        "node {} (admin port {}) joins the leader at {} with {} workers",
+        settings.node,
+        settings.admin_port,
+        args.leader,
+        settings.worker_count,
+    )
     try:
         while not stop.wait(3600):
             pass

@@ -66,8 +66,9 @@ class Agent:
         self.last_request_id: str | None = None
         self.takeover: Takeover | None = None  # the person playing this NPC, if any
         keep = host.settings.llm_input_log_turns
-        self.llm_log = LlmInputLog(spool_path(host.settings.log_dir, session, agent_id, host.index),
-                                   keep) if keep else None
+        self.llm_log = (
+            LlmInputLog(spool_path(host.settings.log_dir, session, agent_id, host.index), keep) if keep else None
+        )
         self.log = logger.bind(agent_id=agent_id, session=session)
 
     # --- mailbox -------------------------------------------------------------------------
@@ -83,8 +84,13 @@ class Agent:
             self.log.exception("message {} failed", type(message).__name__)
             kind = message.get("type") if type(message) is dict else p.TYPE_NAMES.get(type(message))
             if kind is not None:  # Godot knows nothing of takeovers
-                self._emit(p.error(p.TURN_ERROR, f"internal error handling {kind}: {exc}",
-                                   {"agent_id": self.agent_id, "type": kind}))
+                self._emit(
+                    p.error(
+                        p.TURN_ERROR,
+                        f"internal error handling {kind}: {exc}",
+                        {"agent_id": self.agent_id, "type": kind},
+                    )
+                )
 
     def restore(self, facts: list[dict]) -> None:
         """Rebuild the history from the journal (this agent was placed anew on this worker)."""
@@ -106,8 +112,12 @@ class Agent:
         """The spec a turn waits for; a late answer to the latest request still updates the spec."""
         if msg.request_id != self.last_request_id:
             if _request_turn(msg.request_id) not in self.history.recent:
-                self._error(p.UNKNOWN_REQUEST, f"no get_agent_state with request_id {msg.request_id!r} "
-                            f"was sent for agent {self.agent_id!r}", msg, request_id=msg.request_id)
+                self._error(
+                    p.UNKNOWN_REQUEST,
+                    f"no get_agent_state with request_id {msg.request_id!r} was sent for agent {self.agent_id!r}",
+                    msg,
+                    request_id=msg.request_id,
+                )
             return  # an answer to an older request: a newer spec is already on its way
         try:
             spec = parse_spec(msg.state)
@@ -156,8 +166,9 @@ class Agent:
 
     def _start_turn(self, turn_id: str, event_id: str | None) -> None:
         """Run the turn the gateway assigned (its pending history entry is already in place)."""
-        turn = Turn(turn_id, event_id, f"{turn_id}{REQUEST_SUFFIX}",
-                    spec_waiter=asyncio.get_running_loop().create_future())
+        turn = Turn(
+            turn_id, event_id, f"{turn_id}{REQUEST_SUFFIX}", spec_waiter=asyncio.get_running_loop().create_future()
+        )
         self.turn = turn
         self.last_request_id = turn.request_id
         self._emit(p.turn_started(self.agent_id, turn_id, event_id))
@@ -170,10 +181,16 @@ class Agent:
             if turn.ended:  # ended while its answer arrived (wait_for may swallow that cancel)
                 return
             if spec is None:
-                self._end(turn, "finished", "error", error=(
-                    p.SNAPSHOT_TIMEOUT,
-                    f"no valid agent_state_snapshot within {self.host.settings.snapshot_timeout_s} s "
-                    f"and no earlier spec for agent {self.agent_id!r}"))
+                self._end(
+                    turn,
+                    "finished",
+                    "error",
+                    error=(
+                        p.SNAPSHOT_TIMEOUT,
+                        f"no valid agent_state_snapshot within {self.host.settings.snapshot_timeout_s} s "
+                        f"and no earlier spec for agent {self.agent_id!r}",
+                    ),
+                )
                 return
             messages = build_messages(spec, self.history.entries, budget_chars=self.host.settings.history_budget_chars)
             turn.parser = parser = TagStreamParser(spec.allowed_tags)
@@ -185,8 +202,13 @@ class Agent:
                 self._end(turn, "finished", "completed")
                 log.debug("turn played by a person in {:.3f} s", time.monotonic() - turn.started_at)
                 return
-            turn.llm_input = record = {"turn_id": turn.turn_id, "time": time.time(),
-                                       "model": self.host.settings.turn_model, "messages": messages, "usage": None}
+            turn.llm_input = record = {
+                "turn_id": turn.turn_id,
+                "time": time.time(),
+                "model": self.host.settings.turn_model,
+                "messages": messages,
+                "usage": None,
+            }
             async for delta in self.host.llm.stream(messages, extra_body=self.host.extra_body(spec)):
                 if delta.content and not turn.ended:
                     self._emit_tags(turn, parser.feed(delta.content))
@@ -231,8 +253,9 @@ class Agent:
             return await asyncio.wait_for(turn.input_waiter, timeout)
         except TimeoutError:
             if self.takeover is takeover:  # not already replaced by a newer takeover
-                self.log.bind(turn_id=turn.turn_id).info("{} did not answer within {} s: the LLM plays again",
-                                                         client, timeout)
+                self.log.bind(turn_id=turn.turn_id).info(
+                    "{} did not answer within {} s: the LLM plays again", client, timeout
+                )
                 self.takeover = None
                 self.host.report(self.session, TakeoverEnded(self.agent_id, client, takeover.grant))
             return None
@@ -246,8 +269,16 @@ class Agent:
         if turn is not None and not turn.ended:
             self._end(turn, "interrupted", reason, by_event_id=by_event_id)
 
-    def _end(self, turn: Turn, how: str, reason: str, *, usage: dict | None = None,
-             error: tuple[str, str] | None = None, by_event_id: str | None = None) -> None:
+    def _end(
+        self,
+        turn: Turn,
+        how: str,
+        reason: str,
+        *,
+        usage: dict | None = None,
+        error: tuple[str, str] | None = None,
+        by_event_id: str | None = None,
+    ) -> None:
         """The single way a turn ends: close its tag, send its last frame, stop its task."""
         if turn.ended:
             return
@@ -283,7 +314,13 @@ class Agent:
 
     def log_records(self) -> tuple[dict, dict | None]:
         """The conversation log and the LLM-input log (None when off), as written on disconnect."""
-        head = {"session": self.session, "agent_id": self.agent_id,
-                "name": self.spec.name if self.spec else None, "written_at": time.time()}
-        return ({**head, "history": list(self.history.entries)},
-                {**head, "turns": self.llm_log.newest()} if self.llm_log is not None else None)
+        head = {
+            "session": self.session,
+            "agent_id": self.agent_id,
+            "name": self.spec.name if self.spec else None,
+            "written_at": time.time(),
+        }
+        return (
+            {**head, "history": list(self.history.entries)},
+            {**head, "turns": self.llm_log.newest()} if self.llm_log is not None else None,
+        )

@@ -17,9 +17,10 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Coroutine, Hashable
 from concurrent.futures import Future
 from functools import partial
-from typing import Any, Callable, Coroutine, Hashable
+from typing import Any
 
 from loguru import logger
 from thespian.actors import Actor, ActorAddress, ThespianWatch

@@ -7,8 +7,9 @@ order. Frames leave serialised once, here, so the gateway forwards bytes without
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Any, Callable, Hashable
+from typing import Any
 
 import orjson
 from loguru import logger
@@ -16,7 +17,15 @@ from loguru import logger
 from actors.agent import Agent
 from actors.llm_input_log import _safe
 from actors.messages import (
-    CONNECTION_CLOSED, DEACTIVATE, FLUSH, FLUSHED, FRAME, NOTICE, RESTORE, TO_AGENT, TO_FEED,
+    CONNECTION_CLOSED,
+    DEACTIVATE,
+    FLUSH,
+    FLUSHED,
+    FRAME,
+    NOTICE,
+    RESTORE,
+    TO_AGENT,
+    TO_FEED,
 )
 from config.settings import Settings
 from core.spec import AgentSpec
@@ -129,10 +138,12 @@ class AgentHost:
                 folder.mkdir(parents=True, exist_ok=True)
                 stem = folder / _safe(agent_id)
                 stem.with_name(stem.name + ".conversation.json").write_bytes(
-                    orjson.dumps(conversation, option=orjson.OPT_INDENT_2))
+                    orjson.dumps(conversation, option=orjson.OPT_INDENT_2)
+                )
                 if llm_input is not None:  # None: llm_input_log_turns = 0
                     stem.with_name(stem.name + ".llm_input.json").write_bytes(
-                        orjson.dumps(llm_input, option=orjson.OPT_INDENT_2))
+                        orjson.dumps(llm_input, option=orjson.OPT_INDENT_2)
+                    )
             except OSError as exc:
                 logger.error("cannot write logs of agent {} to {}: {}", agent_id, folder, exc)
 

@@ -84,7 +84,7 @@ class LlmInputLog:
             self._fail("read", exc)
             return []
         records = []
-        for line in lines[-self.keep:]:
+        for line in lines[-self.keep :]:
             try:
                 records.append(orjson.loads(line))
             except orjson.JSONDecodeError:
@@ -104,7 +104,7 @@ class LlmInputLog:
         return [line for line in self.path.read_bytes().split(b"\n") if line]
 
     def _compact(self) -> None:
-        lines = self._read_lines()[-self.keep:]
+        lines = self._read_lines()[-self.keep :]
         part = self.path.with_name(self.path.name + ".part")
         part.write_bytes(b"".join(line + b"\n" for line in lines))
         os.replace(part, self.path)
@@ -113,5 +113,9 @@ class LlmInputLog:
     def _fail(self, what: str, exc: Exception) -> None:
         if not self._failed:
             self._failed = True
-            logger.error("cannot {} the LLM-input log {} ({}); this agent's log may miss turns "
-                         "(further errors not logged)", what, self.path, exc)
+            logger.error(
+                "cannot {} the LLM-input log {} ({}); this agent's log may miss turns (further errors not logged)",
+                what,
+                self.path,
+                exc,
+            )

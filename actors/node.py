@@ -37,9 +37,14 @@ def start_system(settings: Settings, leader: tuple[str, int] | None = None) -> A
         raise NodeError(
             f"Thespian admin port {settings.admin_port} is already in use: another server or node is "
             "running, or a crashed one left its actor system behind. Stop it, or choose another port "
-            "with --admin-port / GAME_AGENT_ADMIN_PORT.")
-    capabilities = {"Admin Port": settings.admin_port, NPC_HOST: True, NPC_NODE: settings.node,
-                    NPC_WORKERS: settings.worker_count}
+            "with --admin-port / GAME_AGENT_ADMIN_PORT."
+        )
+    capabilities = {
+        "Admin Port": settings.admin_port,
+        NPC_HOST: True,
+        NPC_NODE: settings.node,
+        NPC_WORKERS: settings.worker_count,
+    }
     if leader is not None:
         capabilities["Convention Address.IPv4"] = leader
     return ActorSystem(SYSTEM_BASE, capabilities, logDefs=THESPIAN_LOGGING, transientUnique=True)

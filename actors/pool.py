@@ -30,8 +30,17 @@ from loguru import logger
 from thespian.actors import Actor, ActorExitRequest, ActorSystemConventionUpdate, ChildActorExited, WakeupMessage
 
 from actors.bridge import OneInFlight
-from actors.messages import NOTICE, NPC_HOST, NPC_NODE, NPC_WORKERS, WORKER_GONE, Batch, ConfigureWorker, \
-    SpawnWorkers, ToWorkers
+from actors.messages import (
+    NOTICE,
+    NPC_HOST,
+    NPC_NODE,
+    NPC_WORKERS,
+    WORKER_GONE,
+    Batch,
+    ConfigureWorker,
+    SpawnWorkers,
+    ToWorkers,
+)
 from actors.worker import WorkerActor
 from config.log import configure_logging
 
@@ -133,8 +142,9 @@ class WorkerPool(Actor):
             return
         slot.address = self.createActor(WorkerActor, targetActorRequirements={"node": slot.node})
         slot.started_at = time.monotonic()
-        self.send(slot.address, ConfigureWorker(
-            self.spawn.settings, self.spawn.gateway, index, slot.generation, slot.node))
+        self.send(
+            slot.address, ConfigureWorker(self.spawn.settings, self.spawn.gateway, index, slot.generation, slot.node)
+        )
 
     def _worker_exited(self, address) -> None:
         """Replace the worker at once; after a pause when it keeps dying as soon as it starts, or
@@ -148,11 +158,17 @@ class WorkerPool(Actor):
         self.outbox.discard(index)
         lived = time.monotonic() - slot.started_at
         slot.quick_deaths = slot.quick_deaths + 1 if lived < QUICK_DEATH_S else 0
-        delay = min(MAX_BACKOFF_S, 2.0 ** slot.quick_deaths) if slot.quick_deaths > 1 else 0.0
+        delay = min(MAX_BACKOFF_S, 2.0**slot.quick_deaths) if slot.quick_deaths > 1 else 0.0
         if slot.node != self.spawn.settings.node:
             delay = max(delay, REMOTE_RESTART_S)
-        logger.error("worker {} on node {} exited after {:.1f} s: starting generation {} in {:.0f} s", index,
-                     slot.node, lived, slot.generation, delay)
+        logger.error(
+            "worker {} on node {} exited after {:.1f} s: starting generation {} in {:.0f} s",
+            index,
+            slot.node,
+            lived,
+            slot.generation,
+            delay,
+        )
         if delay:
             self.wakeupAfter(delay, payload=index)
         else:

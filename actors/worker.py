@@ -20,7 +20,7 @@ from config.log import configure_logging
 @requireCapability(NPC_HOST)
 class WorkerActor(Actor):
     @classmethod
-    def actorSystemCapabilityCheck(cls, capabilities: dict, requirements: dict) -> bool:  # noqa: N802 - Thespian's
+    def actorSystemCapabilityCheck(cls, capabilities: dict, requirements: dict) -> bool:
         """Placement on one named node: the pool asks for ``{"node": name}``."""
         wanted = (requirements or {}).get("node")
         return wanted is None or capabilities.get(NPC_NODE) == wanted
@@ -54,15 +54,24 @@ class WorkerActor(Actor):
         configure_logging(message.settings.log_level, f"worker-{message.index}")
         self.index, self.gateway = message.index, message.gateway
         self.bridge = LoopBridge(f"worker-{self.index}-loop")
-        self.outbox = OneInFlight(self, lambda _, items: (self.gateway, Batch(self.index, items)), self._flush,
-                                  message.settings.batch_interval_s)
+        self.outbox = OneInFlight(
+            self,
+            lambda _, items: (self.gateway, Batch(self.index, items)),
+            self._flush,
+            message.settings.batch_interval_s,
+        )
 
         async def make_host() -> AgentHost:
             return AgentHost(message.settings, self.index, self.bridge.post)
 
         self.host = self.bridge.run(make_host(), timeout=30)
-        logger.info("worker {} generation {} ready on node {} (pid {})", self.index, message.generation,
-                    message.node, os.getpid())
+        logger.info(
+            "worker {} generation {} ready on node {} (pid {})",
+            self.index,
+            message.generation,
+            message.node,
+            os.getpid(),
+        )
         self.send(self.gateway, WorkerReady(self.index, os.getpid(), message.generation, message.node))
 
     def _flush(self) -> None:

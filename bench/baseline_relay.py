@@ -116,8 +116,13 @@ class Agent:
         try:
             spec = parse_spec(msg.state)
         except SpecError as exc:
-            self.emit(p.error(p.BAD_STATE, f"agent_state_snapshot rejected: {exc}",
-                              {"agent_id": self.agent_id, "request_id": msg.request_id}))
+            self.emit(
+                p.error(
+                    p.BAD_STATE,
+                    f"agent_state_snapshot rejected: {exc}",
+                    {"agent_id": self.agent_id, "request_id": msg.request_id},
+                )
+            )
             return
         self.spec = spec
         turn = self.turn
@@ -166,8 +171,16 @@ class Agent:
         if self.turn is not None and not self.turn.ended:
             self.end(self.turn, "interrupted", reason, by_event_id=by_event_id)
 
-    def end(self, turn: Turn, how: str, reason: str, *, usage: dict | None = None,
-            error: tuple[str, str] | None = None, by_event_id: str | None = None) -> None:
+    def end(
+        self,
+        turn: Turn,
+        how: str,
+        reason: str,
+        *,
+        usage: dict | None = None,
+        error: tuple[str, str] | None = None,
+        by_event_id: str | None = None,
+    ) -> None:
         """The single way a turn ends: close its tag, send its last frame, stop its task."""
         if turn.ended:
             return
@@ -232,8 +245,13 @@ class Relay:
         else:
             agent = self.agent(conn, session, msg.agent_id, create=False)
             if agent is None:
-                conn.send(p.error(p.UNKNOWN_AGENT, f"agent {msg.agent_id!r} is unknown in session {session!r}",
-                                  {"type": p.TYPE_NAMES[kind], "agent_id": msg.agent_id}))
+                conn.send(
+                    p.error(
+                        p.UNKNOWN_AGENT,
+                        f"agent {msg.agent_id!r} is unknown in session {session!r}",
+                        {"type": p.TYPE_NAMES[kind], "agent_id": msg.agent_id},
+                    )
+                )
             elif kind is p.AgentStateSnapshot:
                 agent.on_snapshot(msg)
             else:

@@ -107,8 +107,10 @@ async def bare_socket(port: int) -> int:
     """Read the whole streamed response, counting content chunks, with no HTTP client at all."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     body = orjson.dumps({"model": MODEL, "messages": MESSAGES, "stream": True})
-    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-                 b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
     parts = []
     while part := await reader.read(1 << 16):
         parts.append(part)
@@ -137,8 +139,9 @@ def _median_per_chunk(samples: list[float], chunks: int) -> float:
     return statistics.median(samples) / chunks * 1e6
 
 
-async def measure(server: InProcessServer | SubprocessServer, run: Callable[[], Awaitable[int]], chunks: int,
-                  runs: int) -> tuple[float, float | None, float]:
+async def measure(
+    server: InProcessServer | SubprocessServer, run: Callable[[], Awaitable[int]], chunks: int, runs: int
+) -> tuple[float, float | None, float]:
     """Median CPU µs per chunk of this process and of the server (if separate), and median wall s."""
     await run()  # warm up: connection, imports, SDK caches
     process, server_cpu, wall = [], [], []
@@ -170,8 +173,10 @@ async def bench(server: InProcessServer | SubprocessServer, chunks: int, runs: i
             for name, run in paths.items():
                 process_cpu, server_cpu, wall = await measure(server, run, chunks, runs)
                 server_column = "-" if server_cpu is None else f"{server_cpu:.1f}"
-                print(f"{type(server).__name__:<17} {pacing:<14} {name:<18} {process_cpu:8.1f} {server_column:>7} "
-                      f"{wall:7.2f}")
+                print(
+                    f"{type(server).__name__:<17} {pacing:<14} {name:<18} {process_cpu:8.1f} {server_column:>7} "
+                    f"{wall:7.2f}"
+                )
     finally:
         await client.close()
         await streamer.aclose()
@@ -191,8 +196,12 @@ if __name__ == "__main__":
     parser.add_argument("--chunks", type=int, default=2000, help="content chunks per stream (default 2000)")
     parser.add_argument("--runs", type=int, default=5, help="measured streams per path and pacing (default 5)")
     parser.add_argument("--paced-tps", type=float, default=2000, help="token rate of the paced runs (default 2000)")
-    parser.add_argument("--server", choices=["inprocess", "subprocess", "both"], default="both",
-                        help="where the scripted server runs (default both)")
+    parser.add_argument(
+        "--server",
+        choices=["inprocess", "subprocess", "both"],
+        default="both",
+        help="where the scripted server runs (default both)",
+    )
     options = parser.parse_args()
     kinds = ["inprocess", "subprocess"] if options.server == "both" else [options.server]
     asyncio.run(main(options.chunks, options.runs, options.paced_tps, kinds))

@@ -22,8 +22,10 @@ sys.path.insert(0, str(ROOT))
 
 from providers.client import ChatStreamer, LLMSettings  # noqa: E402
 
-MESSAGES = [{"role": "system", "content": "You are Bram, a gate guard. " * 60},
-            {"role": "user", "content": "[speech from player] Who goes there? " * 20}]
+MESSAGES = [
+    {"role": "system", "content": "You are Bram, a gate guard. " * 60},
+    {"role": "user", "content": "[speech from player] Who goes there? " * 20},
+]
 
 
 def free_port() -> int:
@@ -48,9 +50,11 @@ async def measure(base_url: str, streams: int, rounds: int) -> None:
             await asyncio.gather(*(one_turn() for _ in range(streams)))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     requests = streams * rounds
-    print(f"{requests} requests, {chunks} chunks in {wall:.1f} s: client CPU {cpu:.2f} s "
-          f"({cpu / wall:.0%} of a core), {cpu / chunks * 1e6:.0f} µs per chunk all in, "
-          f"{cpu / requests * 1e3:.2f} ms per request all in")
+    print(
+        f"{requests} requests, {chunks} chunks in {wall:.1f} s: client CPU {cpu:.2f} s "
+        f"({cpu / wall:.0%} of a core), {cpu / chunks * 1e6:.0f} µs per chunk all in, "
+        f"{cpu / requests * 1e3:.2f} ms per request all in"
+    )
 
 
 def main() -> int:
@@ -62,8 +66,21 @@ def main() -> int:
     args = parser.parse_args()
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "run.py", "llm-server", "--port", str(port), "--tokens-per-s", str(args.tps),
-         "--default-tokens", str(args.tokens)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "run.py",
+            "llm-server",
+            "--port",
+            str(port),
+            "--tokens-per-s",
+            str(args.tps),
+            "--default-tokens",
+            str(args.tokens),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(1.5)
         asyncio.run(measure(f"http://127.0.0.1:{port}/v1", args.streams, args.rounds))

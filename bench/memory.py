@@ -58,8 +58,14 @@ class Game(JsonPeer):
         self.frames.clear()  # nothing here reads the record; keep the bench's own memory flat
         agent_id = frame.get("agent_id")
         if frame["type"] == "get_agent_state":
-            await self.send({"type": "agent_state_snapshot", "request_id": frame["request_id"], "agent_id": agent_id,
-                             "state": {"name": agent_id, "persona": "a villager", "inventory": ["bread", "a coin"]}})
+            await self.send(
+                {
+                    "type": "agent_state_snapshot",
+                    "request_id": frame["request_id"],
+                    "agent_id": agent_id,
+                    "state": {"name": agent_id, "persona": "a villager", "inventory": ["bread", "a coin"]},
+                }
+            )
         elif agent_id in self.queues:
             self.queues[agent_id].put_nowait(frame)
 
@@ -75,8 +81,15 @@ class Game(JsonPeer):
                 first = time.perf_counter() - sent
         last = time.perf_counter() - sent
         turn = [f for f in frames if f.get("turn_id") == frames[-1]["turn_id"]]
-        await self.send({"type": "agent_turn_result", "agent_id": agent_id, "turn_id": turn[0]["turn_id"],
-                         "status": "completed", "tags": played_tags(turn)})
+        await self.send(
+            {
+                "type": "agent_turn_result",
+                "agent_id": agent_id,
+                "turn_id": turn[0]["turn_id"],
+                "status": "completed",
+                "tags": played_tags(turn),
+            }
+        )
         return first, last
 
 
@@ -124,12 +137,19 @@ def fill_journal(path: Path, known: int, turns: int) -> None:
     db.execute("commit")
     mark = TURN_ID_MARK.encode()
     words = [f" w{n}@{1795323786780185 + 97 * n}" for n in range(8)]
-    tags = [{"tag": "thought", "attrs": {}, "text": "".join(words[:2])},
-            {"tag": "say", "attrs": {}, "text": "".join(words[2:])}]
+    tags = [
+        {"tag": "thought", "attrs": {}, "text": "".join(words[:2])},
+        {"tag": "say", "attrs": {}, "text": "".join(words[2:])},
+    ]
     began = time.monotonic()
     for turn in range(turns):
-        event = orjson.dumps(fact_of(p.InteractionEvent("npc", None, {
-            "kind": "speech", "text": f"Good day, how is the harvest? ({turn})"}), "npc", TURN_ID_MARK))
+        event = orjson.dumps(
+            fact_of(
+                p.InteractionEvent("npc", None, {"kind": "speech", "text": f"Good day, how is the harvest? ({turn})"}),
+                "npc",
+                TURN_ID_MARK,
+            )
+        )
         result = orjson.dumps(fact_of(p.AgentTurnResult("npc", TURN_ID_MARK, "completed", tags), "npc"))
 
         def rows(event=event, result=result, turn=turn):
@@ -181,14 +201,17 @@ async def activate(url: str, restored: list[str], fresh: list[str], sample: int,
         for agent_id in fresh[:4]:  # warm up: each worker's first turn opens its LLM connection
             await game.play_turn(agent_id, "Good day, how is the harvest?")
         timed: dict[str, list[tuple[float, float]]] = {"restored": [], "fresh": []}
-        for agent_id, kind in zip([a for pair in zip(restored[:sample], fresh[4:4 + sample]) for a in pair],
-                                  ["restored", "fresh"] * sample):
+        for agent_id, kind in zip(
+            [a for pair in zip(restored[:sample], fresh[4 : 4 + sample]) for a in pair], ["restored", "fresh"] * sample
+        ):
             timed[kind].append(await game.play_turn(agent_id, "Good day, how is the harvest?"))
         for kind, runs in timed.items():
             if not runs:
                 continue
-            print(f"  {kind:8} NPC, one at a time ({len(runs)}): first frame {ms([r[0] for r in runs])}, "
-                  f"turn end {ms([r[1] for r in runs])}")
+            print(
+                f"  {kind:8} NPC, one at a time ({len(runs)}): first frame {ms([r[0] for r in runs])}, "
+                f"turn end {ms([r[1] for r in runs])}"
+            )
         slots = asyncio.Semaphore(concurrency)
         rest = restored[sample:]
 
@@ -198,9 +221,11 @@ async def activate(url: str, restored: list[str], fresh: list[str], sample: int,
 
         began = time.monotonic()
         runs = await asyncio.gather(*(one(agent_id) for agent_id in rest))
-        print(f"  {'the other ' if sample else ''}{len(rest)} restored NPCs, {concurrency} at a time: "
-              f"{time.monotonic() - began:.1f} s, "
-              f"first frame {ms([r[0] for r in runs])}, turn end {ms([r[1] for r in runs])}")
+        print(
+            f"  {'the other ' if sample else ''}{len(rest)} restored NPCs, {concurrency} at a time: "
+            f"{time.monotonic() - began:.1f} s, "
+            f"first frame {ms([r[0] for r in runs])}, turn end {ms([r[1] for r in runs])}"
+        )
         await asyncio.sleep(2)  # the last results reach their agents
     finally:
         await game.close()
@@ -221,45 +246,58 @@ def virtual(args: argparse.Namespace) -> int:
             server, _, empty_start_s = started(empty, llm_url, args.workers)
             empty_rss = rss_mb(server)
             server.stop()
-            print(f"SYNTHETIC journal fill: {known:,} NPCs x {turns} confirmed turns = {2 * known * turns:,} facts "
-                  "written directly with sqlite3 executemany (not played through the server)")
+            print(
+                f"SYNTHETIC journal fill: {known:,} NPCs x {turns} confirmed turns = {2 * known * turns:,} facts "
+                "written directly with sqlite3 executemany (not played through the server)"
+            )
             began = time.monotonic()
             fill_journal(tmp / "npc-data" / FILE_NAME, known, turns)
-            print(f"  filled in {time.monotonic() - began:.0f} s; "
-                  f"journal {journal_mb(tmp / 'npc-data'):,.0f} MB on disk")
+            print(
+                f"  filled in {time.monotonic() - began:.0f} s; journal {journal_mb(tmp / 'npc-data'):,.0f} MB on disk"
+            )
             server, url, start_s = started(tmp, llm_url, args.workers)
             try:
                 health = healthz(url)
                 idle_rss = rss_mb(server)
-                print(f"server start (run.py to /healthz): {start_s:.1f} s with {health['known_agents']:,} known NPCs, "
-                      f"{empty_start_s:.1f} s with an empty journal")
-                print(f"server RSS at start: {idle_rss:.0f} MB ({process_rss(server)}), {empty_rss:.0f} MB with an "
-                      f"empty journal: {(idle_rss - empty_rss) * 1024 / known:.2f} KB per known NPC")
+                print(
+                    f"server start (run.py to /healthz): {start_s:.1f} s with {health['known_agents']:,} known NPCs, "
+                    f"{empty_start_s:.1f} s with an empty journal"
+                )
+                print(
+                    f"server RSS at start: {idle_rss:.0f} MB ({process_rss(server)}), {empty_rss:.0f} MB with an "
+                    f"empty journal: {(idle_rss - empty_rss) * 1024 / known:.2f} KB per known NPC"
+                )
                 restored = [f"npc{i * (known // active)}" for i in range(active)]
                 fresh = [f"fresh{i}" for i in range(4 + sample)]
                 print(f"activating {active:,} known NPCs (spread over the {known:,}) and {len(fresh)} fresh ones:")
                 asyncio.run(activate(url, restored, fresh, sample, args.concurrency))
                 health = healthz(url)
                 active_rss = rss_mb(server)
-                print(f"server RSS with {health['agents']:,} active NPCs ({health['known_agents']:,} known): "
-                      f"{active_rss:.0f} MB ({process_rss(server)}): "
-                      f"{(active_rss - idle_rss) * 1024 / health['agents']:.0f} KB per active NPC")
+                print(
+                    f"server RSS with {health['agents']:,} active NPCs ({health['known_agents']:,} known): "
+                    f"{active_rss:.0f} MB ({process_rss(server)}): "
+                    f"{(active_rss - idle_rss) * 1024 / health['agents']:.0f} KB per active NPC"
+                )
                 began = time.monotonic()
                 while healthz(url)["agents"] and time.monotonic() - began < 120:
                     time.sleep(0.5)
                 time.sleep(1)
                 health = healthz(url)
                 after_rss = rss_mb(server)
-                print(f"{health['agents']} active after {time.monotonic() - began:.0f} s idle (agent_idle_s = "
-                      f"{args.idle_s:g}): server RSS {after_rss:.0f} MB ({process_rss(server)})")
+                print(
+                    f"{health['agents']} active after {time.monotonic() - began:.0f} s idle (agent_idle_s = "
+                    f"{args.idle_s:g}): server RSS {after_rss:.0f} MB ({process_rss(server)})"
+                )
                 # Python keeps freed memory for reuse rather than giving it back: another 1,000 show
                 # whether the first ones' memory was freed (flat RSS) or kept (RSS grows again).
                 others = [f"npc{i * (known // active) + known // active // 2}" for i in range(active)]
                 print(f"activating {active:,} other known NPCs:")
                 asyncio.run(activate(url, others, [], 0, args.concurrency))
                 health = healthz(url)
-                print(f"server RSS with {health['agents']:,} active NPCs, the first {active:,} deactivated: "
-                      f"{rss_mb(server):.0f} MB ({process_rss(server)})")
+                print(
+                    f"server RSS with {health['agents']:,} active NPCs, the first {active:,} deactivated: "
+                    f"{rss_mb(server):.0f} MB ({process_rss(server)})"
+                )
             finally:
                 server.stop()
             print(f"journal after the run: {journal_mb(tmp / 'npc-data'):,.0f} MB on disk")
@@ -274,12 +312,20 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=100)
-    parser.add_argument("--known", type=int, default=0,
-                        help="virtual actors: NPCs in a synthetic journal (--turns each); 0: the plain bench")
+    parser.add_argument(
+        "--known",
+        type=int,
+        default=0,
+        help="virtual actors: NPCs in a synthetic journal (--turns each); 0: the plain bench",
+    )
     parser.add_argument("--active", type=int, default=1000, help="with --known: NPCs given one real turn")
-    parser.add_argument("--idle-s", type=float, default=30.0,
-                        help="with --known: agent_idle_s for the run; longer than the activation takes, or the "
-                             "first NPCs are deactivated before the active RSS is read")
+    parser.add_argument(
+        "--idle-s",
+        type=float,
+        default=30.0,
+        help="with --known: agent_idle_s for the run; longer than the activation takes, or the "
+        "first NPCs are deactivated before the active RSS is read",
+    )
     args = parser.parse_args()
     if args.known:
         return virtual(args)
@@ -292,9 +338,11 @@ def main() -> int:
                 asyncio.run(play(url, args.npcs, args.turns, args.concurrency))
                 after = rss_mb(server)
                 per_npc_kb = (after - before) * 1024 / args.npcs
-                print(f"server RSS {before:.0f} MB before, {after:.0f} MB after {args.npcs} NPCs x {args.turns} "
-                      f"confirmed turns: {per_npc_kb:.0f} KB per NPC; 10,000 NPCs would need about "
-                      f"{before + per_npc_kb * 10_000 / 1024:.0f} MB")
+                print(
+                    f"server RSS {before:.0f} MB before, {after:.0f} MB after {args.npcs} NPCs x {args.turns} "
+                    f"confirmed turns: {per_npc_kb:.0f} KB per NPC; 10,000 NPCs would need about "
+                    f"{before + per_npc_kb * 10_000 / 1024:.0f} MB"
+                )
             finally:
                 server.stop()
         finally:

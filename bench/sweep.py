@@ -29,8 +29,19 @@ def run(npcs: int, workers: int | None, duration: float, extra: list[str]) -> di
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         target = ["--baseline"] if workers is None else ["--workers", str(workers)]
-        command = [sys.executable, "run.py", "loadtest", "--npcs", str(npcs), "--duration", str(duration),
-                   "--report", str(report), *target, *extra]
+        command = [
+            sys.executable,
+            "run.py",
+            "loadtest",
+            "--npcs",
+            str(npcs),
+            "--duration",
+            str(duration),
+            "--report",
+            str(report),
+            *target,
+            *extra,
+        ]
         subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         return json.loads(report.read_text()) if report.exists() else {"error": "no report"}
 
@@ -56,10 +67,14 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=20)
     parser.add_argument("--out", default="bench/sweep.json", help="where to write every report")
     args, extra = parser.parse_known_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}; loadtest defaults unless given: {' '.join(extra) or '(none)'}\n")
-    print("| NPCs | workers | turns | frames/s | tokens/s | first tag ms p50 / p99 | chunk ms p50 / p99 "
-          "| interrupt ms p50 / p99 | turn ms mean / ideal | server CPU / RSS | lost+dup+reordered |")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}; loadtest defaults unless given: {' '.join(extra) or '(none)'}\n"
+    )
+    print(
+        "| NPCs | workers | turns | frames/s | tokens/s | first tag ms p50 / p99 | chunk ms p50 / p99 "
+        "| interrupt ms p50 / p99 | turn ms mean / ideal | server CPU / RSS | lost+dup+reordered |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for npcs in args.npcs:

@@ -20,9 +20,7 @@ _FORMAT = (
 def _add_kv(record: dict) -> None:
     extra = record["extra"]
     extra.setdefault("process_role", "main")
-    extra["kv"] = "".join(
-        f" {k}={v}" for k, v in extra.items() if k not in ("process_role", "kv")
-    )
+    extra["kv"] = "".join(f" {k}={v}" for k, v in extra.items() if k not in ("process_role", "kv"))
 
 
 def configure_logging(level: str, role: str) -> None:

@@ -10,9 +10,10 @@ import dataclasses
 import os
 import socket
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from core.tagstream import TAG_NAME
 
@@ -183,13 +184,22 @@ def _coerce(key: str, value: Any, default: Any, origin: str) -> Any:
             raise ValueError(value)
         return kind(value)
     except (TypeError, ValueError):
-        raise SettingsError(
-            f"setting {key!r} from {origin} must be {kind.__name__}, got {value!r}"
-        ) from None
+        raise SettingsError(f"setting {key!r} from {origin} must be {kind.__name__}, got {value!r}") from None
 
 
-MAY_BE_ZERO = ("workers", "port", "batch_interval_s", "llm_temperature", "llm_max_retries", "llm_max_concurrent",
-               "llm_max_concurrent_per_worker", "llm_input_log_turns", "embedded_model_threads", "events_replay", "agent_idle_s")
+MAY_BE_ZERO = (
+    "workers",
+    "port",
+    "batch_interval_s",
+    "llm_temperature",
+    "llm_max_retries",
+    "llm_max_concurrent",
+    "llm_max_concurrent_per_worker",
+    "llm_input_log_turns",
+    "embedded_model_threads",
+    "events_replay",
+    "agent_idle_s",
+)
 
 
 def _check(s: Settings) -> None:
@@ -211,4 +221,5 @@ def _check(s: Settings) -> None:
     for tag in (s.events_speech_tag, *s.action_tags):
         if not TAG_NAME.fullmatch(tag):
             raise SettingsError(
-                f"settings 'events_speech_tag' and 'events_action_tags' must hold tag names, got {tag!r}")
+                f"settings 'events_speech_tag' and 'events_action_tags' must hold tag names, got {tag!r}"
+            )

@@ -126,16 +126,18 @@ def fact_of(message: p.AgentMessage, agent_id: str, turn_id: str | None = None) 
     """
     kind = type(message)
     if kind is p.InteractionEvent:
-        return {"type": "interaction_event", "event_id": message.event_id, "event": message.event,
-                "turn_id": turn_id}
+        return {"type": "interaction_event", "event_id": message.event_id, "event": message.event, "turn_id": turn_id}
     if kind is p.NotificationEvent:
         return {"type": "notification_event", "event": message.event}
     if kind is p.AgentTurnResult:
-        return {"type": "agent_turn_result", "turn_id": message.turn_id, "status": message.status,
-                "tags": message.tags}
+        return {"type": "agent_turn_result", "turn_id": message.turn_id, "status": message.status, "tags": message.tags}
     if kind is p.ToolResults:
-        return {"type": "tool_results", "turn_id": message.turn_id, "results": message.results,
-                "next_turn_id": turn_id if message.cont else None}
+        return {
+            "type": "tool_results",
+            "turn_id": message.turn_id,
+            "results": message.results,
+            "next_turn_id": turn_id if message.cont else None,
+        }
     return None
 
 
@@ -172,13 +174,19 @@ class History:
             entry = self.recent.get(fact["turn_id"])
             if entry is None or entry["status"] != PENDING:
                 why = "was already confirmed" if entry else "is not a recent turn of this agent"
-                return Rejected(p.UNKNOWN_TURN, f"agent_turn_result: turn {fact['turn_id']!r} {why}",
-                                {"type": kind, "turn_id": fact["turn_id"]})
+                return Rejected(
+                    p.UNKNOWN_TURN,
+                    f"agent_turn_result: turn {fact['turn_id']!r} {why}",
+                    {"type": kind, "turn_id": fact["turn_id"]},
+                )
             entry["status"], entry["tags"] = fact["status"], fact["tags"]
         elif kind == "tool_results":
             if fact["turn_id"] not in self.recent:
-                return Rejected(p.UNKNOWN_TURN, f"tool_results: turn {fact['turn_id']!r} is not a recent turn "
-                                "of this agent", {"type": kind, "turn_id": fact["turn_id"]})
+                return Rejected(
+                    p.UNKNOWN_TURN,
+                    f"tool_results: turn {fact['turn_id']!r} is not a recent turn of this agent",
+                    {"type": kind, "turn_id": fact["turn_id"]},
+                )
             self.entries.append({"kind": "tool_results", "turn_id": fact["turn_id"], "results": fact["results"]})
             if fact["next_turn_id"] is not None:
                 self._start(fact["next_turn_id"])

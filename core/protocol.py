@@ -59,9 +59,7 @@ class ToolResults:
     cont: bool = True
 
 
-ClientMessage = (
-    Ping | InteractionEvent | NotificationEvent | AgentStateSnapshot | AgentTurnResult | ToolResults
-)
+ClientMessage = Ping | InteractionEvent | NotificationEvent | AgentStateSnapshot | AgentTurnResult | ToolResults
 AgentMessage = InteractionEvent | NotificationEvent | AgentStateSnapshot | AgentTurnResult | ToolResults
 
 
@@ -128,24 +126,25 @@ def _too_deep(obj: dict) -> bool:
     while level:
         if depth > MAX_DEPTH:
             return True
-        level = [child for node in level for child in (node.values() if type(node) is dict else node)
-                 if type(child) is dict or type(child) is list]
+        level = [
+            child
+            for node in level
+            for child in (node.values() if type(node) is dict else node)
+            if type(child) is dict or type(child) is list
+        ]
         depth += 1
     return False
 
 
 def _ref(obj: dict) -> dict:
     """What an error concerns: the frame's type and whichever ids it carried."""
-    return {
-        k: obj[k]
-        for k in ("type", "agent_id", "request_id", "turn_id", "event_id")
-        if isinstance(obj.get(k), str)
-    }
+    return {k: obj[k] for k in ("type", "agent_id", "request_id", "turn_id", "event_id") if isinstance(obj.get(k), str)}
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-            type(None): "null"}.get(type(value), "a number")
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
 
 
 def _string(obj: dict, key: str, *, required: bool = True) -> str | None:
@@ -155,9 +154,7 @@ def _string(obj: dict, key: str, *, required: bool = True) -> str | None:
             raise ProtocolError(MISSING_FIELD, f"{obj['type']} needs a string field {key!r}", _ref(obj))
         return None
     if not isinstance(value, str) or (required and not value):
-        raise ProtocolError(
-            BAD_FIELD, f"{obj['type']}.{key} must be a non-empty string, got {_kind(value)}", _ref(obj)
-        )
+        raise ProtocolError(BAD_FIELD, f"{obj['type']}.{key} must be a non-empty string, got {_kind(value)}", _ref(obj))
     return value
 
 
@@ -166,9 +163,7 @@ def _object(obj: dict, key: str) -> dict:
     if value is None:
         raise ProtocolError(MISSING_FIELD, f"{obj['type']} needs an object field {key!r}", _ref(obj))
     if not isinstance(value, dict):
-        raise ProtocolError(
-            BAD_FIELD, f"{obj['type']}.{key} must be an object, got {_kind(value)}", _ref(obj)
-        )
+        raise ProtocolError(BAD_FIELD, f"{obj['type']}.{key} must be an object, got {_kind(value)}", _ref(obj))
     return value
 
 
@@ -180,9 +175,7 @@ def _list_of_objects(obj: dict, key: str) -> list[dict]:
         raise ProtocolError(BAD_FIELD, f"{obj['type']}.{key} must be a list, got {_kind(value)}", _ref(obj))
     for i, item in enumerate(value):
         if not isinstance(item, dict):
-            raise ProtocolError(
-                BAD_FIELD, f"{obj['type']}.{key}[{i}] must be an object, got {_kind(item)}", _ref(obj)
-            )
+            raise ProtocolError(BAD_FIELD, f"{obj['type']}.{key}[{i}] must be an object, got {_kind(item)}", _ref(obj))
     return value
 
 
@@ -306,18 +299,29 @@ def turn_started(agent_id: str, turn_id: str, event_id: str | None) -> dict:
 
 
 def tag_open(agent_id: str, turn_id: str, index: int, tag: str, attrs: dict) -> dict:
-    return {"type": "agent_tag_open", "agent_id": agent_id, "turn_id": turn_id,
-            "index": index, "tag": tag, "attrs": attrs}
+    return {
+        "type": "agent_tag_open",
+        "agent_id": agent_id,
+        "turn_id": turn_id,
+        "index": index,
+        "tag": tag,
+        "attrs": attrs,
+    }
 
 
 def tag_chunk(agent_id: str, turn_id: str, index: int, tag: str, text: str) -> dict:
-    return {"type": "agent_tag_chunk", "agent_id": agent_id, "turn_id": turn_id,
-            "index": index, "tag": tag, "text": text}
+    return {
+        "type": "agent_tag_chunk",
+        "agent_id": agent_id,
+        "turn_id": turn_id,
+        "index": index,
+        "tag": tag,
+        "text": text,
+    }
 
 
 def tag_close(agent_id: str, turn_id: str, index: int, tag: str) -> dict:
-    return {"type": "agent_tag_close", "agent_id": agent_id, "turn_id": turn_id,
-            "index": index, "tag": tag}
+    return {"type": "agent_tag_close", "agent_id": agent_id, "turn_id": turn_id, "index": index, "tag": tag}
 
 
 def tag_frames(agent_id: str, turn_id: str, events: list) -> Iterator[dict]:

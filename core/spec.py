@@ -216,8 +216,7 @@ def _inventory_item(value: object, field: str) -> str:
 
 def _relationships(value: object, field: str) -> dict[str, str]:
     return {
-        str(name): _relationship(relation, _key_field(field, name))
-        for name, relation in _object(value, field).items()
+        str(name): _relationship(relation, _key_field(field, name)) for name, relation in _object(value, field).items()
     }
 
 
@@ -300,9 +299,7 @@ def build_dossier(spec: AgentSpec) -> str:
         *spec.prompt_parts,
         ("Other details", _bullets(f"{key}: {as_text(value)}" for key, value in spec.extra.items())),
     ]
-    return "\n\n".join(
-        [f"# {spec.name}", *(f"## {title}\n{body.strip()}" for title, body in sections if body.strip())]
-    )
+    return "\n\n".join([f"# {spec.name}", *(f"## {title}\n{body.strip()}" for title, body in sections if body.strip())])
 
 
 def _bullets(lines: Iterable[str]) -> str:

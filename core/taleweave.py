@@ -90,10 +90,13 @@ class TakeoverEnded:
 
 def actions_of(spec: AgentSpec) -> list[dict]:
     """What the NPC may do, for the person playing it: its tags and its tools."""
-    tags = [{"kind": "tag", "name": tag.name, "description": tag.description, "attrs": dict(tag.attrs)}
-            for tag in spec.tags]
-    tools = [{"kind": "tool", "name": tool.name, "description": tool.description, "parameters": tool.parameters}
-             for tool in spec.tools]
+    tags = [
+        {"kind": "tag", "name": tag.name, "description": tag.description, "attrs": dict(tag.attrs)} for tag in spec.tags
+    ]
+    tools = [
+        {"kind": "tool", "name": tool.name, "description": tool.description, "parameters": tool.parameters}
+        for tool in spec.tools
+    ]
     return tags + tools
 
 
@@ -167,8 +170,15 @@ def _scalar(value: object) -> bool:
 
 
 def _room(name: str, characters: list[dict]) -> dict:
-    return {"type": "room", "name": name, "description": "", "characters": characters, "items": [],
-            "portals": [], "attributes": {}}
+    return {
+        "type": "room",
+        "name": name,
+        "description": "",
+        "characters": characters,
+        "items": [],
+        "portals": [],
+        "attributes": {},
+    }
 
 
 @dataclass(eq=False, slots=True)
@@ -203,9 +213,12 @@ class Npc:
             attributes = {key: value for key, value in spec.extra.items() if _scalar(value)} if spec else {}
             attributes.update(agent_id=self.agent_id, location=spec.location if spec else "")
             self.entity = {
-                "type": "character", "name": self.name,
-                "backstory": spec.persona if spec else "", "description": spec.description if spec else "",
-                "items": [_item(value) for value in self.inventory], "attributes": attributes,
+                "type": "character",
+                "name": self.name,
+                "backstory": spec.persona if spec else "",
+                "description": spec.description if spec else "",
+                "items": [_item(value) for value in self.inventory],
+                "attributes": attributes,
                 "planner": {"calendar": [], "notes": []},
             }
         return self.entity
@@ -226,8 +239,15 @@ class Effects:
 class Feed:
     """One session's world as TaleWeave events; methods return the events to send."""
 
-    def __init__(self, session: str, *, speech_tag: str = "say", action_tags: Iterable[str] = ("action",),
-                 replay: int = 200, id_prefix: str = "") -> None:
+    def __init__(
+        self,
+        session: str,
+        *,
+        speech_tag: str = "say",
+        action_tags: Iterable[str] = ("action",),
+        replay: int = 200,
+        id_prefix: str = "",
+    ) -> None:
         self.session = session
         action_tags = [tag.lower() for tag in action_tags]
         self.speech_tag = speech_tag.lower()
@@ -286,14 +306,18 @@ class Feed:
         return npc
 
     def _status(self, text: str, npc: Npc | None) -> None:
-        self._emit("status", text=text, room=self._room_of(npc) if npc else None,
-                   character=npc.character() if npc else None)
+        self._emit(
+            "status", text=text, room=self._room_of(npc) if npc else None, character=npc.character() if npc else None
+        )
 
     def find(self, name: str) -> Npc | None:
         """The NPC a person means: by character name, else by agent id; exact case first."""
-        for matches in (lambda npc: npc.name == name, lambda npc: npc.agent_id == name,
-                        lambda npc: npc.name.lower() == name.lower(),
-                        lambda npc: npc.agent_id.lower() == name.lower()):
+        for matches in (
+            lambda npc: npc.name == name,
+            lambda npc: npc.agent_id == name,
+            lambda npc: npc.name.lower() == name.lower(),
+            lambda npc: npc.agent_id.lower() == name.lower(),
+        ):
             found = next((npc for npc in self.npcs.values() if matches(npc)), None)
             if found is not None:
                 return found
@@ -321,13 +345,19 @@ class Feed:
         elif kind is p.AgentTurnResult:
             if npc.turns.get(message.turn_id) is False and message.turn_id != npc.running:
                 npc.turns[message.turn_id] = True
-                npc.memory.append({"kind": "turn", "turn_id": message.turn_id, "status": message.status,
-                                   "tags": message.tags})
+                npc.memory.append(
+                    {"kind": "turn", "turn_id": message.turn_id, "status": message.status, "tags": message.tags}
+                )
         elif kind is p.ToolResults and message.turn_id in npc.turns:
             npc.memory.append({"kind": "tool_results", "turn_id": message.turn_id, "results": message.results})
             for result in message.results:
-                self._emit("result", result=as_text(result.get("output")), tool=result["tool"],
-                           room=self._room_of(npc), character=npc.character())
+                self._emit(
+                    "result",
+                    result=as_text(result.get("output")),
+                    tool=result["tool"],
+                    room=self._room_of(npc),
+                    character=npc.character(),
+                )
         return self._take()
 
     def _on_spec(self, npc: Npc, message: p.AgentStateSnapshot) -> None:
@@ -361,8 +391,11 @@ class Feed:
         someone watches (``watched``, kept by the shell)."""
         if not self.watched:
             return
-        self._out.append(self._event("stream", phase=phase, agent_id=npc.agent_id, character=npc.name,
-                                     turn_id=frame["turn_id"], **fields))
+        self._out.append(
+            self._event(
+                "stream", phase=phase, agent_id=npc.agent_id, character=npc.name, turn_id=frame["turn_id"], **fields
+            )
+        )
 
     def _on_started(self, npc: Npc | None, frame: dict) -> None:
         if npc is not None:
@@ -397,8 +430,14 @@ class Feed:
             if text.strip():
                 room, speaker = self._room_of(npc), npc.character()
                 partner = self.find(npc.partner) if npc.partner else None
-                self._emit("reply", text=text, room=room, character=speaker, speaker=speaker,
-                           audience=partner.character() if partner is not None and partner is not npc else room)
+                self._emit(
+                    "reply",
+                    text=text,
+                    room=room,
+                    character=speaker,
+                    speaker=speaker,
+                    audience=partner.character() if partner is not None and partner is not npc else room,
+                )
         elif kind in self.action_tags:
             parameters = {key: value for key, value in attrs.items() if key not in ("name", "call_id")}
             if kind == TOOL_TAG:
@@ -408,8 +447,14 @@ class Feed:
             character = npc.character()
             wanted = {str(value).lower() for value in parameters.values()}
             item = next((item for item in character["items"] if item["name"].lower() in wanted), None)
-            self._emit("action", action=attrs.get("name") or tag, parameters=parameters,
-                       room=self._room_of(npc), character=character, item=item)
+            self._emit(
+                "action",
+                action=attrs.get("name") or tag,
+                parameters=parameters,
+                room=self._room_of(npc),
+                character=character,
+                item=item,
+            )
 
     def _on_end(self, npc: Npc | None, frame: dict) -> None:
         if npc is None:
@@ -448,11 +493,16 @@ class Feed:
                 self._emit("prompt", prompt=report.prompt, room=room, character=character)
             elif npc.player == report.client:
                 npc.awaiting = report.client
-                self._emit("prompt", prompt=report.prompt, room=room, character=character,
-                           client=report.client, actions=report.actions)
+                self._emit(
+                    "prompt",
+                    prompt=report.prompt,
+                    room=room,
+                    character=character,
+                    client=report.client,
+                    actions=report.actions,
+                )
         elif npc.player == report.client and npc.grant == report.grant:
-            self._status(f"{self._display(report.client)} did not answer in time: the LLM plays "
-                         f"{npc.name} again", npc)
+            self._status(f"{self._display(report.client)} did not answer in time: the LLM plays {npc.name} again", npc)
             self._release(npc)  # the agent has already taken it back: no Takeover to send
             self._players()
         return self._take()
@@ -464,11 +514,21 @@ class Feed:
         if not self.snapshot_due:
             return None
         self.snapshot_due = False
-        world = {"type": "world", "name": self.session, "theme": "",
-                 "order": [npc.name for npc in self.npcs.values()], "rooms": list(self._all_rooms().values()),
-                 "turn": self.turn}
-        memory = {npc.name: [{"type": "ai" if m["role"] == "assistant" else "human", "content": m["content"]}
-                             for m in to_messages(list(npc.memory))] for npc in self.npcs.values()}
+        world = {
+            "type": "world",
+            "name": self.session,
+            "theme": "",
+            "order": [npc.name for npc in self.npcs.values()],
+            "rooms": list(self._all_rooms().values()),
+            "turn": self.turn,
+        }
+        memory = {
+            npc.name: [
+                {"type": "ai" if m["role"] == "assistant" else "human", "content": m["content"]}
+                for m in to_messages(list(npc.memory))
+            ]
+            for npc in self.npcs.values()
+        }
         self.last_snapshot = self._event("snapshot", world=world, memory=memory, turn=self.turn, step=self.turn)
         return self.last_snapshot
 
@@ -519,13 +579,17 @@ class Feed:
         return self.names.get(client) or client
 
     def _players(self) -> None:
-        self._emit("players", players={client: self.npcs[agent_id].name for client, agent_id in self.players.items()},
-                   names={client: name for client, name in self.names.items() if name})
+        self._emit(
+            "players",
+            players={client: self.npcs[agent_id].name for client, agent_id in self.players.items()},
+            names={client: name for client, name in self.names.items() if name},
+        )
 
     def _set_name(self, client: str, name: object) -> Effects:
         if not isinstance(name, str) or not name.strip() or len(name.strip()) > MAX_NAME_CHARS:
-            return self.refusal(p.BAD_FIELD, f"player.name must be a non-empty string of at most "
-                                            f"{MAX_NAME_CHARS} characters")
+            return self.refusal(
+                p.BAD_FIELD, f"player.name must be a non-empty string of at most {MAX_NAME_CHARS} characters"
+            )
         name = name.strip()
         holder = next((other for other, taken in self.names.items() if taken == name), None)
         if holder not in (None, client):
@@ -544,13 +608,13 @@ class Feed:
             npc = self.find(name)
             if npc is None:
                 known = ", ".join(sorted(other.name for other in self.npcs.values())) or "none yet"
-                return self.refusal(UNKNOWN_CHARACTER, f"no character named {name!r} in session "
-                                                      f"{self.session!r}; known: {known}")
+                return self.refusal(
+                    UNKNOWN_CHARACTER, f"no character named {name!r} in session {self.session!r}; known: {known}"
+                )
             if npc.agent_id == current:
                 return effects
             if npc.player is not None:
-                return self.refusal(CHARACTER_TAKEN, f"{npc.name} is already played by "
-                                                    f"{self._display(npc.player)}")
+                return self.refusal(CHARACTER_TAKEN, f"{npc.name} is already played by {self._display(npc.player)}")
         if current is not None:
             effects.agents.append(self._release(self.npcs[current]))
         if npc is not None:
@@ -577,8 +641,7 @@ class Feed:
             return self.refusal(p.BAD_FIELD, "input.input must be a string")
         agent_id = self.players.get(client)
         if agent_id is None:
-            return self.refusal(NOT_PLAYING, "you play no character: send {\"type\": \"player\", "
-                                            "\"become\": NAME} first")
+            return self.refusal(NOT_PLAYING, 'you play no character: send {"type": "player", "become": NAME} first')
         npc = self.npcs[agent_id]
         if npc.awaiting != client:
             return self.refusal(NO_PROMPT, f"{npc.name} has no turn waiting for your input; wait for a prompt")

@@ -13,8 +13,16 @@ from thespian.actors import Actor, ActorExitRequest, ChildActorExited, WakeupMes
 
 from actors.bridge import LoopBridge, OneInFlight
 from actors.messages import (
-    Batch, GatewayStarted, ToWorkers, GatewayStopped, SpawnWorkers, StartFailed, StartGateway, StopGateway,
-    WorkerFailed, WorkerReady,
+    Batch,
+    GatewayStarted,
+    GatewayStopped,
+    SpawnWorkers,
+    StartFailed,
+    StartGateway,
+    StopGateway,
+    ToWorkers,
+    WorkerFailed,
+    WorkerReady,
 )
 from actors.pool import WorkerPool
 from config.log import configure_logging
@@ -80,16 +88,22 @@ class GatewayActor(Actor):
         self.pool = self.createActor(WorkerPool)  # fork while this process has a single thread
         self.send(self.pool, SpawnWorkers(self.settings, self.myAddress))
         self.bridge = LoopBridge("gateway-loop")
-        self.outbox = OneInFlight(self, lambda _, batches: (self.pool, ToWorkers(batches)), self._send_queued,
-                                  self.settings.batch_interval_s)
+        self.outbox = OneInFlight(
+            self, lambda _, batches: (self.pool, ToWorkers(batches)), self._send_queued, self.settings.batch_interval_s
+        )
         logger.info("starting {} workers", self.settings.worker_count)
 
     def _worker_ready(self, message: WorkerReady, sender) -> None:
         """A worker is ready: one of this node's at start, a new node's, or a replacement."""
         known = message.index in self.workers
         self.workers[message.index] = message
-        logger.debug("worker {} generation {} ready on node {} (pid {})", message.index, message.generation,
-                     message.node, message.pid)
+        logger.debug(
+            "worker {} generation {} ready on node {} (pid {})",
+            message.index,
+            message.generation,
+            message.node,
+            message.pid,
+        )
         if self.started:
             router = self.server.router
             if known:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any, Callable, Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 from aiohttp import web
 from loguru import logger
@@ -55,10 +56,17 @@ class GatewayServer:
     async def healthz(self, request: web.Request) -> web.Response:
         router = self.router
         live = router.live_workers()
-        return web.json_response({
-            "status": "ok", "workers": len(live), "agents": router.agent_count,
-            "worker_pids": [router.worker_pids[w] for w in live], "worker_agents": [router.load[w] for w in live],
-            "known_agents": len(self.journal.known), "nodes": router.nodes()})
+        return web.json_response(
+            {
+                "status": "ok",
+                "workers": len(live),
+                "agents": router.agent_count,
+                "worker_pids": [router.worker_pids[w] for w in live],
+                "worker_agents": [router.load[w] for w in live],
+                "known_agents": len(self.journal.known),
+                "nodes": router.nodes(),
+            }
+        )
 
     async def start(self) -> str:
         """Open the journal, listen on the configured address; return the base URL."""

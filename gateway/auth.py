@@ -35,11 +35,16 @@ def auth_middleware(settings: Settings):
         if path not in PROTECTED:
             return await handler(request)
         if expected and not _has_token(request, expected):
-            return _refuse(request, 401, "unauthorized",
-                           "a valid token is required: Authorization: Bearer <token> or ?token=<token>")
+            return _refuse(
+                request,
+                401,
+                "unauthorized",
+                "a valid token is required: Authorization: Bearer <token> or ?token=<token>",
+            )
         if path == "/events" and not origin_allowed(request, allowed):
-            return _refuse(request, 403, "forbidden_origin",
-                           "this Origin may not open /events (setting events_allowed_origins)")
+            return _refuse(
+                request, 403, "forbidden_origin", "this Origin may not open /events (setting events_allowed_origins)"
+            )
         return await handler(request)
 
     return middleware

@@ -60,7 +60,8 @@ class Client:
         await self.stop_writing()
         try:
             await asyncio.wait_for(
-                self.ws.close(code=TOO_SLOW_CLOSE_CODE, message=b"too slow: send buffer full"), CLOSE_TIMEOUT_S)
+                self.ws.close(code=TOO_SLOW_CLOSE_CODE, message=b"too slow: send buffer full"), CLOSE_TIMEOUT_S
+            )
         except (TimeoutError, ConnectionError, RuntimeError):
             if self._transport is not None:
                 self._transport.abort()
@@ -101,9 +102,15 @@ class EventsEndpoint:
         audience = self.sessions.get(name)
         if audience is None:
             s = self.settings
-            audience = self.sessions[name] = Audience(Feed(
-                name, speech_tag=s.events_speech_tag, action_tags=s.action_tags, replay=s.events_replay,
-                id_prefix=f"{self._id_prefix}{len(self.sessions)}-"))
+            audience = self.sessions[name] = Audience(
+                Feed(
+                    name,
+                    speech_tag=s.events_speech_tag,
+                    action_tags=s.action_tags,
+                    replay=s.events_replay,
+                    id_prefix=f"{self._id_prefix}{len(self.sessions)}-",
+                )
+            )
         return audience
 
     # --- what Godot and the agents do (never raise: the router's batch must go on) ----------------
@@ -138,7 +145,8 @@ class EventsEndpoint:
             # one built on connect).
             if audience.clients and audience.feed.snapshot_due and audience.snapshot_timer is None:
                 audience.snapshot_timer = asyncio.get_running_loop().call_later(
-                    self.settings.events_snapshot_interval_s, self._snapshot, audience)
+                    self.settings.events_snapshot_interval_s, self._snapshot, audience
+                )
 
     def _snapshot(self, audience: Audience) -> None:
         """Coalesced: one snapshot for every turn that ended within the interval."""
@@ -165,8 +173,11 @@ class EventsEndpoint:
                 if msg.type is WSMsgType.TEXT:
                     self._apply(audience, client, audience.feed.command(client.client_id, msg.data))
                 elif msg.type is WSMsgType.BINARY:
-                    self._apply(audience, client, audience.feed.refusal(
-                        p.BAD_FRAME, "binary frames are not supported; send JSON as text"))
+                    self._apply(
+                        audience,
+                        client,
+                        audience.feed.refusal(p.BAD_FRAME, "binary frames are not supported; send JSON as text"),
+                    )
         finally:
             if audience.leave(client):
                 await client.stop_writing()
@@ -194,8 +205,11 @@ class EventsEndpoint:
     def _drop(self, audience: Audience, client: Client) -> None:
         if not audience.leave(client):
             return
-        client.log.warning("/events client dropped: its socket is full and {} messages wait unsent; it "
-                           "reads too slowly (setting events_client_buffer)", client.limit)
+        client.log.warning(
+            "/events client dropped: its socket is full and {} messages wait unsent; it "
+            "reads too slowly (setting events_client_buffer)",
+            client.limit,
+        )
         client.drop()
 
     async def close_all(self) -> None:

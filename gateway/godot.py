@@ -28,6 +28,7 @@ from gateway.writer import FrameWriter
 class InboundObserver(Protocol):
     def godot_inbound(self, session: str, message: p.AgentMessage) -> None: ...
 
+
 DEFAULT_SESSION = "default"
 REPLACED_CLOSE_CODE = 4000  # a newer connection took this session over
 HARD_FRAME_FACTOR = 4  # frames up to this many times max_frame_bytes are read, then refused
@@ -52,7 +53,8 @@ class GodotConnection:
 
     def replaced(self) -> None:
         asyncio.get_running_loop().create_task(
-            self.ws.close(code=REPLACED_CLOSE_CODE, message=b"session taken over by a newer connection"))
+            self.ws.close(code=REPLACED_CLOSE_CODE, message=b"session taken over by a newer connection")
+        )
 
     async def close(self) -> None:
         await self._writer.stop()
@@ -72,8 +74,11 @@ class GodotEndpoint:
         # aiohttp's own cap closes the connection (1009); below it, an oversize frame gets an error.
         ws = web.WebSocketResponse(max_msg_size=HARD_FRAME_FACTOR * self.max_frame_bytes, heartbeat=30)
         await ws.prepare(request)
-        conn = GodotConnection(ws, request.query.get("session") or DEFAULT_SESSION, TokenBucket(
-            self.settings.rate_limit_events_per_s, self.settings.rate_limit_burst))
+        conn = GodotConnection(
+            ws,
+            request.query.get("session") or DEFAULT_SESSION,
+            TokenBucket(self.settings.rate_limit_events_per_s, self.settings.rate_limit_burst),
+        )
         self.connections.add(conn)
         self.router.attach(conn)
         conn.log.info("Godot connected from {}", request.remote)
@@ -94,8 +99,13 @@ class GodotEndpoint:
 
     def on_frame(self, conn: GodotConnection, data: str) -> None:
         if len(data) * 4 > self.max_frame_bytes and len(data.encode()) > self.max_frame_bytes:
-            conn.send_json(p.error(p.FRAME_TOO_LARGE, f"frame of {len(data.encode())} bytes is over the "
-                                   f"limit of {self.max_frame_bytes} bytes (setting max_frame_bytes)"))
+            conn.send_json(
+                p.error(
+                    p.FRAME_TOO_LARGE,
+                    f"frame of {len(data.encode())} bytes is over the "
+                    f"limit of {self.max_frame_bytes} bytes (setting max_frame_bytes)",
+                )
+            )
             return
         try:
             message = p.parse_frame(data)
@@ -107,10 +117,15 @@ class GodotEndpoint:
             conn.send_json(p.pong(message.id))
             return
         if kind is p.InteractionEvent and not conn.events.allow(time.monotonic()):
-            conn.send_json(p.error(p.RATE_LIMITED, "too many interaction events: this connection may send "
-                                   f"{self.settings.rate_limit_events_per_s:g} per second and "
-                                   f"{self.settings.rate_limit_burst} at once (settings rate_limit_*)",
-                                   {"type": "interaction_event", "agent_id": message.agent_id}))
+            conn.send_json(
+                p.error(
+                    p.RATE_LIMITED,
+                    "too many interaction events: this connection may send "
+                    f"{self.settings.rate_limit_events_per_s:g} per second and "
+                    f"{self.settings.rate_limit_burst} at once (settings rate_limit_*)",
+                    {"type": "interaction_event", "agent_id": message.agent_id},
+                )
+            )
             return
         agent_ids = message.agent_ids if kind is p.NotificationEvent else (message.agent_id,)
         routed = False
@@ -126,4 +141,3 @@ class GodotEndpoint:
     async def close_all(self) -> None:
         for conn in list(self.connections):
             await conn.ws.close(code=1001, message=b"server shutting down")
-

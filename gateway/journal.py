@@ -23,9 +23,10 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Hashable
+from typing import Any
 
 import orjson
 from loguru import logger
@@ -139,8 +140,7 @@ class Journal:
             db = self._open(self.path)
         except sqlite3.DatabaseError as exc:  # not a database at all: keep it for inspection
             aside = self.path.with_name(f"{self.path.name}.unreadable-{int(time.time())}")
-            logger.error("journal {} is unreadable ({}): moved to {}; starting an empty journal",
-                         self.path, exc, aside)
+            logger.error("journal {} is unreadable ({}): moved to {}; starting an empty journal", self.path, exc, aside)
             for suffix in ("", "-wal", "-shm"):
                 part = Path(str(self.path) + suffix)
                 if part.exists():
@@ -180,14 +180,18 @@ class Journal:
                     db.execute("rollback")
                 except sqlite3.Error:
                     pass
-            out += [(destination, item) for destination, item, _ in batch[len(out):]]
-            out = [(destination, (RESTORE, item[1], item[2], []) if item[0] == RESTORE and item[3] is None else item)
-                   for destination, item in out]
+            out += [(destination, item) for destination, item, _ in batch[len(out) :]]
+            out = [
+                (destination, (RESTORE, item[1], item[2], []) if item[0] == RESTORE and item[3] is None else item)
+                for destination, item in out
+            ]
         return out
 
     def _read(self, db: sqlite3.Connection, session: str, agent_id: str) -> list[dict]:
-        rows = db.execute("select fact from facts where session = ? and agent_id = ? order by seq desc limit ?",
-                          (session, agent_id, self._restore_limit)).fetchall()
+        rows = db.execute(
+            "select fact from facts where session = ? and agent_id = ? order by seq desc limit ?",
+            (session, agent_id, self._restore_limit),
+        ).fetchall()
         facts = []
         for (blob,) in reversed(rows):
             try:

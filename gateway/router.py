@@ -16,7 +16,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import orjson
 from loguru import logger
@@ -104,18 +105,24 @@ class Router:
         key = (session, agent_id)
         kind = type(message)
         if kind is p.AgentTurnResult and self.open.running(key, message.turn_id):
-            return p.error(p.TURN_NOT_ENDED, f"agent_turn_result: turn {message.turn_id!r} is still running; "
-                           "send it after agent_turn_finished or agent_turn_interrupted",
-                           {"type": "agent_turn_result", "agent_id": agent_id, "turn_id": message.turn_id})
+            return p.error(
+                p.TURN_NOT_ENDED,
+                f"agent_turn_result: turn {message.turn_id!r} is still running; "
+                "send it after agent_turn_finished or agent_turn_interrupted",
+                {"type": "agent_turn_result", "agent_id": agent_id, "turn_id": message.turn_id},
+            )
         worker = self.placement.get(key)
         if worker is None:
             if key not in self.journal.known:
                 if kind is not p.InteractionEvent and kind is not p.NotificationEvent:
                     return _unknown_agent(message, agent_id, session)
                 if self.session_agents[session] >= self.settings.max_agents_per_session:
-                    return p.error(p.TOO_MANY_AGENTS, f"session {session!r} already has "
-                                   f"{self.session_agents[session]} agents (setting max_agents_per_session)",
-                                   {"type": p.TYPE_NAMES[kind], "agent_id": agent_id})
+                    return p.error(
+                        p.TOO_MANY_AGENTS,
+                        f"session {session!r} already has "
+                        f"{self.session_agents[session]} agents (setting max_agents_per_session)",
+                        {"type": p.TYPE_NAMES[kind], "agent_id": agent_id},
+                    )
                 self.session_agents[session] += 1
             worker = self._place(key)
         conn.agents.add(agent_id)
@@ -203,8 +210,9 @@ class Router:
         """``{name, workers, agents, frames}`` per node with live workers (frames: relayed so far)."""
         nodes: dict[str, dict] = {}
         for worker in self.live_workers():
-            node = nodes.setdefault(self.worker_nodes[worker],
-                                    {"name": self.worker_nodes[worker], "workers": 0, "agents": 0, "frames": 0})
+            node = nodes.setdefault(
+                self.worker_nodes[worker], {"name": self.worker_nodes[worker], "workers": 0, "agents": 0, "frames": 0}
+            )
             node["workers"] += 1
             node["agents"] += self.load[worker]
             node["frames"] += self.relayed[worker]
@@ -226,8 +234,9 @@ class Router:
 
     def worker_replaced(self, worker: int, generation: int, pid: int) -> None:
         """Worker ``worker`` died and a new one took its place."""
-        self._lose(worker, f"the worker process running this agent died (pid {self.worker_pids[worker]}); "
-                           "its turn is lost")
+        self._lose(
+            worker, f"the worker process running this agent died (pid {self.worker_pids[worker]}); its turn is lost"
+        )
         self.generation[worker], self.worker_pids[worker] = generation, pid
 
     def worker_gone(self, worker: int) -> None:
@@ -245,8 +254,13 @@ class Router:
             self.last_seen.pop(key, None)
             frames += [(key[0], orjson.dumps(frame)) for frame in self.open.end(key, why)]
         self.load[worker] = 0
-        logger.warning("worker {} of node {} lost: {} agents will be restored, {} frames end their turns",
-                       worker, self.worker_nodes[worker], len(lost), len(frames))
+        logger.warning(
+            "worker {} of node {} lost: {} agents will be restored, {} frames end their turns",
+            worker,
+            self.worker_nodes[worker],
+            len(lost),
+            len(frames),
+        )
         self.deliver([(FRAME, session, data) for session, data in frames])
 
     # --- idle agents -------------------------------------------------------------------------
@@ -254,8 +268,11 @@ class Router:
     def deactivate_idle(self, idle_s: float) -> int:
         """Free agents nobody addressed for ``idle_s`` and that run no turn; return how many."""
         cutoff = self.clock() - idle_s
-        idle = [key for key, seen in self.last_seen.items()
-                if seen < cutoff and not self.open.busy(key) and key not in self.pinned]
+        idle = [
+            key
+            for key, seen in self.last_seen.items()
+            if seen < cutoff and not self.open.busy(key) and key not in self.pinned
+        ]
         for key in idle:
             worker = self.placement.pop(key)
             del self.last_seen[key]
@@ -269,5 +286,8 @@ def _unknown_agent(message: p.AgentMessage, agent_id: str, session: str) -> dict
     for key in ("turn_id", "request_id"):
         if hasattr(message, key):
             ref[key] = getattr(message, key)
-    return p.error(p.UNKNOWN_AGENT, f"agent {agent_id!r} has had no interaction_event or notification_event "
-                   f"in session {session!r}", ref)
+    return p.error(
+        p.UNKNOWN_AGENT,
+        f"agent {agent_id!r} has had no interaction_event or notification_event in session {session!r}",
+        ref,
+    )

@@ -55,16 +55,21 @@ class Service:
             return s.replace(llm_grammar="off") if s.llm_grammar == "auto" else s
         from providers.embedded import LocalModelProcess
 
-        logger.warning("no LLM endpoint configured (OPENAI_API_BASE): using the embedded demo model, "
-                       "a tiny 135M model for trying things out; see the README to use a real one")
+        logger.warning(
+            "no LLM endpoint configured (OPENAI_API_BASE): using the embedded demo model, "
+            "a tiny 135M model for trying things out; see the README to use a real one"
+        )
         self.embedded_model = LocalModelProcess(threads=s.embedded_model_threads or None)
         try:
             url = self.embedded_model.start()
         except RuntimeError as exc:
             raise ServiceError(str(exc)) from None
         return s.replace(
-            llm_base_url=url, llm_grammar="on" if s.llm_grammar == "auto" else s.llm_grammar,
-            history_budget_chars=s.embedded_history_budget_chars, llm_max_tokens=s.embedded_max_tokens)
+            llm_base_url=url,
+            llm_grammar="on" if s.llm_grammar == "auto" else s.llm_grammar,
+            history_budget_chars=s.embedded_history_budget_chars,
+            llm_max_tokens=s.embedded_max_tokens,
+        )
 
     def stop(self) -> None:
         """Close connections (logs get written), then shut the actor system and every process down."""

@@ -77,34 +77,64 @@ START_DELAY_S: Final = 0.2  # between "all connected" and the first events
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="run.py loadtest", description="Load-test the NPC turn server with simulated Godot clients.",
-        epilog="See loadtest/cli.py for the load model and the report's keys.")
+        prog="run.py loadtest",
+        description="Load-test the NPC turn server with simulated Godot clients.",
+        epilog="See loadtest/cli.py for the load model and the report's keys.",
+    )
     load = parser.add_argument_group("load")
     load.add_argument("--npcs", type=int, default=50, help="simulated NPCs (default %(default)s)")
-    load.add_argument("--clients", type=int, default=2,
-                      help="WebSocket connections, each its own session (default %(default)s)")
+    load.add_argument(
+        "--clients", type=int, default=2, help="WebSocket connections, each its own session (default %(default)s)"
+    )
     load.add_argument("--duration", type=float, default=20, help="seconds of load (default %(default)s)")
-    load.add_argument("--rate", type=float, default=1.0,
-                      help="interaction events per second per NPC; one turn at a time per NPC (default %(default)s)")
-    load.add_argument("--interrupt-ratio", type=float, default=0.1,
-                      help="share of turns cut by a newer event while streaming (default %(default)s)")
-    load.add_argument("--tool-share", type=float, default=0.2,
-                      help="share of NPCs with tools; half their events ask for a tool call (default %(default)s)")
-    load.add_argument("--notify-rate", type=float, default=1.0,
-                      help="notification_event frames per second per connection (default %(default)s)")
-    load.add_argument("--generator-processes", type=int, default=1,
-                      help="processes running the simulated clients (default %(default)s)")
+    load.add_argument(
+        "--rate",
+        type=float,
+        default=1.0,
+        help="interaction events per second per NPC; one turn at a time per NPC (default %(default)s)",
+    )
+    load.add_argument(
+        "--interrupt-ratio",
+        type=float,
+        default=0.1,
+        help="share of turns cut by a newer event while streaming (default %(default)s)",
+    )
+    load.add_argument(
+        "--tool-share",
+        type=float,
+        default=0.2,
+        help="share of NPCs with tools; half their events ask for a tool call (default %(default)s)",
+    )
+    load.add_argument(
+        "--notify-rate",
+        type=float,
+        default=1.0,
+        help="notification_event frames per second per connection (default %(default)s)",
+    )
+    load.add_argument(
+        "--generator-processes",
+        type=int,
+        default=1,
+        help="processes running the simulated clients (default %(default)s)",
+    )
     load.add_argument("--seed", type=int, default=1, help="random seed of specs and load (default %(default)s)")
     llm = parser.add_argument_group("scripted LLM")
     llm.add_argument("--llm-ttft", type=float, default=0.3, help="first-token delay, s (default %(default)s)")
-    llm.add_argument("--llm-tps", type=float, default=20,
-                     help="tokens per second per stream; 0 = as fast as possible (default %(default)s)")
+    llm.add_argument(
+        "--llm-tps",
+        type=float,
+        default=20,
+        help="tokens per second per stream; 0 = as fast as possible (default %(default)s)",
+    )
     llm.add_argument("--llm-tokens", type=int, default=40, help="tokens per reply, >= 6 (default %(default)s)")
     llm.add_argument("--llm-url", help="use this running scripted LLM (base URL, without /v1) instead of starting one")
     target = parser.add_argument_group("target")
     target.add_argument("--workers", type=int, default=2, help="server worker processes (default %(default)s)")
-    target.add_argument("--baseline", action="store_true",
-                        help="start bench/baseline_relay.py (one process, no actors) instead of run.py")
+    target.add_argument(
+        "--baseline",
+        action="store_true",
+        help="start bench/baseline_relay.py (one process, no actors) instead of run.py",
+    )
     target.add_argument("--url", help="load a running server at this base URL (http://host:port); start nothing")
     out = parser.add_argument_group("output")
     out.add_argument("--report", metavar="PATH", help="write the JSON report here")
@@ -162,8 +192,16 @@ class LoadTest:
         try:
             llm_url = args.llm_url.rstrip("/") if args.llm_url else None
             if llm_url:
-                _control(llm_url, "defaults", {"first_token_delay_s": args.llm_ttft, "tokens_per_s": args.llm_tps,
-                                               "default_tokens": args.llm_tokens, "stamp_tokens": True})
+                _control(
+                    llm_url,
+                    "defaults",
+                    {
+                        "first_token_delay_s": args.llm_ttft,
+                        "tokens_per_s": args.llm_tps,
+                        "default_tokens": args.llm_tokens,
+                        "stamp_tokens": True,
+                    },
+                )
                 _control(llm_url, "reset", {})
             elif not args.url:
                 llm, llm_url = processes.start_llm(self.tmp, args.llm_ttft, args.llm_tps, args.llm_tokens)
@@ -182,16 +220,31 @@ class LoadTest:
             for proc in self.started:
                 leftovers += proc.stop()
         closes = [c for final in self.finals.values() for c in final["interrupt_closes"]]
-        target = {"kind": "url" if args.url else "baseline" if args.baseline else "server", "url": url,
-                  "workers": None if args.url or args.baseline else args.workers}
+        target = {
+            "kind": "url" if args.url else "baseline" if args.baseline else "server",
+            "url": url,
+            "workers": None if args.url or args.baseline else args.workers,
+        }
         resources = {name: (group.report() if group else None) for name, group in groups.items()}
-        result = report.build(self._config(), target, list(self.finals.values()), self.timeline, resources,
-                              interrupt_close_ms(records, closes) if records is not None else None, leftovers)
+        result = report.build(
+            self._config(),
+            target,
+            list(self.finals.values()),
+            self.timeline,
+            resources,
+            interrupt_close_ms(records, closes) if records is not None else None,
+            leftovers,
+        )
         result["nodes"] = nodes
-        clean = (result["turns_completed"] > 0 and not result["errors"]["count"] and not leftovers
-                 and len(self.finals) == args.generator_processes
-                 and not any(result[k] for k in ("lost_events", "duplicated_events", "out_of_order_events",
-                                                 "corrupted_chunks")))
+        clean = (
+            result["turns_completed"] > 0
+            and not result["errors"]["count"]
+            and not leftovers
+            and len(self.finals) == args.generator_processes
+            and not any(
+                result[k] for k in ("lost_events", "duplicated_events", "out_of_order_events", "corrupted_chunks")
+            )
+        )
         if clean:
             shutil.rmtree(self.tmp, ignore_errors=True)
         else:
@@ -205,26 +258,38 @@ class LoadTest:
 
     def _config(self) -> dict:
         args = self.args
-        return {"npcs": args.npcs, "clients": args.clients, "generator_processes": args.generator_processes,
-                "duration_s": args.duration, "rate_per_npc": args.rate, "interrupt_ratio": args.interrupt_ratio,
-                "tool_share": args.tool_share, "notify_rate_per_client": args.notify_rate,
-                "llm_ttft_s": args.llm_ttft, "llm_tps": args.llm_tps, "llm_tokens": args.llm_tokens,
-                "seed": args.seed}
+        return {
+            "npcs": args.npcs,
+            "clients": args.clients,
+            "generator_processes": args.generator_processes,
+            "duration_s": args.duration,
+            "rate_per_npc": args.rate,
+            "interrupt_ratio": args.interrupt_ratio,
+            "tool_share": args.tool_share,
+            "notify_rate_per_client": args.notify_rate,
+            "llm_ttft_s": args.llm_ttft,
+            "llm_tps": args.llm_tps,
+            "llm_tokens": args.llm_tokens,
+            "seed": args.seed,
+        }
 
     def _groups(self, url: str, server: processes.Managed | None, llm_url: str | None) -> dict:
         port = urlsplit(url).port
         llm_port = urlsplit(llm_url).port if llm_url else None
         if server is None:
-            server_group = Group(lambda: processes.listener_processes(port),
-                                 server_labeller(None, port, None, llm_port))
+            server_group = Group(
+                lambda: processes.listener_processes(port), server_labeller(None, port, None, llm_port)
+            )
         else:
             admin_port = getattr(server, "admin_port", None)
             main = (server.proc.pid, "relay" if self.args.baseline else "run.py")
             server_group = Group(server.processes, server_labeller(main, port, admin_port, llm_port))
         llm = next((proc for proc in self.started if proc.name == "scripted LLM"), None)
-        return {"server": server_group,
-                "llm": Group(llm.processes, lambda proc: "llm") if llm else None,
-                "generator": None}
+        return {
+            "server": server_group,
+            "llm": Group(llm.processes, lambda proc: "llm") if llm else None,
+            "generator": None,
+        }
 
     def _drive(self, url: str, check_text: bool, groups: dict) -> None:
         """Run the generator processes; sample resources and print progress once a second."""
@@ -237,20 +302,41 @@ class LoadTest:
         shards = []
         for index in range(args.generator_processes):
             config = ShardConfig(
-                index=index, url=url, clients=tuple(clients[index::args.generator_processes]),
-                duration_s=args.duration, drain_s=max(10.0, 4 * ideal_s), rate=args.rate,
-                interrupt_ratio=args.interrupt_ratio, tool_share=args.tool_share, notify_rate=args.notify_rate,
-                llm_ttft_s=args.llm_ttft, llm_tokens=args.llm_tokens, check_text=check_text, seed=args.seed)
-            shards.append(context.Process(target=run_shard, args=(config, reports, go, start_at), daemon=True,
-                                          name=f"loadtest-generator-{index}"))
+                index=index,
+                url=url,
+                clients=tuple(clients[index :: args.generator_processes]),
+                duration_s=args.duration,
+                drain_s=max(10.0, 4 * ideal_s),
+                rate=args.rate,
+                interrupt_ratio=args.interrupt_ratio,
+                tool_share=args.tool_share,
+                notify_rate=args.notify_rate,
+                llm_ttft_s=args.llm_ttft,
+                llm_tokens=args.llm_tokens,
+                check_text=check_text,
+                seed=args.seed,
+            )
+            shards.append(
+                context.Process(
+                    target=run_shard,
+                    args=(config, reports, go, start_at),
+                    daemon=True,
+                    name=f"loadtest-generator-{index}",
+                )
+            )
         for shard in shards:
             shard.start()
         pids = {shard.pid for shard in shards}
         groups["generator"] = Group(lambda: _alive(pids), lambda proc: "generator")
         try:
             self._start(shards, reports, go, start_at, groups)
-            self._watch(shards, reports, start_at.value, groups, deadline=start_at.value + args.duration
-                        + max(10.0, 4 * ideal_s) + 30)
+            self._watch(
+                shards,
+                reports,
+                start_at.value,
+                groups,
+                deadline=start_at.value + args.duration + max(10.0, 4 * ideal_s) + 30,
+            )
         finally:
             for shard in shards:
                 shard.join(5)
@@ -312,8 +398,12 @@ class LoadTest:
         p50 = percentiles(latencies)["p50"]
         cpu, rss = self.timeline.server.get(second, (None, None))
         server = f" | server CPU {cpu:.0f}% RSS {rss:.0f} MB" if cpu is not None else ""
-        print(f"[{second + 1:4d} s] turns {done} done, {cut} interrupted | {frames:,} frames/s | chunk p50 "
-              f"{'-' if p50 is None else format(p50, '.1f')} ms{server}", file=sys.stderr, flush=True)
+        print(
+            f"[{second + 1:4d} s] turns {done} done, {cut} interrupted | {frames:,} frames/s | chunk p50 "
+            f"{'-' if p50 is None else format(p50, '.1f')} ms{server}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _alive(pids: set[int]) -> list[psutil.Process]:
@@ -327,8 +417,12 @@ def _alive(pids: set[int]) -> list[psutil.Process]:
 
 
 def _control(llm_url: str, path: str, body: dict) -> None:
-    request = urllib.request.Request(f"{llm_url}/_control/{path}", data=orjson.dumps(body), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{llm_url}/_control/{path}",
+        data=orjson.dumps(body),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         response.read()
 
@@ -351,6 +445,11 @@ def _nodes(url: str) -> list[dict]:
 def _node_rates(before: list[dict], after: list[dict], seconds: float) -> list[dict]:
     """Frames per second each node carried between two /healthz readings."""
     start = {node["name"]: node["frames"] for node in before}
-    return [{"name": node["name"], "workers": node["workers"],
-             "frames_per_s": round((node["frames"] - start.get(node["name"], 0)) / seconds, 1)}
-            for node in after]
+    return [
+        {
+            "name": node["name"],
+            "workers": node["workers"],
+            "frames_per_s": round((node["frames"] - start.get(node["name"], 0)) / seconds, 1),
+        }
+        for node in after
+    ]

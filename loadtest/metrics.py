@@ -75,7 +75,7 @@ class Problems:
         """Add another generator's problems."""
         for kind in KINDS:
             self.counts[kind] += counts[kind]
-        self.examples.extend(examples[:EXAMPLES_KEPT - len(self.examples)])
+        self.examples.extend(examples[: EXAMPLES_KEPT - len(self.examples)])
 
     @property
     def total(self) -> int:
@@ -124,8 +124,10 @@ class AgentOrder:
             self._problem(DUPLICATED, f"tag #{index} of turn {turn_id} opened again")
             return False
         if self.open_index >= 0:
-            self._missing(("close", turn_id, self.open_index), f"agent_tag_close of tag #{self.open_index} "
-                          f"of turn {turn_id}, due before tag #{index} opened")
+            self._missing(
+                ("close", turn_id, self.open_index),
+                f"agent_tag_close of tag #{self.open_index} of turn {turn_id}, due before tag #{index} opened",
+            )
         self._skipped_opens(turn_id, index)
         self.open_index, self.next_index = index, index + 1
         return True
@@ -139,8 +141,11 @@ class AgentOrder:
             self._skipped_opens(turn_id, index + 1)
             self.open_index, self.next_index = index, index + 1
             return True
-        self._problem(OUT_OF_ORDER, f"chunk of tag #{index} of turn {turn_id} while "
-                      + (f"tag #{self.open_index} is open" if self.open_index >= 0 else "no tag is open"))
+        self._problem(
+            OUT_OF_ORDER,
+            f"chunk of tag #{index} of turn {turn_id} while "
+            + (f"tag #{self.open_index} is open" if self.open_index >= 0 else "no tag is open"),
+        )
         return False
 
     def tag_close(self, turn_id: str, index: int) -> bool:
@@ -156,8 +161,11 @@ class AgentOrder:
             self._skipped_opens(turn_id, index + 1)
             self.next_index = index + 1
             return True
-        self._problem(OUT_OF_ORDER, f"close of tag #{index} of turn {turn_id} while "
-                      + (f"tag #{self.open_index} is open" if self.open_index >= 0 else "no tag is open"))
+        self._problem(
+            OUT_OF_ORDER,
+            f"close of tag #{index} of turn {turn_id} while "
+            + (f"tag #{self.open_index} is open" if self.open_index >= 0 else "no tag is open"),
+        )
         return False
 
     def end(self, turn_id: str, kind: str) -> bool:
@@ -170,8 +178,10 @@ class AgentOrder:
         if not self._in_turn(turn_id, kind):
             return False
         if self.open_index >= 0:
-            self._missing(("close", turn_id, self.open_index),
-                          f"agent_tag_close of tag #{self.open_index} of turn {turn_id}, due before its {kind}")
+            self._missing(
+                ("close", turn_id, self.open_index),
+                f"agent_tag_close of tag #{self.open_index} of turn {turn_id}, due before its {kind}",
+            )
         self._retire()
         return True
 
@@ -257,9 +267,9 @@ class StampedText:
                 self.carry = text[pos:]  # cut: the rest comes with the next chunk
                 break
             end = at + 1 + STAMP_DIGITS
-            seq, stamp = text[pos + 2:at], text[at + 1:end]
+            seq, stamp = text[pos + 2 : at], text[at + 1 : end]
             if not (text.startswith(" w", pos) and seq.isdigit() and stamp.isdigit()):
-                self.problems.add(CORRUPTED, f"{self.where}: unexpected chunk text {text[pos:pos + 40]!r}")
+                self.problems.add(CORRUPTED, f"{self.where}: unexpected chunk text {text[pos : pos + 40]!r}")
                 return count
             self._token(int(seq), reported or self.ended)
             latencies_ms.append((received_us - int(stamp)) / 1000)

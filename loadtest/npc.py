@@ -70,8 +70,18 @@ class ShardConfig:
 class Turn:
     """What an NPC knows of its live turn."""
 
-    __slots__ = ("turn_id", "event_id", "triggered_at", "snapshot_at", "first_tag", "tags", "text", "chunks",
-                 "interrupt_at", "tools")
+    __slots__ = (
+        "turn_id",
+        "event_id",
+        "triggered_at",
+        "snapshot_at",
+        "first_tag",
+        "tags",
+        "text",
+        "chunks",
+        "interrupt_at",
+        "tools",
+    )
 
     def __init__(self, turn_id: str, event_id: str | None, triggered_at: float, text: StampedText | None) -> None:
         self.turn_id = turn_id
@@ -92,8 +102,23 @@ class Turn:
 class Npc:
     """One NPC of the game: its spec, its event schedule, and its live turn."""
 
-    __slots__ = ("shard", "client", "agent_id", "spec", "tools", "order", "turn", "ended_texts", "pending",
-                 "event_seq", "next_due", "continuation_at", "busy", "dead", "timer")
+    __slots__ = (
+        "shard",
+        "client",
+        "agent_id",
+        "spec",
+        "tools",
+        "order",
+        "turn",
+        "ended_texts",
+        "pending",
+        "event_seq",
+        "next_due",
+        "continuation_at",
+        "busy",
+        "dead",
+        "timer",
+    )
 
     def __init__(self, shard: Shard, client: Client, number: int, rng: random.Random) -> None:
         self.shard = shard
@@ -131,19 +156,28 @@ class Npc:
         self.event_seq += 1
         event_id = f"{self.agent_id}.{self.event_seq}"
         tool = rng.choice(self.tools) if self.tools and rng.random() < TOOL_CALL_CHANCE else None
-        event: dict[str, Any] = {"kind": rng.choice(specs.EVENT_KINDS), "source": "player",
-                                 "text": specs.event_text(rng, event_id, tool)}
+        event: dict[str, Any] = {
+            "kind": rng.choice(specs.EVENT_KINDS),
+            "source": "player",
+            "text": specs.event_text(rng, event_id, tool),
+        }
         if rng.random() < 0.3:
             event["data"] = {"distance_m": rng.randint(1, 30), "player_level": rng.randint(1, 10)}
         self.pending[event_id] = now
-        self.client.send({"type": "interaction_event", "agent_id": self.agent_id, "event_id": event_id,
-                          "event": event})
+        self.client.send({"type": "interaction_event", "agent_id": self.agent_id, "event_id": event_id, "event": event})
         shard.totals["events_sent"] += 1
         return event_id
 
     def _report(self, turn: Turn, status: str) -> None:
-        self.client.send({"type": "agent_turn_result", "agent_id": self.agent_id, "turn_id": turn.turn_id,
-                          "status": status, "tags": turn.played()})
+        self.client.send(
+            {
+                "type": "agent_turn_result",
+                "agent_id": self.agent_id,
+                "turn_id": turn.turn_id,
+                "status": status,
+                "tags": turn.played(),
+            }
+        )
         self.shard.totals["turn_results_sent"] += 1
 
     def _settle(self, now: float) -> None:
@@ -221,8 +255,14 @@ class Npc:
         return self.order.finish() or bool(self.pending)
 
     def on_state_request(self, frame: dict, now: float) -> None:
-        self.client.send({"type": "agent_state_snapshot", "request_id": frame["request_id"],
-                          "agent_id": self.agent_id, "state": specs.state_for_turn(self.spec, self.shard.rng)})
+        self.client.send(
+            {
+                "type": "agent_state_snapshot",
+                "request_id": frame["request_id"],
+                "agent_id": self.agent_id,
+                "state": specs.state_for_turn(self.spec, self.shard.rng),
+            }
+        )
         if self.turn is not None:
             self.turn.snapshot_at = time.time()
 
@@ -274,8 +314,11 @@ class Npc:
         if frame["tag"] in STAMPED_TAGS:
             turn.text.tag_closed()
         elif frame["tag"] == "tool" and turn.tags and "".join(turn.tags[-1][3]) != TOOL_ARGUMENTS:
-            self.shard.problems.add(CORRUPTED, f"{self.agent_id} turn {turn.turn_id}: tool arguments "
-                                    f"{''.join(turn.tags[-1][3])!r}, the LLM wrote {TOOL_ARGUMENTS!r}")
+            self.shard.problems.add(
+                CORRUPTED,
+                f"{self.agent_id} turn {turn.turn_id}: tool arguments "
+                f"{''.join(turn.tags[-1][3])!r}, the LLM wrote {TOOL_ARGUMENTS!r}",
+            )
 
     def on_interrupted(self, frame: dict, now: float) -> None:
         turn = self._ended(frame, now)
@@ -310,9 +353,18 @@ class Npc:
         self._report(turn, "completed")
         if completed and turn.tools:
             cont = not shard.stopping
-            self.client.send({"type": "tool_results", "agent_id": self.agent_id, "turn_id": turn.turn_id,
-                              "results": [{"call_id": call_id, "tool": name, "ok": True, "output": f"{name} done"}
-                                          for call_id, name in turn.tools], "continue": cont})
+            self.client.send(
+                {
+                    "type": "tool_results",
+                    "agent_id": self.agent_id,
+                    "turn_id": turn.turn_id,
+                    "results": [
+                        {"call_id": call_id, "tool": name, "ok": True, "output": f"{name} done"}
+                        for call_id, name in turn.tools
+                    ],
+                    "continue": cont,
+                }
+            )
             shard.totals["tool_results_sent"] += 1
             if cont:
                 self.continuation_at = now
@@ -346,8 +398,9 @@ class Client:
     takes it over), so clients cannot share one.
     """
 
-    def __init__(self, shard: Shard, ws: aiohttp.ClientWebSocketResponse, session: str,
-                 numbers: tuple[int, ...]) -> None:
+    def __init__(
+        self, shard: Shard, ws: aiohttp.ClientWebSocketResponse, session: str, numbers: tuple[int, ...]
+    ) -> None:
         self.shard = shard
         self.ws = ws
         self.session = session
@@ -399,8 +452,13 @@ class Client:
             return
         kind, text = shard.rng.choice(specs.NOTIFICATIONS)
         agent_ids = shard.rng.sample(list(self.npcs), min(len(self.npcs), shard.rng.randint(1, 3)))
-        self.send({"type": "notification_event", "agent_ids": agent_ids,
-                   "event": {"kind": kind, "source": "world", "text": text}})
+        self.send(
+            {
+                "type": "notification_event",
+                "agent_ids": agent_ids,
+                "event": {"kind": kind, "source": "world", "text": text},
+            }
+        )
         shard.totals["notifications_sent"] += 1
         self._notify_timer = shard.loop.call_later(shard.rng.expovariate(shard.config.notify_rate), self._notify)
 
@@ -453,8 +511,9 @@ class Client:
             else:
                 shard.error(f"session {self.session}: unexpected frame type {kind!r}")
         if not self.closing:
-            shard.error(f"session {self.session}: connection closed by the server "
-                        f"({msg.type.name}, code {ws.close_code})")
+            shard.error(
+                f"session {self.session}: connection closed by the server ({msg.type.name}, code {ws.close_code})"
+            )
 
 
 class Shard:
@@ -505,14 +564,16 @@ class Shard:
         base = config.url.replace("http", "ws", 1) + "/ws?session="
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             try:
-                sockets = await asyncio.gather(*(http.ws_connect(base + session, max_msg_size=0, autoping=True)
-                                                 for session, _ in config.clients))
+                sockets = await asyncio.gather(
+                    *(http.ws_connect(base + session, max_msg_size=0, autoping=True) for session, _ in config.clients)
+                )
             except (aiohttp.ClientError, OSError) as exc:
                 self.error(f"cannot connect to {config.url}: {exc!r}")
                 self.queue.put(("final", config.index, self.results()))
                 return
-            self.clients = [Client(self, ws, session, numbers)
-                            for ws, (session, numbers) in zip(sockets, config.clients)]
+            self.clients = [
+                Client(self, ws, session, numbers) for ws, (session, numbers) in zip(sockets, config.clients)
+            ]
             self.queue.put(("ready", config.index))
             while not go.is_set():  # a multiprocessing.Event: polled, the loop must keep reading
                 await asyncio.sleep(0.01)
@@ -530,8 +591,10 @@ class Shard:
                 pass
             unfinished = [npc.agent_id for client in self.clients for npc in client.npcs.values() if npc.settle()]
             if unfinished:
-                self.error(f"{len(unfinished)} NPC(s) still waited for a turn to start or end "
-                           f"{config.drain_s:g} s after the load stopped, e.g. {unfinished[:5]}")
+                self.error(
+                    f"{len(unfinished)} NPC(s) still waited for a turn to start or end "
+                    f"{config.drain_s:g} s after the load stopped, e.g. {unfinished[:5]}"
+                )
             ticks.cancel()
             await asyncio.gather(*(client.close() for client in self.clients))
             self._tick(int(time.time() - self.start_at))
@@ -554,8 +617,9 @@ class Shard:
 
     def results(self) -> dict:
         totals = dict(self.totals)
-        totals.update(frames=self.frames, tokens=self.tokens, turns_completed=self.completed,
-                      turns_interrupted=self.interrupted)
+        totals.update(
+            frames=self.frames, tokens=self.tokens, turns_completed=self.completed, turns_interrupted=self.interrupted
+        )
         return {
             "totals": totals,
             "problems": {"counts": self.problems.counts, "examples": self.problems.examples},
@@ -571,6 +635,7 @@ class Shard:
 def run_shard(config: ShardConfig, queue: Any, go: Any, start_at: Any) -> None:
     """Entry point of a generator process: ``queue`` takes its reports, ``go`` (an Event) and
     ``start_at`` (a shared double) say when to begin."""
+
     async def main() -> None:
         await Shard(config, queue).run(go, start_at)
 

@@ -54,8 +54,9 @@ class Managed:
         self.argv = argv
         self.log = log
         with log.open("wb") as out:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def wait_http(self, url: str, timeout: float = START_TIMEOUT_S) -> None:
         """Wait until ``url`` answers 200; stop everything and raise if it does not."""
@@ -122,10 +123,26 @@ class ServerProcesses(Managed):
 def start_llm(tmp: Path, ttft: float, tps: float, tokens: int) -> tuple[Managed, str]:
     """The scripted LLM, stamping its tokens; returns it and its base URL (without /v1)."""
     port = free_port()
-    llm = Managed("scripted LLM", [
-        sys.executable, "run.py", "llm-server", "--port", str(port), "--first-token-delay-s", str(ttft),
-        "--tokens-per-s", str(tps), "--default-tokens", str(tokens), "--stamp-tokens",
-        "--max-records", "1000000"], tmp / "llm.log")
+    llm = Managed(
+        "scripted LLM",
+        [
+            sys.executable,
+            "run.py",
+            "llm-server",
+            "--port",
+            str(port),
+            "--first-token-delay-s",
+            str(ttft),
+            "--tokens-per-s",
+            str(tps),
+            "--default-tokens",
+            str(tokens),
+            "--stamp-tokens",
+            "--max-records",
+            "1000000",
+        ],
+        tmp / "llm.log",
+    )
     url = f"http://127.0.0.1:{port}"
     llm.wait_http(url + "/v1/models")
     return llm, url
@@ -134,17 +151,30 @@ def start_llm(tmp: Path, ttft: float, tps: float, tokens: int) -> tuple[Managed,
 def start_server(tmp: Path, llm_url: str, workers: int, baseline: bool) -> tuple[Managed, str]:
     """``run.py`` (or the baseline relay) pointed at ``llm_url``; returns it and its base URL."""
     port = free_port()
-    env = {**os.environ, "OPENAI_API_BASE": llm_url + "/v1", "OPENAI_API_KEY": API_KEY,
-           "LLM_MODEL": "scripted", "GAME_AGENT_LOG_DIR": str(tmp / "npc-logs"),
-           "GAME_AGENT_DATA_DIR": str(tmp / "npc-data")}
+    env = {
+        **os.environ,
+        "OPENAI_API_BASE": llm_url + "/v1",
+        "OPENAI_API_KEY": API_KEY,
+        "LLM_MODEL": "scripted",
+        "GAME_AGENT_LOG_DIR": str(tmp / "npc-logs"),
+        "GAME_AGENT_DATA_DIR": str(tmp / "npc-data"),
+    }
     if baseline:
-        server = Managed("baseline relay", [sys.executable, "bench/baseline_relay.py", "--port", str(port)],
-                         tmp / "baseline.log", env)
+        server = Managed(
+            "baseline relay",
+            [sys.executable, "bench/baseline_relay.py", "--port", str(port)],
+            tmp / "baseline.log",
+            env,
+        )
     else:
         admin_port = free_port()
-        server = ServerProcesses("server", [
-            sys.executable, "run.py", "--port", str(port), "--workers", str(workers),
-            "--admin-port", str(admin_port)], tmp / "server.log", env, admin_port=admin_port)
+        server = ServerProcesses(
+            "server",
+            [sys.executable, "run.py", "--port", str(port), "--workers", str(workers), "--admin-port", str(admin_port)],
+            tmp / "server.log",
+            env,
+            admin_port=admin_port,
+        )
     url = f"http://127.0.0.1:{port}"
     server.wait_http(url + "/healthz")
     return server, url

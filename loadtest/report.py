@@ -25,8 +25,7 @@ class Timeline:
         self.reports: dict[int, int] = {}  # second -> generator processes that reported it
         self.server: dict[int, tuple[float, float]] = {}  # second -> (CPU %, RSS MB) of the server
 
-    def add(self, second: int, frames: int, tokens: int, completed: int, interrupted: int,
-            latencies: array) -> None:
+    def add(self, second: int, frames: int, tokens: int, completed: int, interrupted: int, latencies: array) -> None:
         entry = self.seconds.setdefault(second, [0, 0, 0, 0, array("d")])
         entry[0] += frames
         entry[1] += tokens
@@ -41,10 +40,20 @@ class Timeline:
             frames, tokens, completed, interrupted, latencies = self.seconds[second]
             stats = percentiles(latencies)
             cpu, rss = self.server.get(second, (None, None))
-            rows.append({"t": second + 1, "active": second < duration_s, "frames": frames, "tokens": tokens,
-                         "turns_completed": completed, "turns_interrupted": interrupted,
-                         "chunk_p50_ms": stats["p50"], "chunk_p99_ms": stats["p99"],
-                         "server_cpu_percent": cpu, "server_rss_mb": rss})
+            rows.append(
+                {
+                    "t": second + 1,
+                    "active": second < duration_s,
+                    "frames": frames,
+                    "tokens": tokens,
+                    "turns_completed": completed,
+                    "turns_interrupted": interrupted,
+                    "chunk_p50_ms": stats["p50"],
+                    "chunk_p99_ms": stats["p99"],
+                    "server_cpu_percent": cpu,
+                    "server_rss_mb": rss,
+                }
+            )
         return rows
 
     def latencies(self) -> list[float]:
@@ -54,8 +63,15 @@ class Timeline:
         return merged.tolist()
 
 
-def build(config: dict, target: dict, finals: list[dict], timeline: Timeline, resources: dict,
-          interrupt_close: list[float] | None, leftovers: list[int]) -> dict:
+def build(
+    config: dict,
+    target: dict,
+    finals: list[dict],
+    timeline: Timeline,
+    resources: dict,
+    interrupt_close: list[float] | None,
+    leftovers: list[int],
+) -> dict:
     """The whole report (see the module doc of loadtest.cli for the meaning of each key)."""
     totals: dict[str, int] = {}
     problems = Problems()
@@ -66,7 +82,7 @@ def build(config: dict, target: dict, finals: list[dict], timeline: Timeline, re
             totals[key] = totals.get(key, 0) + value
         problems.merge(final["problems"]["counts"], final["problems"]["examples"])
         errors["count"] += final["errors"]["count"]
-        errors["first"].extend(final["errors"]["examples"][:10 - len(errors["first"])])
+        errors["first"].extend(final["errors"]["examples"][: 10 - len(errors["first"])])
         for code, count in final["errors"]["codes"].items():
             errors["codes"][code] = errors["codes"].get(code, 0) + count
         for key, values in samples.items():
@@ -130,23 +146,28 @@ def table(report: dict) -> str:
         f"{report['notifications_sent']} notifications, {report['turn_results_sent']} turn results, "
         f"{report['tool_results_sent']} tool results",
         f"received    {report['events_per_s']:,.0f} frames/s, {report['tokens_per_s']:,.0f} tokens/s",
-        *(f"node        {node['name']}: {node['workers']} workers, {node['frames_per_s']:,.0f} frames/s"
-          for node in report.get("nodes") or []),
+        *(
+            f"node        {node['name']}: {node['workers']} workers, {node['frames_per_s']:,.0f} frames/s"
+            for node in report.get("nodes") or []
+        ),
         f"integrity   lost {report['lost_events']}, duplicated {report['duplicated_events']}, "
         f"out of order {report['out_of_order_events']}, corrupted {report['corrupted_chunks']}",
-        f"errors      {report['errors']['count']}" + (f" {report['errors']['codes']}" if report["errors"]["codes"]
-                                                        else ""),
+        f"errors      {report['errors']['count']}"
+        + (f" {report['errors']['codes']}" if report["errors"]["codes"] else ""),
         "",
         f"{'latency (ms)':<22}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'n':>9}",
     ]
     for key in (*LATENCY_KEYS, "turn_ms"):
         stats = report[key]
-        cells = "".join(f"{'-' if stats[k] is None else format(stats[k], '.1f'):>9}"
-                        for k in ("p50", "p95", "p99", "max"))
+        cells = "".join(
+            f"{'-' if stats[k] is None else format(stats[k], '.1f'):>9}" for k in ("p50", "p95", "p99", "max")
+        )
         lines.append(f"{key:<22}{cells}{stats['n']:>9}")
     mean = report["turn_ms"]["mean"]
-    lines.append(f"turn_ms mean {'-' if mean is None else format(mean, '.1f')}, "
-                 f"ideal {report['ideal_turn_ms']:.1f} (ttft + tokens / tps)")
+    lines.append(
+        f"turn_ms mean {'-' if mean is None else format(mean, '.1f')}, "
+        f"ideal {report['ideal_turn_ms']:.1f} (ttft + tokens / tps)"
+    )
     lines += ["", f"{'CPU % of a core / RSS MB':<32}{'cpu mean':>10}{'cpu max':>10}{'rss mean':>10}{'rss max':>10}"]
     for group in ("server", "llm", "generator"):
         if report.get(group) is None:
@@ -167,8 +188,11 @@ def table(report: dict) -> str:
 def _resource_line(label: str, entry: dict) -> str:
     def cell(value: float | None) -> str:
         return f"{'-' if value is None else format(value, '.1f'):>10}"
-    return (f"{label:<32}{cell(entry['cpu_percent']['mean'])}{cell(entry['cpu_percent']['max'])}"
-            f"{cell(entry['rss_mb']['mean'])}{cell(entry['rss_mb']['max'])}")
+
+    return (
+        f"{label:<32}{cell(entry['cpu_percent']['mean'])}{cell(entry['cpu_percent']['max'])}"
+        f"{cell(entry['rss_mb']['mean'])}{cell(entry['rss_mb']['max'])}"
+    )
 
 
 def plot(report: dict, path: str) -> None:
@@ -182,8 +206,10 @@ def plot(report: dict, path: str) -> None:
     seconds = [row["t"] for row in rows]
     figure, (latency, throughput) = pyplot.subplots(2, 1, sharex=True, figsize=(10, 7))
     config = report["config"]
-    figure.suptitle(f"{report['target']['kind']}: {config['npcs']} NPCs, {config['llm_tps']:g} tokens/s per "
-                    f"stream, {config['interrupt_ratio']:.0%} interrupted")
+    figure.suptitle(
+        f"{report['target']['kind']}: {config['npcs']} NPCs, {config['llm_tps']:g} tokens/s per "
+        f"stream, {config['interrupt_ratio']:.0%} interrupted"
+    )
     for key, label in (("chunk_p50_ms", "p50"), ("chunk_p99_ms", "p99")):
         latency.plot(seconds, [row[key] for row in rows], marker=".", label=f"chunk latency {label}")
     latency.set_ylabel("ms (LLM write to client receipt)")

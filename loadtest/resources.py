@@ -78,20 +78,30 @@ class Group:
         return {
             "cpu_percent": _mean_max(self.cpu),
             "rss_mb": _mean_max(self.rss),
-            "processes": [{"pid": pid, "role": self._roles.get(pid, "actor"), "cpu_percent": _mean_max(cpu),
-                           "rss_mb": _mean_max(rss)} for pid, (cpu, rss) in sorted(self._series.items())],
+            "processes": [
+                {
+                    "pid": pid,
+                    "role": self._roles.get(pid, "actor"),
+                    "cpu_percent": _mean_max(cpu),
+                    "rss_mb": _mean_max(rss),
+                }
+                for pid, (cpu, rss) in sorted(self._series.items())
+            ],
         }
 
 
 def _mean_max(values: list[float]) -> dict:
     stats = summary(values)
-    return {"mean": None if stats["mean"] is None else round(stats["mean"], 1),
-            "max": None if stats["max"] is None else round(stats["max"], 1)}
+    return {
+        "mean": None if stats["mean"] is None else round(stats["mean"], 1),
+        "max": None if stats["max"] is None else round(stats["max"], 1),
+    }
 
 
 def server_labeller(main: tuple[int, str] | None, port: int, admin_port: int | None, llm_port: int | None):
     """A role for each server process: ``main`` names the started one (pid, role); the others by
     who listens on which port and who talks to the LLM."""
+
     def label(proc: psutil.Process) -> str | None:
         if main is not None and proc.pid == main[0]:
             return main[1]
@@ -108,4 +118,5 @@ def server_labeller(main: tuple[int, str] | None, port: int, admin_port: int | N
         if llm_port is not None and llm_port in remote:
             return "worker"
         return None
+
     return label

@@ -13,38 +13,131 @@ import random
 import re
 from typing import Final
 
-FIRST_NAMES: Final = ("Bram", "Mira", "Oswin", "Tilda", "Garrick", "Elda", "Fenn", "Ysolde", "Corin", "Hesper",
-                      "Rook", "Wynn", "Alaric", "Sefa", "Dunstan", "Ivy", "Marek", "Nessa", "Perrin", "Quill")
-TRADES: Final = ("the Smith", "the Gate Guard", "the Innkeeper", "the Herbalist", "the Ferryman", "the Miller",
-                 "the Scribe", "the Hunter", "the Tinker", "the Priest", "the Baker", "the Fence")
-PERSONAS: Final = ("Gruff but fair; speaks in short sentences.", "Cheerful gossip who never finishes a thought.",
-                   "Suspicious of strangers, warm to regulars.", "Pompous, fond of long words.",
-                   "Tired and kind; sighs a lot.", "Nervous, stammers when lying.")
-LOCATIONS: Final = ("North Gate", "The Prancing Eel", "Market Square", "Old Mill", "Riverside Dock",
-                    "Chapel of Dawn", "Smithy", "Hunter's Lodge", "Town Hall", "Herb Garden")
-ITEMS: Final = ("spear", "brass key", "loaf of bread", "healing salve", "lantern", "rope", "ledger",
-                "silver ring", "fishing net", "hammer", "map of the valley", "bag of coins")
-GOALS: Final = ("keep the gate", "get home before dark", "pay off the debt", "find the missing goat",
-                "sell the last barrel", "learn who stole the bell", "protect the children")
-FACTS: Final = ("The gate closes at sundown.", "Bandits were seen on the east road.", "The miller owes everyone.",
-                "A storm is coming from the hills.", "The old well is dry.", "The priest keeps a secret.")
+FIRST_NAMES: Final = (
+    "Bram",
+    "Mira",
+    "Oswin",
+    "Tilda",
+    "Garrick",
+    "Elda",
+    "Fenn",
+    "Ysolde",
+    "Corin",
+    "Hesper",
+    "Rook",
+    "Wynn",
+    "Alaric",
+    "Sefa",
+    "Dunstan",
+    "Ivy",
+    "Marek",
+    "Nessa",
+    "Perrin",
+    "Quill",
+)
+TRADES: Final = (
+    "the Smith",
+    "the Gate Guard",
+    "the Innkeeper",
+    "the Herbalist",
+    "the Ferryman",
+    "the Miller",
+    "the Scribe",
+    "the Hunter",
+    "the Tinker",
+    "the Priest",
+    "the Baker",
+    "the Fence",
+)
+PERSONAS: Final = (
+    "Gruff but fair; speaks in short sentences.",
+    "Cheerful gossip who never finishes a thought.",
+    "Suspicious of strangers, warm to regulars.",
+    "Pompous, fond of long words.",
+    "Tired and kind; sighs a lot.",
+    "Nervous, stammers when lying.",
+)
+LOCATIONS: Final = (
+    "North Gate",
+    "The Prancing Eel",
+    "Market Square",
+    "Old Mill",
+    "Riverside Dock",
+    "Chapel of Dawn",
+    "Smithy",
+    "Hunter's Lodge",
+    "Town Hall",
+    "Herb Garden",
+)
+ITEMS: Final = (
+    "spear",
+    "brass key",
+    "loaf of bread",
+    "healing salve",
+    "lantern",
+    "rope",
+    "ledger",
+    "silver ring",
+    "fishing net",
+    "hammer",
+    "map of the valley",
+    "bag of coins",
+)
+GOALS: Final = (
+    "keep the gate",
+    "get home before dark",
+    "pay off the debt",
+    "find the missing goat",
+    "sell the last barrel",
+    "learn who stole the bell",
+    "protect the children",
+)
+FACTS: Final = (
+    "The gate closes at sundown.",
+    "Bandits were seen on the east road.",
+    "The miller owes everyone.",
+    "A storm is coming from the hills.",
+    "The old well is dry.",
+    "The priest keeps a secret.",
+)
 MOODS: Final = ("irritable", "calm", "curious", "afraid", "merry", "bored")
-EXTRA_TAGS: Final = ({"name": "emote", "description": "a facial expression"},
-                     {"name": "action", "description": "a physical action", "attrs": {"name": "what is done"}})
+EXTRA_TAGS: Final = (
+    {"name": "emote", "description": "a facial expression"},
+    {"name": "action", "description": "a physical action", "attrs": {"name": "what is done"}},
+)
 TOOLS: Final = (
-    {"name": "open_door", "description": "Open a door the NPC has the key to",
-     "parameters": {"type": "object", "properties": {"door": {"type": "string"}}, "required": ["door"]}},
-    {"name": "give_item", "description": "Hand an item from the inventory to someone",
-     "parameters": {"type": "object", "properties": {"item": {"type": "string"}, "to": {"type": "string"}}}},
+    {
+        "name": "open_door",
+        "description": "Open a door the NPC has the key to",
+        "parameters": {"type": "object", "properties": {"door": {"type": "string"}}, "required": ["door"]},
+    },
+    {
+        "name": "give_item",
+        "description": "Hand an item from the inventory to someone",
+        "parameters": {"type": "object", "properties": {"item": {"type": "string"}, "to": {"type": "string"}}},
+    },
     {"name": "check_ledger", "description": "Look up what someone owes"},
 )
 EVENT_KINDS: Final = ("speech", "speech", "speech", "gift", "gesture", "attack")
-PHRASES: Final = ("Who goes there?", "Have you seen a goat around here?", "What news from the east road?",
-                  "I would like to buy some bread.", "Open the gate, please.", "Do you know the miller?",
-                  "Is it going to rain?", "Tell me about this town.", "Put that down!", "Thank you, friend.")
-NOTIFICATIONS: Final = (("weather", "It starts to rain."), ("weather", "The sun comes out."),
-                        ("bell", "The chapel bell rings six times."), ("crowd", "A cart rattles past."),
-                        ("news", "A rider brings word of bandits."))
+PHRASES: Final = (
+    "Who goes there?",
+    "Have you seen a goat around here?",
+    "What news from the east road?",
+    "I would like to buy some bread.",
+    "Open the gate, please.",
+    "Do you know the miller?",
+    "Is it going to rain?",
+    "Tell me about this town.",
+    "Put that down!",
+    "Thank you, friend.",
+)
+NOTIFICATIONS: Final = (
+    ("weather", "It starts to rain."),
+    ("weather", "The sun comes out."),
+    ("bell", "The chapel bell rings six times."),
+    ("crowd", "A cart rattles past."),
+    ("news", "A rider brings word of bandits."),
+)
 
 
 def make_spec(rng: random.Random, number: int, with_tools: bool) -> dict:
@@ -57,8 +150,10 @@ def make_spec(rng: random.Random, number: int, with_tools: bool) -> dict:
         "goals": rng.sample(GOALS, rng.randint(1, 3)),
         "location": rng.choice(LOCATIONS),
         "inventory": [rng.choice(ITEMS) for _ in range(rng.randint(0, 3))],
-        "relationships": {rng.choice(FIRST_NAMES): rng.choice(("friend", "rival", "cousin", {"trust": 2}))
-                          for _ in range(rng.randint(0, 3))},
+        "relationships": {
+            rng.choice(FIRST_NAMES): rng.choice(("friend", "rival", "cousin", {"trust": 2}))
+            for _ in range(rng.randint(0, 3))
+        },
         "facts": rng.sample(FACTS, rng.randint(0, 3)),
         "mood": rng.choice(MOODS),
     }
@@ -67,8 +162,11 @@ def make_spec(rng: random.Random, number: int, with_tools: bool) -> dict:
     if rng.random() < 0.3:
         spec["prompt_parts"] = [{"title": "Current scene", "text": f"{rng.choice(FACTS)} Dusk."}]
     if rng.random() < 0.3:
-        spec["tags"] = ["thought", {"name": "say", "description": "words spoken aloud"},
-                        *rng.sample(EXTRA_TAGS, rng.randint(1, 2))]
+        spec["tags"] = [
+            "thought",
+            {"name": "say", "description": "words spoken aloud"},
+            *rng.sample(EXTRA_TAGS, rng.randint(1, 2)),
+        ]
     if with_tools:
         spec["tools"] = list(rng.sample(TOOLS, rng.randint(1, len(TOOLS))))
     return spec

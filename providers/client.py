@@ -208,7 +208,8 @@ class ChatStreamer:
         a worker's CPU at 500 NPCs (a recursive walk of every message, on every request).
         """
         response = await self._client.post(
-            "/chat/completions", body=request, cast_to=httpx2.Response, options=_STREAMED_BODY)
+            "/chat/completions", body=request, cast_to=httpx2.Response, options=_STREAMED_BODY
+        )
         try:
             yield response
         finally:
@@ -270,8 +271,7 @@ def _disconnected(exc: BaseException) -> bool:
 class _Reply:
     """What one response body has said so far: its content deltas, then how it finished."""
 
-    __slots__ = ("done", "_decoder", "_on_malformed", "_payloads", "_malformed", "_finish_reason", "_usage",
-                 "_error")
+    __slots__ = ("done", "_decoder", "_on_malformed", "_payloads", "_malformed", "_finish_reason", "_usage", "_error")
 
     def __init__(self, on_malformed: Callable[[bytes, bool], None]) -> None:
         self.done = False  # [DONE] seen

@@ -50,12 +50,14 @@ class LocalModelProcess:
         env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, path))}
         fd, log = tempfile.mkstemp(prefix="embedded-model-", suffix=".log")
         self._log = Path(log)
-        logger.info("starting the embedded demo model (SmolLM2-135M on llama.cpp) on {}; its log: {}",
-                    self.base_url, log)
+        logger.info(
+            "starting the embedded demo model (SmolLM2-135M on llama.cpp) on {}; its log: {}", self.base_url, log
+        )
         started = time.monotonic()
         with os.fdopen(fd, "wb") as output:
-            self._process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
-                                             stdout=output, stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen(
+                command, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
+            )
         while not self._answers():
             if self._process.poll() is not None:
                 self._fail(f"the embedded model server exited with code {self._process.returncode}")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 SPEECH_TAG = "say"
 

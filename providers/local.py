@@ -31,10 +31,11 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import llama_cpp
 import orjson
@@ -116,9 +117,7 @@ class EmbeddedModel:
     def __init__(self, path: Path, threads: int) -> None:
         logger.info("loading embedded model {} from {} ({} threads)", MODEL_ID, path, threads)
         started = time.perf_counter()
-        self._llama = llama_cpp.Llama(
-            model_path=str(path), n_ctx=CONTEXT_TOKENS, n_threads=threads, verbose=False
-        )
+        self._llama = llama_cpp.Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, n_threads=threads, verbose=False)
         # NPCs take turns: each one's prompt resumes from its own last state, not from scratch.
         self._llama.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=PROMPT_CACHE_BYTES))
         self._template = Jinja2ChatFormatter(
@@ -146,9 +145,7 @@ class EmbeddedModel:
         if not isinstance(messages, list) or not messages:
             raise BadRequest("'messages' must be a non-empty list", param="messages")
         rendered = self._template(messages=[_plain_message(message) for message in messages])
-        prompt = self._llama.tokenize(
-            rendered.prompt.encode(), add_bos=not rendered.added_special, special=True
-        )
+        prompt = self._llama.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True)
         if len(prompt) >= CONTEXT_TOKENS:
             raise BadRequest(
                 f"the prompt is {len(prompt)} tokens; this model's context is {CONTEXT_TOKENS}",
@@ -172,7 +169,7 @@ class EmbeddedModel:
             include_usage=bool(stream_options.get("include_usage")),
         )
 
-    @functools.lru_cache(maxsize=32)
+    @functools.lru_cache(maxsize=32)  # noqa: B019 - one model per process, alive as long as it
     def _grammar(self, gbnf: str) -> llama_cpp.LlamaGrammar:
         """The sampling grammar for ``gbnf``, checked once per distinct text."""
         try:
@@ -204,9 +201,7 @@ class EmbeddedModel:
                 cancelled.set()
                 await asyncio.wait([job])
 
-    def _run(
-        self, completion: Completion, cancelled: threading.Event, emit: Callable[[object], None]
-    ) -> None:
+    def _run(self, completion: Completion, cancelled: threading.Event, emit: Callable[[object], None]) -> None:
         """In the worker thread: generate, handing each chunk to the event loop."""
         chunks = self._llama.create_completion(completion.prompt, stream=True, **completion.options)
         produced = 0
@@ -278,9 +273,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
             async for text, finish_reason in pieces:
                 reply.add(text, finish_reason)
             return _json(reply.message(model.count_tokens(reply.text)))
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         await _send(response, reply.chunk({"role": "assistant", "content": ""}))
         async for text, finish_reason in pieces:
@@ -335,9 +328,7 @@ class _Reply:
         return chunk
 
     def usage_chunk(self, completion_tokens: int) -> dict:
-        return self._envelope("chat.completion.chunk", []) | {
-            "usage": self._usage(completion_tokens)
-        }
+        return self._envelope("chat.completion.chunk", []) | {"usage": self._usage(completion_tokens)}
 
     def message(self, completion_tokens: int) -> dict:
         message = {"role": "assistant", "content": self.text, "refusal": None}
@@ -347,9 +338,7 @@ class _Reply:
             "logprobs": None,
             "finish_reason": self.finish_reason,
         }
-        return self._envelope("chat.completion", [choice]) | {
-            "usage": self._usage(completion_tokens)
-        }
+        return self._envelope("chat.completion", [choice]) | {"usage": self._usage(completion_tokens)}
 
 
 async def _send(response: web.StreamResponse, chunk: dict) -> None:
@@ -382,9 +371,7 @@ async def _exit_with_parent(app: web.Application) -> AsyncIterator[None]:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m providers.local``: serve the embedded model until SIGTERM/SIGINT or parent death."""
-    parser = argparse.ArgumentParser(
-        prog="python -m providers.local", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m providers.local", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)

@@ -40,23 +40,43 @@ import orjson
 from aiohttp import web
 from loguru import logger
 
-VARIANTS: Final = frozenset({
-    "keepalive",  # `: keep-alive` comment lines between events
-    "null_content",  # an extra delta with `content: null` after the role delta
-    "crlf",  # CRLF line ends
-    "cr",  # CR line ends
-    "no_space",  # `data:{...}` without the space
-    "event_fields",  # `event:`, `id:` and `retry:` lines around the data
-    "split_writes",  # every event written in two halves (UTF-8 may be split)
-    "usage",  # a usage chunk even when the request did not ask for one
-    "finish_with_content",  # finish_reason on the last content chunk, no separate chunk
-    "multi_choice",  # an interleaved choice with index 1 after each content chunk
-})
+VARIANTS: Final = frozenset(
+    {
+        "keepalive",  # `: keep-alive` comment lines between events
+        "null_content",  # an extra delta with `content: null` after the role delta
+        "crlf",  # CRLF line ends
+        "cr",  # CR line ends
+        "no_space",  # `data:{...}` without the space
+        "event_fields",  # `event:`, `id:` and `retry:` lines around the data
+        "split_writes",  # every event written in two halves (UTF-8 may be split)
+        "usage",  # a usage chunk even when the request did not ask for one
+        "finish_with_content",  # finish_reason on the last content chunk, no separate chunk
+        "multi_choice",  # an interleaved choice with index 1 after each content chunk
+    }
+)
 _SECRET_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie"})
 _TOKEN: Final = re.compile(r"\s*\S+|\s+$")  # a word with the spaces before it
 _THOUGHT_WORDS: Final = ("I", "should", "answer", "this", "traveller", "plainly", "and", "kindly.")
-_SAY_WORDS: Final = ("Well", "met,", "friend.", "The", "road", "is", "long", "and", "the", "night", "cold,",
-                     "so", "rest", "by", "the", "fire", "a", "while.")
+_SAY_WORDS: Final = (
+    "Well",
+    "met,",
+    "friend.",
+    "The",
+    "road",
+    "is",
+    "long",
+    "and",
+    "the",
+    "night",
+    "cold,",
+    "so",
+    "rest",
+    "by",
+    "the",
+    "fire",
+    "a",
+    "while.",
+)
 _ECHO_WORDS: Final = 6
 _TOOL_DIRECTIVE: Final = re.compile(r"\[\[tool:([A-Za-z][A-Za-z0-9_.:-]*)\]\]")
 TOOL_ARGUMENTS: Final = '{"asked":true}'  # the arguments of a tool call asked for with [[tool:NAME]]
@@ -137,7 +157,7 @@ class Reply:
         if self.chunks is not None:
             return list(self.chunks)
         if self.chunk_size is not None:
-            return [self.content[i:i + self.chunk_size] for i in range(0, len(self.content), self.chunk_size)]
+            return [self.content[i : i + self.chunk_size] for i in range(0, len(self.content), self.chunk_size)]
         return _TOKEN.findall(self.content)
 
     def schedule(self, chunks: list[str]) -> list[float]:
@@ -261,9 +281,12 @@ class ScriptedLLM:
                 return self._replies.pop(index), "scripted"
         last_user = next((_text(m) for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), "")
         defaults = self.defaults
-        answer = Reply(chunks=tuple(default_answer(last_user, defaults.default_tokens)),
-                       first_token_delay_s=defaults.first_token_delay_s, tokens_per_s=defaults.tokens_per_s,
-                       stamp_tokens=defaults.stamp_tokens)
+        answer = Reply(
+            chunks=tuple(default_answer(last_user, defaults.default_tokens)),
+            first_token_delay_s=defaults.first_token_delay_s,
+            tokens_per_s=defaults.tokens_per_s,
+            stamp_tokens=defaults.stamp_tokens,
+        )
         return answer, "default"
 
 
@@ -281,14 +304,16 @@ def make_app(llm: ScriptedLLM) -> web.Application:
     """The aiohttp application; run it with `handler_cancellation=True` (see the module doc)."""
     routes = _Routes(llm)
     app = web.Application(client_max_size=64 << 20)
-    app.add_routes([
-        web.post("/v1/chat/completions", routes.chat),
-        web.get("/v1/models", routes.models),
-        web.post("/_control/script", routes.script),
-        web.post("/_control/reset", routes.reset),
-        web.get("/_control/requests", routes.requests),
-        web.post("/_control/defaults", routes.defaults),
-    ])
+    app.add_routes(
+        [
+            web.post("/v1/chat/completions", routes.chat),
+            web.get("/v1/models", routes.models),
+            web.post("/_control/script", routes.script),
+            web.post("/_control/reset", routes.reset),
+            web.get("/_control/requests", routes.requests),
+            web.post("/_control/defaults", routes.defaults),
+        ]
+    )
     return app
 
 
@@ -357,8 +382,18 @@ def _error_response(reply: Reply) -> web.Response:
     assert reply.status is not None
     if isinstance(reply.error_body, str):
         return web.Response(text=reply.error_body, status=reply.status, headers=headers)
-    body = reply.error_body if reply.error_body is not None else {
-        "error": {"message": f"scripted error {reply.status}", "type": "scripted_error", "param": None, "code": None}}
+    body = (
+        reply.error_body
+        if reply.error_body is not None
+        else {
+            "error": {
+                "message": f"scripted error {reply.status}",
+                "type": "scripted_error",
+                "param": None,
+                "code": None,
+            }
+        }
+    )
     return _json(body, reply.status, headers)
 
 
@@ -369,16 +404,25 @@ class _Stop(Exception):
 class _Exchange:
     """Answers one chat request as scripted: paced, with the reply's variants and faults."""
 
-    def __init__(self, request: web.Request, record: RequestRecord, reply: Reply, model: str,
-                 messages: list[Any], started: float, include_usage: bool) -> None:
+    def __init__(
+        self,
+        request: web.Request,
+        record: RequestRecord,
+        reply: Reply,
+        model: str,
+        messages: list[Any],
+        started: float,
+        include_usage: bool,
+    ) -> None:
         self._request = request
         self._record = record
         self._reply = reply
         self._include_usage = include_usage
         self._loop = asyncio.get_running_loop()
         self._started = started
-        self._response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
-                                                     "Cache-Control": "no-cache"})
+        self._response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+        )
         variants = reply.variants
         self._newline = b"\r\n" if "crlf" in variants else b"\r" if "cr" in variants else b"\n"
         self._data = b"data:" if "no_space" in variants else b"data: "
@@ -386,10 +430,17 @@ class _Exchange:
         self._offsets = reply.schedule(self._chunks)
         completion_tokens = sum(map(count_tokens, self._chunks))
         prompt_tokens = sum(count_tokens(_text(message)) for message in messages)
-        self._usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                       "total_tokens": prompt_tokens + completion_tokens}
-        self._head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model,
-                      "system_fingerprint": "fp_scripted"}
+        self._usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        self._head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_scripted",
+        }
 
     async def complete(self) -> web.StreamResponse:
         """The non-streaming answer, sent when the last chunk would have been."""
@@ -401,10 +452,15 @@ class _Exchange:
             raise
         message = {"role": "assistant", "content": reply.content, "refusal": None, "annotations": []}
         self._record.finish("completed")
-        return _json({**self._head, "object": "chat.completion", "service_tier": "default",
-                      "choices": [{"index": 0, "message": message, "logprobs": None,
-                                   "finish_reason": reply.finish_reason}],
-                      "usage": self._usage})
+        return _json(
+            {
+                **self._head,
+                "object": "chat.completion",
+                "service_tier": "default",
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}],
+                "usage": self._usage,
+            }
+        )
 
     async def stream(self) -> web.StreamResponse:
         """The SSE answer, chunk by chunk on schedule."""
@@ -431,8 +487,9 @@ class _Exchange:
                     await self._event(self._choice({"content": "(choice 1)"}, index=1))
             await self._fault(len(self._chunks))
             if not (self._chunks and "finish_with_content" in variants):
-                await self._event(self._choice({"content": None} if "null_content" in variants else {},
-                                               reply.finish_reason))
+                await self._event(
+                    self._choice({"content": None} if "null_content" in variants else {}, reply.finish_reason)
+                )
             if self._include_usage or "usage" in variants:
                 await self._event(self._chunk(choices=[], usage=self._usage))
             if not reply.no_done:
@@ -454,8 +511,12 @@ class _Exchange:
         if reply.malformed_after_chunks == sent:
             await self._response.write(self._data + b'{"id": "broken", "choices": [' + self._newline * 2)
         if reply.error_after_chunks == sent:
-            await self._event(self._chunk(error={"code": 502, "message": "scripted provider error"},
-                                          choices=[{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]))
+            await self._event(
+                self._chunk(
+                    error={"code": 502, "message": "scripted provider error"},
+                    choices=[{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+                )
+            )
             await self._response.write_eof()
             self._record.finish("error")
             raise _Stop
@@ -525,15 +586,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `serve()`, with the same names."""
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8099, help="port (default 8099)")
-    parser.add_argument("--default-tokens", type=int, default=Defaults.default_tokens,
-                        help="tokens of the default answer (default %(default)s)")
-    parser.add_argument("--first-token-delay-s", type=float, default=Defaults.first_token_delay_s,
-                        help="default delay before the first token (default %(default)s)")
-    parser.add_argument("--tokens-per-s", type=float, default=Defaults.tokens_per_s,
-                        help="default pace; 0 = as fast as possible (default %(default)s)")
+    parser.add_argument(
+        "--default-tokens",
+        type=int,
+        default=Defaults.default_tokens,
+        help="tokens of the default answer (default %(default)s)",
+    )
+    parser.add_argument(
+        "--first-token-delay-s",
+        type=float,
+        default=Defaults.first_token_delay_s,
+        help="default delay before the first token (default %(default)s)",
+    )
+    parser.add_argument(
+        "--tokens-per-s",
+        type=float,
+        default=Defaults.tokens_per_s,
+        help="default pace; 0 = as fast as possible (default %(default)s)",
+    )
     parser.add_argument("--record-chunk-times", action="store_true", help="record each chunk's write time")
-    parser.add_argument("--stamp-tokens", action="store_true",
-                        help="send each text token of the default answer as ' w<seq>@<write time in µs>'")
+    parser.add_argument(
+        "--stamp-tokens",
+        action="store_true",
+        help="send each text token of the default answer as ' w<seq>@<write time in µs>'",
+    )
     parser.add_argument("--model", default=Defaults.model, help="model name listed by /v1/models")
     parser.add_argument("--max-records", type=int, default=10_000, help="request records kept (newest)")
 

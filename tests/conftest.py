@@ -30,8 +30,11 @@ class ScriptedLLM:
     def __init__(self, tmp: Path, *args: str) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.process = Managed("scripted LLM", [sys.executable, "run.py", "llm-server", "--port", str(port), *args],
-                               tmp / f"llm-{port}.log")
+        self.process = Managed(
+            "scripted LLM",
+            [sys.executable, "run.py", "llm-server", "--port", str(port), *args],
+            tmp / f"llm-{port}.log",
+        )
         self.process.wait_http(self.url + "/v1/models")
 
     def stop(self) -> None:
@@ -59,14 +62,18 @@ class ScriptedLLM:
 class ServerProcess:
     """``python run.py`` with its own ports, pointed at a scripted LLM (None: the embedded model)."""
 
-    def __init__(self, tmp: Path, llm_url: str | None, workers: int = 2, data_dir: Path | None = None,
-                 **env: str) -> None:
+    def __init__(
+        self, tmp: Path, llm_url: str | None, workers: int = 2, data_dir: Path | None = None, **env: str
+    ) -> None:
         self.port, self.admin_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = tmp / f"logs-{self.port}"
         self.data_dir = data_dir or tmp / f"data-{self.port}"  # a restarted server is given the same one
-        provider = {} if llm_url is None else {
-            "OPENAI_API_BASE": llm_url + "/v1", "OPENAI_API_KEY": TEST_API_KEY, "LLM_MODEL": "scripted-model"}
+        provider = (
+            {}
+            if llm_url is None
+            else {"OPENAI_API_BASE": llm_url + "/v1", "OPENAI_API_KEY": TEST_API_KEY, "LLM_MODEL": "scripted-model"}
+        )
         inherited = {k: v for k, v in os.environ.items() if k not in STANDARD_ENV and not k.startswith(ENV_PREFIX)}
         self.env = {
             **inherited,
@@ -78,9 +85,21 @@ class ServerProcess:
             **env,
         }
         self.process = ServerProcesses(
-            "server", [sys.executable, "run.py", "--port", str(self.port), "--workers", str(workers),
-                       "--admin-port", str(self.admin_port)],
-            tmp / f"server-{self.port}.log", self.env, admin_port=self.admin_port)
+            "server",
+            [
+                sys.executable,
+                "run.py",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+                "--admin-port",
+                str(self.admin_port),
+            ],
+            tmp / f"server-{self.port}.log",
+            self.env,
+            admin_port=self.admin_port,
+        )
         self.log = self.process.log
         self.process.wait_http(self.url + "/healthz")
 
@@ -123,5 +142,9 @@ async def godot(server, llm) -> GodotPeer:
 
 
 def pytest_addoption(parser) -> None:
-    parser.addoption("--soak-seconds", type=float, default=20.0,
-                     help="length of tests/test_soak.py's soak (default 20 s; longer by hand)")
+    parser.addoption(
+        "--soak-seconds",
+        type=float,
+        default=20.0,
+        help="length of tests/test_soak.py's soak (default 20 s; longer by hand)",
+    )

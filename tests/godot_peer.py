@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -69,6 +70,7 @@ class JsonPeer:
 
     async def wait_for(self, predicate: Callable[[dict], bool], timeout: float = 10, start: int = 0) -> dict:
         """The first frame from index ``start`` on that satisfies ``predicate``."""
+
         async def scan() -> dict:
             position = start
             while True:
@@ -80,11 +82,13 @@ class JsonPeer:
                 if self.closed.is_set():
                     raise ConnectionError("the server closed the connection")
                 await self._changed.wait()
+
         return await asyncio.wait_for(scan(), timeout)
 
     async def wait_type(self, kind: str, timeout: float = 10, start: int = 0, **fields: Any) -> dict:
         return await self.wait_for(
-            lambda f: f["type"] == kind and all(f.get(k) == v for k, v in fields.items()), timeout, start)
+            lambda f: f["type"] == kind and all(f.get(k) == v for k, v in fields.items()), timeout, start
+        )
 
 
 class GodotPeer(JsonPeer):
@@ -100,14 +104,26 @@ class GodotPeer(JsonPeer):
 
     async def received(self, frame: dict) -> None:
         if frame["type"] == "get_agent_state" and frame["agent_id"] in self.specs:
-            await self.send({"type": "agent_state_snapshot", "request_id": frame["request_id"],
-                             "agent_id": frame["agent_id"], "state": self.specs[frame["agent_id"]]})
+            await self.send(
+                {
+                    "type": "agent_state_snapshot",
+                    "request_id": frame["request_id"],
+                    "agent_id": frame["agent_id"],
+                    "state": self.specs[frame["agent_id"]],
+                }
+            )
 
     async def interact(self, agent_id: str, text: str = "Hello", **event: Any) -> str:
         """Send an interaction_event; return its event_id."""
         event_id = f"e{next(_event_ids)}"
-        await self.send({"type": "interaction_event", "agent_id": agent_id, "event_id": event_id,
-                         "event": {"kind": "speech", "source": "player", "text": text, **event}})
+        await self.send(
+            {
+                "type": "interaction_event",
+                "agent_id": agent_id,
+                "event_id": event_id,
+                "event": {"kind": "speech", "source": "player", "text": text, **event},
+            }
+        )
         return event_id
 
     async def turn(self, agent_id: str, text: str = "Hello", timeout: float = 20) -> list[dict]:
@@ -124,8 +140,15 @@ class GodotPeer(JsonPeer):
     async def confirm(self, turn_frames: list[dict], status: str = "completed") -> None:
         """Send agent_turn_result with the tags as received (what a game that played it all sends)."""
         first = turn_frames[0]
-        await self.send({"type": "agent_turn_result", "agent_id": first["agent_id"],
-                         "turn_id": first["turn_id"], "status": status, "tags": played_tags(turn_frames)})
+        await self.send(
+            {
+                "type": "agent_turn_result",
+                "agent_id": first["agent_id"],
+                "turn_id": first["turn_id"],
+                "status": status,
+                "tags": played_tags(turn_frames),
+            }
+        )
 
 
 def played_tags(turn_frames: list[dict]) -> list[dict]:

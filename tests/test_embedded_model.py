@@ -9,8 +9,13 @@ from tests.conftest import ServerProcess
 from tests.godot_peer import GodotPeer, played_tags
 from tests.test_turns import check_turn_order
 
-SPEC = {"name": "Bram", "description": "A gate guard of the town of Elm", "persona": "gruff but fair",
-        "location": "North Gate", "tags": [{"name": "thought"}, {"name": "say"}]}
+SPEC = {
+    "name": "Bram",
+    "description": "A gate guard of the town of Elm",
+    "persona": "gruff but fair",
+    "location": "North Gate",
+    "tags": [{"name": "thought"}, {"name": "say"}],
+}
 
 
 async def test_a_turn_from_the_embedded_model(tmp_path):

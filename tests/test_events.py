@@ -15,17 +15,26 @@ from tests.conftest import ServerProcess
 from tests.godot_peer import END_TYPES, GodotPeer, JsonPeer, played_tags
 
 TAKEOVER_TIMEOUT_S = 2.0
-GUARD = {"name": "Bram", "description": "A tired gate guard", "persona": "gruff but fair",
-         "location": "North Gate", "inventory": ["spear"]}
+GUARD = {
+    "name": "Bram",
+    "description": "A tired gate guard",
+    "persona": "gruff but fair",
+    "location": "North Gate",
+    "inventory": ["spear"],
+}
 REPLY = '<thought>A stranger.</thought><say>Halt! State your business &amp; name.</say><action name="raise_spear"/>'
 
 
 @pytest.fixture(scope="module")
 def server(llm, tmp_path_factory) -> ServerProcess:
     """The server of this module: a short takeover timeout, a small buffer for slow spectators."""
-    proc = ServerProcess(tmp_path_factory.mktemp("server"), llm.url,
-                         GAME_AGENT_EVENTS_TAKEOVER_TIMEOUT_S=str(TAKEOVER_TIMEOUT_S),
-                         GAME_AGENT_EVENTS_REPLAY="60", GAME_AGENT_EVENTS_CLIENT_BUFFER="50")
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("server"),
+        llm.url,
+        GAME_AGENT_EVENTS_TAKEOVER_TIMEOUT_S=str(TAKEOVER_TIMEOUT_S),
+        GAME_AGENT_EVENTS_REPLAY="60",
+        GAME_AGENT_EVENTS_CLIENT_BUFFER="50",
+    )
     yield proc
     proc.stop()
     assert "Traceback" not in proc.server_log(), "the server logged an exception"
@@ -125,8 +134,11 @@ async def test_a_player_takes_an_npc_over_and_the_llm_resumes_on_leave(peers, ll
     open_godot, open_events = peers
     godot = await open_godot("play")
     watcher = await open_events("play")
-    godot.specs["mira"] = {"name": "Mira", "location": "Market",
-                           "tags": ["thought", "say", {"name": "action", "attrs": ["name"]}]}
+    godot.specs["mira"] = {
+        "name": "Mira",
+        "location": "Market",
+        "tags": ["thought", "say", {"name": "action", "attrs": ["name"]}],
+    }
     await godot.send({"type": "notification_event", "agent_id": "mira", "event": {"text": "The market opens."}})
     await watcher.wait_type("generate", name="mira")
     player = await open_events("play")
@@ -157,10 +169,14 @@ async def test_a_player_takes_an_npc_over_and_the_llm_resumes_on_leave(peers, ll
 
     # TaleWeave's action syntax, then tags as an LLM writes them.
     for typed, tags in [
-        ("~wave:hand=left,speed=~slow", [{"tag": "action", "attrs": {"name": "wave", "hand": "left", "speed": "slow"},
-                                          "text": ""}]),
-        ("<thought>Busy day.</thought><say>Next!</say>", [{"tag": "thought", "attrs": {}, "text": "Busy day."},
-                                                          {"tag": "say", "attrs": {}, "text": "Next!"}]),
+        (
+            "~wave:hand=left,speed=~slow",
+            [{"tag": "action", "attrs": {"name": "wave", "hand": "left", "speed": "slow"}, "text": ""}],
+        ),
+        (
+            "<thought>Busy day.</thought><say>Next!</say>",
+            [{"tag": "thought", "attrs": {}, "text": "Busy day."}, {"tag": "say", "attrs": {}, "text": "Next!"}],
+        ),
     ]:
         start, godot_start = len(player.events), len(godot.frames)
         await godot.interact("mira", "And?")
@@ -179,8 +195,9 @@ async def test_a_player_takes_an_npc_over_and_the_llm_resumes_on_leave(peers, ll
     second = await player.wait_for(lambda e: e["type"] == "prompt" and e["id"] != first["id"], start=start)
     assert "HELLO?" in second["prompt"]
     await player.send({"type": "input", "input": "Yes, yes."})
-    end = await godot.wait_for(lambda f: f["type"] in END_TYPES and f["turn_id"] != interrupted["turn_id"],
-                               start=godot_start)
+    end = await godot.wait_for(
+        lambda f: f["type"] in END_TYPES and f["turn_id"] != interrupted["turn_id"], start=godot_start
+    )
     assert played_tags(godot.turn_frames(end["turn_id"])) == [{"tag": "say", "attrs": {}, "text": "Yes, yes."}]
     assert len(await llm.requests()) == llm_calls  # no LLM call while a person played
 
@@ -280,8 +297,10 @@ def _stalled_events_client(port: int, session: str) -> socket.socket:
     sock.settimeout(5)
     sock.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(f"GET /events?session={session} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    sock.sendall(
+        f"GET /events?session={session} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
     head = b""
     while b"\r\n\r\n" not in head:
         head += sock.recv(1)

@@ -49,31 +49,93 @@ pytestmark = pytest.mark.timeout(300)
 
 MAX_FRAME = 65536  # max_frame_bytes of this module's server: small, so "huge" is cheap
 HARD_FRAME = 4 * MAX_FRAME  # beyond this aiohttp closes the connection (1009); never sent
-WS_TYPES = ("ping", "interaction_event", "notification_event", "agent_state_snapshot", "agent_turn_result",
-            "tool_results")
+WS_TYPES = (
+    "ping",
+    "interaction_event",
+    "notification_event",
+    "agent_state_snapshot",
+    "agent_turn_result",
+    "tool_results",
+)
 NEEDS_KNOWN_AGENT = ("agent_state_snapshot", "agent_turn_result", "tool_results")
-GATEWAY_CODES = frozenset({"bad_json", "bad_frame", "unknown_type", "missing_field", "bad_field", "unknown_agent",
-                           "frame_too_large"})
+GATEWAY_CODES = frozenset(
+    {"bad_json", "bad_frame", "unknown_type", "missing_field", "bad_field", "unknown_agent", "frame_too_large"}
+)
 REF_KEYS = ("type", "agent_id", "request_id", "turn_id", "event_id")
-WS_OUTBOUND = {"pong", "get_agent_state", "agent_turn_started", "agent_tag_open", "agent_tag_chunk",
-               "agent_tag_close", "agent_turn_interrupted", "agent_turn_finished", "error"}
-EVENTS_OUTBOUND = {"id", "generate", "prompt", "reply", "action", "result", "status", "snapshot", "player",
-                   "players", "stream", "error"}
-EVENTS_CODES = frozenset({"bad_json", "bad_frame", "unknown_type", "missing_field", "bad_field",
-                          "unknown_character", "character_taken", "name_taken", "not_playing", "no_prompt",
-                          "bad_input"})
+WS_OUTBOUND = {
+    "pong",
+    "get_agent_state",
+    "agent_turn_started",
+    "agent_tag_open",
+    "agent_tag_chunk",
+    "agent_tag_close",
+    "agent_turn_interrupted",
+    "agent_turn_finished",
+    "error",
+}
+EVENTS_OUTBOUND = {
+    "id",
+    "generate",
+    "prompt",
+    "reply",
+    "action",
+    "result",
+    "status",
+    "snapshot",
+    "player",
+    "players",
+    "stream",
+    "error",
+}
+EVENTS_CODES = frozenset(
+    {
+        "bad_json",
+        "bad_frame",
+        "unknown_type",
+        "missing_field",
+        "bad_field",
+        "unknown_character",
+        "character_taken",
+        "name_taken",
+        "not_playing",
+        "no_prompt",
+        "bad_input",
+    }
+)
 SERVER_MAX_DEPTH = 64  # core.protocol.MAX_DEPTH: deeper frames get bad_frame
 MAX_JSON_DEPTH = 1000  # RFC 8259 lets a parser limit nesting; deeper JSON may get bad_json
 TURN, REQ = "@@turn_id@@", "@@request_id@@"  # replaced, when sent, by the newest real id of that kind
-GUARD = {"name": "Bram", "description": "A tired gate guard", "persona": "gruff but fair",
-         "location": "North Gate", "inventory": ["spear"]}
-MIRA = {"name": "Mira", "location": "Market", "tags": ["thought", "say", {"name": "action", "attrs": ["name"]}],
-        "tools": [{"name": "open_door", "description": "Open a door",
-                   "parameters": {"type": "object", "properties": {"door": {"type": "string"}}}}]}
-SETTINGS = settings(max_examples=150, deadline=None, print_blob=True,
-                    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.large_base_example, HealthCheck.filter_too_much])
+GUARD = {
+    "name": "Bram",
+    "description": "A tired gate guard",
+    "persona": "gruff but fair",
+    "location": "North Gate",
+    "inventory": ["spear"],
+}
+MIRA = {
+    "name": "Mira",
+    "location": "Market",
+    "tags": ["thought", "say", {"name": "action", "attrs": ["name"]}],
+    "tools": [
+        {
+            "name": "open_door",
+            "description": "Open a door",
+            "parameters": {"type": "object", "properties": {"door": {"type": "string"}}},
+        }
+    ],
+}
+SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    print_blob=True,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+        HealthCheck.filter_too_much,
+    ],
+)
 _examples = itertools.count(1)
 KNOWN: dict[str, set[str]] = {}  # session -> the agent ids it has named (agents are never removed)
 
@@ -81,9 +143,15 @@ KNOWN: dict[str, set[str]] = {}  # session -> the agent ids it has named (agents
 @pytest.fixture(scope="module")
 def server(llm, tmp_path_factory) -> ServerProcess:
     tmp = tmp_path_factory.mktemp("server")
-    proc = ServerProcess(tmp, llm.url, GAME_AGENT_MAX_FRAME_BYTES=str(MAX_FRAME),
-                         GAME_AGENT_DATA_DIR=str(tmp / "data"), GAME_AGENT_JOURNAL_FSYNC="false",
-                         GAME_AGENT_SNAPSHOT_TIMEOUT_S="1.0", GAME_AGENT_LOG_LEVEL="INFO")
+    proc = ServerProcess(
+        tmp,
+        llm.url,
+        GAME_AGENT_MAX_FRAME_BYTES=str(MAX_FRAME),
+        GAME_AGENT_DATA_DIR=str(tmp / "data"),
+        GAME_AGENT_JOURNAL_FSYNC="false",
+        GAME_AGENT_SNAPSHOT_TIMEOUT_S="1.0",
+        GAME_AGENT_LOG_LEVEL="INFO",
+    )
     yield proc
     proc.stop()
 
@@ -331,6 +399,7 @@ def _events_frame(obj: Any) -> Expect:
 
 def align(expects: list[Expect], replies: list[dict]) -> bool:
     """Whether the replies, in order, are one reply or none (where allowed) per frame, in order."""
+
     @cache
     def fits(i: int, j: int) -> bool:
         if i == len(expects):
@@ -339,14 +408,17 @@ def align(expects: list[Expect], replies: list[dict]) -> bool:
         if e.silent and fits(i + 1, j):
             return True
         return j < len(replies) and e.matches(replies[j]) and fits(i + 1, j + 1)
+
     return fits(0, 0)
 
 
 def explain(sent: list[tuple[str, Expect]], replies: list[dict]) -> str:
     lines = ["frames sent, with the direct reply each may get:"]
     for shown, e in sent:
-        lines.append(f"  {shown}\n      -> errors={sorted(e.errors)} silent={e.silent} "
-                     f"pong={'yes' if e.pong else 'no'} ref={e.ref}")
+        lines.append(
+            f"  {shown}\n      -> errors={sorted(e.errors)} silent={e.silent} "
+            f"pong={'yes' if e.pong else 'no'} ref={e.ref}"
+        )
     lines.append("direct replies received:")
     lines.extend(f"  {json.dumps(r)[:300]}" for r in replies)
     return "\n".join(lines)
@@ -398,8 +470,9 @@ def preview(payload: str | bytes) -> str:
 def fail_closed(peer: JsonPeer, replies: list[dict]) -> None:
     """One place that raises for a connection the server closed, wherever it is noticed, so that
     Hypothesis sees one failure and shrinks it."""
-    raise AssertionError(f"the server closed the connection (code {peer.ws.close_code})\n"
-                         + explain(peer.sent, replies))
+    raise AssertionError(
+        f"the server closed the connection (code {peer.ws.close_code})\n" + explain(peer.sent, replies)
+    )
 
 
 async def send_or_fail(peer: JsonPeer, payload: str | bytes) -> None:
@@ -410,8 +483,10 @@ async def send_or_fail(peer: JsonPeer, payload: str | bytes) -> None:
 
 
 async def healthz_ok(server: ServerProcess) -> None:
-    async with aiohttp.ClientSession() as http, \
-            http.get(server.url + "/healthz", timeout=aiohttp.ClientTimeout(total=10)) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(server.url + "/healthz", timeout=aiohttp.ClientTimeout(total=10)) as response,
+    ):
         assert response.status == 200
         assert (await response.json())["status"] == "ok"
 
@@ -419,10 +494,18 @@ async def healthz_ok(server: ServerProcess) -> None:
 # --- strategies ------------------------------------------------------------------------------
 
 short_text = st.text(max_size=24)
-scalars = (st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1)
-           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30))
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30)
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 def _nest(depth: int, leaf: str) -> Any:
@@ -432,68 +515,165 @@ def _nest(depth: int, leaf: str) -> Any:
     return value
 
 
-deep_nests = st.builds(_nest, st.sampled_from([2, 40, 200, 253, 254, 300, 600]) | st.integers(2, 300),
-                       st.sampled_from(["x", "<say>", ""]))
-huge_text = st.builds(lambda n, c: c * n, st.sampled_from([200, 5000, 20000, 70000]),
-                      st.sampled_from(["x", "é", "€", "😀", "\u0000", "\n", "<say>", "&amp;", "\u202e", "\ufffd"]))
-ids = (st.sampled_from([TURN, REQ, "", " ", "nope", "0" * 16, "bram", "None"]) | st.text(max_size=20)
-       | st.text(min_size=200, max_size=400))
+deep_nests = st.builds(
+    _nest, st.sampled_from([2, 40, 200, 253, 254, 300, 600]) | st.integers(2, 300), st.sampled_from(["x", "<say>", ""])
+)
+huge_text = st.builds(
+    lambda n, c: c * n,
+    st.sampled_from([200, 5000, 20000, 70000]),
+    st.sampled_from(["x", "é", "€", "😀", "\u0000", "\n", "<say>", "&amp;", "\u202e", "\ufffd"]),
+)
+ids = (
+    st.sampled_from([TURN, REQ, "", " ", "nope", "0" * 16, "bram", "None"])
+    | st.text(max_size=20)
+    | st.text(min_size=200, max_size=400)
+)
 agent_ids = st.sampled_from(["bram", "mira", "ghost", "Bram"]) | st.text(max_size=16)
-junk = st.one_of(st.none(), st.just(""), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
-                 st.text(max_size=30), huge_text, st.lists(scalars, max_size=3),
-                 st.dictionaries(st.text(max_size=8), scalars, max_size=3), deep_nests, json_values, ids,
-                 st.sampled_from([*WS_TYPES, "completed", "interrupted", "player", "input"]))
+junk = st.one_of(
+    st.none(),
+    st.just(""),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=30),
+    huge_text,
+    st.lists(scalars, max_size=3),
+    st.dictionaries(st.text(max_size=8), scalars, max_size=3),
+    deep_nests,
+    json_values,
+    ids,
+    st.sampled_from([*WS_TYPES, "completed", "interrupted", "player", "input"]),
+)
 
-events = st.fixed_dictionaries({}, optional={
-    "kind": st.sampled_from(["speech", "attack", "gift"]) | short_text,
-    "source": st.sampled_from(["player", "mira", "bram"]) | short_text,
-    "text": st.sampled_from(["Who goes there?", "[[tool:open_door]]", "<say>hi</say>", ""]) | st.text(max_size=80),
-    "data": json_values,
-})
+events = st.fixed_dictionaries(
+    {},
+    optional={
+        "kind": st.sampled_from(["speech", "attack", "gift"]) | short_text,
+        "source": st.sampled_from(["player", "mira", "bram"]) | short_text,
+        "text": st.sampled_from(["Who goes there?", "[[tool:open_door]]", "<say>hi</say>", ""]) | st.text(max_size=80),
+        "data": json_values,
+    },
+)
 tag_names = st.sampled_from(["say", "thought", "action", "Say", "tool", "emote", "1bad", "x-y", ""])
-specs = st.fixed_dictionaries({"name": st.sampled_from(["Bram", "Mira", "", " "]) | short_text}, optional={
-    "description": short_text, "persona": short_text, "goals": st.lists(short_text, max_size=3) | short_text,
-    "location": st.sampled_from(["North Gate", "Market"]) | short_text,
-    "inventory": st.lists(short_text | st.fixed_dictionaries({"name": short_text}, optional={"opens": short_text}),
-                          max_size=3),
-    "relationships": st.dictionaries(short_text, short_text | st.integers()
-                                     | st.dictionaries(short_text, short_text, max_size=2), max_size=3),
-    "facts": st.lists(short_text, max_size=3),
-    "system_prompt": short_text | st.none(),
-    "prompt_parts": st.lists(st.fixed_dictionaries({"title": short_text, "text": short_text}), max_size=2),
-    "tags": st.lists(tag_names | st.fixed_dictionaries({"name": tag_names}, optional={
+specs = st.fixed_dictionaries(
+    {"name": st.sampled_from(["Bram", "Mira", "", " "]) | short_text},
+    optional={
         "description": short_text,
-        "attrs": st.lists(st.sampled_from(["name", "to", "x"]), max_size=2)
-        | st.dictionaries(st.sampled_from(["name", "to"]), short_text, max_size=2)}), max_size=4),
-    "tools": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["open_door", "look"]) | short_text}, optional={
-        "description": short_text,
-        "parameters": st.dictionaries(st.text(max_size=8), json_values, max_size=3)}), max_size=2),
-    "mood": json_values,
-})
-played = st.fixed_dictionaries({"tag": tag_names}, optional={
-    "attrs": st.dictionaries(st.sampled_from(["name", "call_id", "to"]), json_values, max_size=2),
-    "text": st.text(max_size=60)})
-results = st.fixed_dictionaries({"tool": st.sampled_from(["open_door", "look"]) | short_text}, optional={
-    "call_id": st.sampled_from([TURN]) | json_values, "ok": json_values, "output": json_values})
+        "persona": short_text,
+        "goals": st.lists(short_text, max_size=3) | short_text,
+        "location": st.sampled_from(["North Gate", "Market"]) | short_text,
+        "inventory": st.lists(
+            short_text | st.fixed_dictionaries({"name": short_text}, optional={"opens": short_text}), max_size=3
+        ),
+        "relationships": st.dictionaries(
+            short_text, short_text | st.integers() | st.dictionaries(short_text, short_text, max_size=2), max_size=3
+        ),
+        "facts": st.lists(short_text, max_size=3),
+        "system_prompt": short_text | st.none(),
+        "prompt_parts": st.lists(st.fixed_dictionaries({"title": short_text, "text": short_text}), max_size=2),
+        "tags": st.lists(
+            tag_names
+            | st.fixed_dictionaries(
+                {"name": tag_names},
+                optional={
+                    "description": short_text,
+                    "attrs": st.lists(st.sampled_from(["name", "to", "x"]), max_size=2)
+                    | st.dictionaries(st.sampled_from(["name", "to"]), short_text, max_size=2),
+                },
+            ),
+            max_size=4,
+        ),
+        "tools": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from(["open_door", "look"]) | short_text},
+                optional={
+                    "description": short_text,
+                    "parameters": st.dictionaries(st.text(max_size=8), json_values, max_size=3),
+                },
+            ),
+            max_size=2,
+        ),
+        "mood": json_values,
+    },
+)
+played = st.fixed_dictionaries(
+    {"tag": tag_names},
+    optional={
+        "attrs": st.dictionaries(st.sampled_from(["name", "call_id", "to"]), json_values, max_size=2),
+        "text": st.text(max_size=60),
+    },
+)
+results = st.fixed_dictionaries(
+    {"tool": st.sampled_from(["open_door", "look"]) | short_text},
+    optional={"call_id": st.sampled_from([TURN]) | json_values, "ok": json_values, "output": json_values},
+)
 
 valid_ws_frames = st.one_of(
     st.fixed_dictionaries({"type": st.just("ping")}, optional={"id": json_values}),
-    st.fixed_dictionaries({"type": st.just("interaction_event"), "agent_id": agent_ids, "event": events},
-                          optional={"event_id": short_text}),
-    st.fixed_dictionaries({"type": st.just("notification_event"), "event": events},
-                          optional={"agent_ids": st.lists(agent_ids, min_size=1, max_size=3),
-                                    "agent_id": agent_ids}),
-    st.fixed_dictionaries({"type": st.just("agent_state_snapshot"), "request_id": st.just(REQ) | ids,
-                           "agent_id": agent_ids, "state": specs}),
-    st.fixed_dictionaries({"type": st.just("agent_turn_result"), "agent_id": agent_ids,
-                           "turn_id": st.just(TURN) | ids, "status": st.sampled_from(["completed", "interrupted"]),
-                           "tags": st.lists(played, max_size=4)}),
-    st.fixed_dictionaries({"type": st.just("tool_results"), "agent_id": agent_ids, "turn_id": st.just(TURN) | ids,
-                           "results": st.lists(results, max_size=3)}, optional={"continue": st.booleans()}),
+    st.fixed_dictionaries(
+        {"type": st.just("interaction_event"), "agent_id": agent_ids, "event": events},
+        optional={"event_id": short_text},
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("notification_event"), "event": events},
+        optional={"agent_ids": st.lists(agent_ids, min_size=1, max_size=3), "agent_id": agent_ids},
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("agent_state_snapshot"),
+            "request_id": st.just(REQ) | ids,
+            "agent_id": agent_ids,
+            "state": specs,
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("agent_turn_result"),
+            "agent_id": agent_ids,
+            "turn_id": st.just(TURN) | ids,
+            "status": st.sampled_from(["completed", "interrupted"]),
+            "tags": st.lists(played, max_size=4),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("tool_results"),
+            "agent_id": agent_ids,
+            "turn_id": st.just(TURN) | ids,
+            "results": st.lists(results, max_size=3),
+        },
+        optional={"continue": st.booleans()},
+    ),
 )
-EXTRA_KEYS = st.sampled_from(["type", "agent_id", "agent_ids", "event_id", "request_id", "turn_id", "status", "tags",
-                              "results", "continue", "event", "state", "id", "kind", "text", "data", "tag", "attrs",
-                              "tool", "name", "become", "input"]) | short_text
+EXTRA_KEYS = (
+    st.sampled_from(
+        [
+            "type",
+            "agent_id",
+            "agent_ids",
+            "event_id",
+            "request_id",
+            "turn_id",
+            "status",
+            "tags",
+            "results",
+            "continue",
+            "event",
+            "state",
+            "id",
+            "kind",
+            "text",
+            "data",
+            "tag",
+            "attrs",
+            "tool",
+            "name",
+            "become",
+            "input",
+        ]
+    )
+    | short_text
+)
 
 
 def _slots(frame: dict) -> list[tuple[Any, Any]]:
@@ -533,28 +713,65 @@ def mutated(draw, base) -> dict:
 
 raw_text = st.one_of(
     st.text(max_size=60),
-    st.lists(st.sampled_from(['{', '}', '[', ']', '"type"', ':', ',', '"ping"', '"interaction_event"', '"id"',
-                              'null', '1', '"', '\\u0000', '\\ud800', '1e400', '-0', 'NaN', 'true', ' ', '\n',
-                              '"agent_id"', '"bram"', '\ufeff', '\\']), max_size=24).map("".join),
+    st.lists(
+        st.sampled_from(
+            [
+                "{",
+                "}",
+                "[",
+                "]",
+                '"type"',
+                ":",
+                ",",
+                '"ping"',
+                '"interaction_event"',
+                '"id"',
+                "null",
+                "1",
+                '"',
+                "\\u0000",
+                "\\ud800",
+                "1e400",
+                "-0",
+                "NaN",
+                "true",
+                " ",
+                "\n",
+                '"agent_id"',
+                '"bram"',
+                "\ufeff",
+                "\\",
+            ]
+        ),
+        max_size=24,
+    ).map("".join),
     st.builds(lambda n: '{"type": "ping", "id": ' + "[" * n + "]" * n + "}", st.integers(1, 1500)),
     st.builds(lambda n: "[" * n + "]" * n, st.integers(1, 1500)),
 )
 session_names = st.none() | st.just("") | st.text(max_size=40) | st.text(min_size=300, max_size=600)
 
-ws_ops = st.lists(st.one_of(
-    st.tuples(st.just("text"), raw_text),
-    st.tuples(st.just("bytes"), st.binary(max_size=64)),
-    st.tuples(st.just("json"), json_values, st.booleans()),
-    st.tuples(st.just("json"), st.fixed_dictionaries({"type": st.sampled_from(WS_TYPES) | short_text},
-                                                     optional={"agent_id": agent_ids, "event": json_values,
-                                                               "state": json_values}), st.booleans()),
-    st.tuples(st.just("frame"), valid_ws_frames, st.booleans()),
-    st.tuples(st.just("frame"), mutated(valid_ws_frames), st.booleans()),
-    st.tuples(st.just("frame"), mutated(valid_ws_frames), st.booleans()),
-    st.tuples(st.just("pad"), valid_ws_frames, st.integers(-1, 1)),
-    st.tuples(st.just("reconnect"), session_names),
-    st.tuples(st.just("turn"), st.sampled_from(["bram", "mira"]), st.text(max_size=60), st.booleans()),
-), max_size=40)
+ws_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("text"), raw_text),
+        st.tuples(st.just("bytes"), st.binary(max_size=64)),
+        st.tuples(st.just("json"), json_values, st.booleans()),
+        st.tuples(
+            st.just("json"),
+            st.fixed_dictionaries(
+                {"type": st.sampled_from(WS_TYPES) | short_text},
+                optional={"agent_id": agent_ids, "event": json_values, "state": json_values},
+            ),
+            st.booleans(),
+        ),
+        st.tuples(st.just("frame"), valid_ws_frames, st.booleans()),
+        st.tuples(st.just("frame"), mutated(valid_ws_frames), st.booleans()),
+        st.tuples(st.just("frame"), mutated(valid_ws_frames), st.booleans()),
+        st.tuples(st.just("pad"), valid_ws_frames, st.integers(-1, 1)),
+        st.tuples(st.just("reconnect"), session_names),
+        st.tuples(st.just("turn"), st.sampled_from(["bram", "mira"]), st.text(max_size=60), st.booleans()),
+    ),
+    max_size=40,
+)
 
 
 # --- /ws ---------------------------------------------------------------------------------------
@@ -602,8 +819,16 @@ class FuzzGodot(GodotPeer):
 
     async def interact_fuzzed(self, agent: str, text: str) -> str:
         event_id = f"ev-{uuid.uuid4().hex[:12]}"
-        await self.fuzz(json.dumps({"type": "interaction_event", "agent_id": agent, "event_id": event_id,
-                                    "event": {"kind": "speech", "source": "player", "text": text}}))
+        await self.fuzz(
+            json.dumps(
+                {
+                    "type": "interaction_event",
+                    "agent_id": agent,
+                    "event_id": event_id,
+                    "event": {"kind": "speech", "source": "player", "text": text},
+                }
+            )
+        )
         return event_id
 
     async def wait_turn(self, event_id: str, start: int, what: str) -> dict:
@@ -611,8 +836,9 @@ class FuzzGodot(GodotPeer):
         try:
             return await turn_end(self, event_id, start)
         except (TimeoutError, ConnectionError) as exc:
-            raise AssertionError(f"{what}: the turn did not end ({type(exc).__name__})\n"
-                                 + explain(self.sent, self.direct())) from None
+            raise AssertionError(
+                f"{what}: the turn did not end ({type(exc).__name__})\n" + explain(self.sent, self.direct())
+            ) from None
 
     async def play_turn(self, agent: str, text: str, confirm: bool) -> None:
         """A well-formed turn amid the fuzz: it completes, and Godot may confirm it."""
@@ -620,8 +846,17 @@ class FuzzGodot(GodotPeer):
         end = await self.wait_turn(await self.interact_fuzzed(agent, text), start, f"a turn of {agent}")
         assert end["type"] == "agent_turn_finished" and end["reason"] == "completed", end
         if confirm:
-            await self.fuzz(json.dumps({"type": "agent_turn_result", "agent_id": agent, "turn_id": end["turn_id"],
-                                        "status": "completed", "tags": played_tags(self.turn_frames(end["turn_id"]))}))
+            await self.fuzz(
+                json.dumps(
+                    {
+                        "type": "agent_turn_result",
+                        "agent_id": agent,
+                        "turn_id": end["turn_id"],
+                        "status": "completed",
+                        "tags": played_tags(self.turn_frames(end["turn_id"])),
+                    }
+                )
+            )
 
     async def settle(self) -> None:
         """A sentinel ping shows the connection is open; then check the direct replies."""
@@ -645,15 +880,19 @@ class FuzzGodot(GodotPeer):
         check_turns(self.frames)
 
     def direct(self) -> list[dict]:
-        return [f for f in self.frames[self.mark:]
-                if f["type"] == "pong" or (f["type"] == "error" and f["code"] in GATEWAY_CODES)]
+        return [
+            f
+            for f in self.frames[self.mark :]
+            if f["type"] == "pong" or (f["type"] == "error" and f["code"] in GATEWAY_CODES)
+        ]
 
 
 async def turn_end(peer: GodotPeer, event_id: str, start: int) -> dict:
     """The end frame of the turn that ``event_id`` started."""
     started = await peer.wait_type("agent_turn_started", timeout=15, start=start, event_id=event_id)
-    return await peer.wait_for(lambda f: f["type"] in END_TYPES and f["turn_id"] == started["turn_id"],
-                               timeout=15, start=start)
+    return await peer.wait_for(
+        lambda f: f["type"] in END_TYPES and f["turn_id"] == started["turn_id"], timeout=15, start=start
+    )
 
 
 def materialize(op: tuple, peer: FuzzGodot) -> str | bytes | None:
@@ -707,37 +946,60 @@ def _frame(**fields: Any) -> tuple:
 RESULT = {"type": "agent_turn_result", "agent_id": "bram", "turn_id": TURN, "status": "completed"}
 TOOLS = {"type": "tool_results", "agent_id": "bram", "turn_id": TURN}
 WS_EDGES = [  # the corners of docs/protocol.md sections 3 and 9, tried on every run
-    ("text", ""), ("text", "null"), ("text", "[]"), ("text", '{"type": 5}'),
+    ("text", ""),
+    ("text", "null"),
+    ("text", "[]"),
+    ("text", '{"type": 5}'),
     ("text", '{"type": "dance", "agent_id": "x"}'),
-    ("text", '{"type": "ping", "id": 100000000000000000000000000000}'), ("text", '{"type": "ping", "id": 1e400}'),
-    ("text", '{"type": "ping", "id": "\\ud800"}'), ("bytes", b"{}"),
-    _frame(type="ping"), _frame(type="ping", id=None), _frame(type="ping", id=2**64 - 1),
+    ("text", '{"type": "ping", "id": 100000000000000000000000000000}'),
+    ("text", '{"type": "ping", "id": 1e400}'),
+    ("text", '{"type": "ping", "id": "\\ud800"}'),
+    ("bytes", b"{}"),
+    _frame(type="ping"),
+    _frame(type="ping", id=None),
+    _frame(type="ping", id=2**64 - 1),
     _frame(type="agent_turn_result", agent_id="ghost", turn_id="t", event_id="e", status="completed", tags=[]),
     _frame(type="notification_event", agent_id="bram", event={}),
     _frame(type="notification_event", agent_ids=[], agent_id="bram", event={}),
     _frame(type="notification_event", agent_ids=[""], event={}),
     _frame(type="notification_event", agent_ids=None, agent_id=None, event={}),
     _frame(type="notification_event", agent_ids=["a", "a"], event={"kind": None, "text": 3}),
-    _frame(type="interaction_event", agent_id="", event={}), _frame(type="interaction_event", agent_id="x", event=[]),
+    _frame(type="interaction_event", agent_id="", event={}),
+    _frame(type="interaction_event", agent_id="x", event=[]),
     _frame(type="interaction_event", agent_id="bram", event_id="", event={"data": None}),
     ("turn", "bram", "Hello", False),
-    _frame(**RESULT, tags=[{"tag": "say", "attrs": []}]), _frame(**RESULT, tags=[{"tag": "say", "attrs": ""}]),
-    _frame(**RESULT, tags=[{"tag": "say", "attrs": [1]}]), _frame(**RESULT, tags=[{"tag": "say", "text": None}]),
-    _frame(**RESULT, tags=[{"attrs": {}}]), _frame(**RESULT, tags=[{"tag": ""}]), _frame(**RESULT, tags=[1]),
-    _frame(**{**RESULT, "status": None}, tags=[]), _frame(**{**RESULT, "status": "done"}, tags=[]),
-    _frame(**TOOLS, results=[{}]), _frame(**TOOLS, results=[], **{"continue": None}),
-    _frame(**TOOLS, results=[], **{"continue": "yes"}), _frame(**TOOLS, results={}),
+    _frame(**RESULT, tags=[{"tag": "say", "attrs": []}]),
+    _frame(**RESULT, tags=[{"tag": "say", "attrs": ""}]),
+    _frame(**RESULT, tags=[{"tag": "say", "attrs": [1]}]),
+    _frame(**RESULT, tags=[{"tag": "say", "text": None}]),
+    _frame(**RESULT, tags=[{"attrs": {}}]),
+    _frame(**RESULT, tags=[{"tag": ""}]),
+    _frame(**RESULT, tags=[1]),
+    _frame(**{**RESULT, "status": None}, tags=[]),
+    _frame(**{**RESULT, "status": "done"}, tags=[]),
+    _frame(**TOOLS, results=[{}]),
+    _frame(**TOOLS, results=[], **{"continue": None}),
+    _frame(**TOOLS, results=[], **{"continue": "yes"}),
+    _frame(**TOOLS, results={}),
     _frame(type="agent_state_snapshot", agent_id="bram", request_id=REQ, state=[]),
     _frame(type="agent_state_snapshot", agent_id="bram", request_id="", state={}),
-    ("pad", {"type": "ping", "id": "at the limit"}, 0), ("pad", {"type": "ping", "id": "one over"}, 1),
+    ("pad", {"type": "ping", "id": "at the limit"}, 0),
+    ("pad", {"type": "ping", "id": "one over"}, 1),
     ("pad", {"type": "notification_event", "agent_id": "bram", "event": {}}, 0),
 ]
 
 
 @SETTINGS
 @example(ops=WS_EDGES)
-@example(ops=[("reconnect", ""), _frame(type="notification_event", agent_id="bram", event={}),
-              ("reconnect", None), ("turn", "bram", "Hi again", True), ("reconnect", "\x00/../é 😀+%20&x=y")])
+@example(
+    ops=[
+        ("reconnect", ""),
+        _frame(type="notification_event", agent_id="bram", event={}),
+        ("reconnect", None),
+        ("turn", "bram", "Hi again", True),
+        ("reconnect", "\x00/../é 😀+%20&x=y"),
+    ]
+)
 @given(ops=ws_ops)
 def test_ws_fuzz(server, ops):
     asyncio.run(run_ws(server, ops))
@@ -745,35 +1007,69 @@ def test_ws_fuzz(server, ops):
 
 # --- /events -------------------------------------------------------------------------------------
 
-player_inputs = st.sampled_from([
-    "Hello", "Potions, cheap & <fine>.", "~wave:hand=left", "~give:item=spear,to=~Mira", "~", "~:", "~a:name=x",
-    "~1x:y=z", "~wave:hand", "~wave:=x", "<say>hi</say>", "<thought>Busy.</thought><say>Next!</say>",
-    "<dance>x</dance>", "<say>unclosed", "&amp;", "<!-- c", "", "   ", "<tool name=\"open_door\">{}</tool>",
-    "<action name=wave/>", "<SAY>x</say>",
-]) | st.text(max_size=120) | st.lists(st.sampled_from(["~", ":", "=", ",", "<", ">", "/", "say", "action", "&", "a",
-                                                        " ", "\"", "name", "#", ";"]), max_size=30).map("".join)
+player_inputs = (
+    st.sampled_from(
+        [
+            "Hello",
+            "Potions, cheap & <fine>.",
+            "~wave:hand=left",
+            "~give:item=spear,to=~Mira",
+            "~",
+            "~:",
+            "~a:name=x",
+            "~1x:y=z",
+            "~wave:hand",
+            "~wave:=x",
+            "<say>hi</say>",
+            "<thought>Busy.</thought><say>Next!</say>",
+            "<dance>x</dance>",
+            "<say>unclosed",
+            "&amp;",
+            "<!-- c",
+            "",
+            "   ",
+            '<tool name="open_door">{}</tool>',
+            "<action name=wave/>",
+            "<SAY>x</say>",
+        ]
+    )
+    | st.text(max_size=120)
+    | st.lists(
+        st.sampled_from(["~", ":", "=", ",", "<", ">", "/", "say", "action", "&", "a", " ", '"', "name", "#", ";"]),
+        max_size=30,
+    ).map("".join)
+)
 valid_commands = st.one_of(
-    st.fixed_dictionaries({"type": st.just("player"),
-                           "name": st.sampled_from(["Alice", "  Bob  ", "", " ", "x" * 64, "x" * 65, "Bram"])
-                           | st.text(max_size=70)}),
-    st.fixed_dictionaries({"type": st.just("player"),
-                           "become": st.sampled_from(["bram", "Bram", "BRAM", "mira", "Mira", "nobody", ""])
-                           | st.none() | short_text}),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("player"),
+            "name": st.sampled_from(["Alice", "  Bob  ", "", " ", "x" * 64, "x" * 65, "Bram"]) | st.text(max_size=70),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("player"),
+            "become": st.sampled_from(["bram", "Bram", "BRAM", "mira", "Mira", "nobody", ""]) | st.none() | short_text,
+        }
+    ),
     st.fixed_dictionaries({"type": st.just("input"), "input": player_inputs}),
 )
-events_ops = st.lists(st.one_of(
-    st.tuples(st.just("text"), raw_text),
-    st.tuples(st.just("bytes"), st.binary(max_size=64)),
-    st.tuples(st.just("json"), json_values, st.booleans()),
-    st.tuples(st.just("json"), valid_commands, st.booleans()),
-    st.tuples(st.just("json"), valid_commands, st.booleans()),
-    st.tuples(st.just("json"), mutated(valid_commands), st.booleans()),
-    st.tuples(st.just("interact"), st.sampled_from(["bram", "mira"]), st.text(max_size=40)),
-    st.tuples(st.just("interact"), st.sampled_from(["bram", "mira"]), st.text(max_size=40)),
-    st.tuples(st.just("rejoin")),
-    st.tuples(st.just("play"), st.sampled_from(["bram", "mira", "Mira", "BRAM"]), player_inputs),
-    st.tuples(st.just("play"), st.sampled_from(["bram", "mira", "Mira", "BRAM"]), player_inputs),
-), max_size=40)
+events_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("text"), raw_text),
+        st.tuples(st.just("bytes"), st.binary(max_size=64)),
+        st.tuples(st.just("json"), json_values, st.booleans()),
+        st.tuples(st.just("json"), valid_commands, st.booleans()),
+        st.tuples(st.just("json"), valid_commands, st.booleans()),
+        st.tuples(st.just("json"), mutated(valid_commands), st.booleans()),
+        st.tuples(st.just("interact"), st.sampled_from(["bram", "mira"]), st.text(max_size=40)),
+        st.tuples(st.just("interact"), st.sampled_from(["bram", "mira"]), st.text(max_size=40)),
+        st.tuples(st.just("rejoin")),
+        st.tuples(st.just("play"), st.sampled_from(["bram", "mira", "Mira", "BRAM"]), player_inputs),
+        st.tuples(st.just("play"), st.sampled_from(["bram", "mira", "Mira", "BRAM"]), player_inputs),
+    ),
+    max_size=40,
+)
 
 
 class FuzzClient(JsonPeer):
@@ -796,7 +1092,7 @@ class FuzzClient(JsonPeer):
         except ConnectionError:
             fail_closed(self, self.errors())
         replies = self.errors()
-        replies = replies[:next(i for i, e in enumerate(replies) if sentinel in e["message"])]
+        replies = replies[: next(i for i, e in enumerate(replies) if sentinel in e["message"])]
         assert align([e for _, e in self.sent], replies), explain(self.sent, replies)
         for e in replies:
             event(f"/events error: {e['code']}")
@@ -817,8 +1113,9 @@ class FuzzClient(JsonPeer):
         try:
             await self.wait_for(lambda e: e["type"] == "error" and marker in e["message"], timeout=15)
         except (TimeoutError, ConnectionError) as exc:
-            raise AssertionError(f"no answer to a marker ({type(exc).__name__})\n"
-                                 + explain(self.sent, self.errors())) from None
+            raise AssertionError(
+                f"no answer to a marker ({type(exc).__name__})\n" + explain(self.sent, self.errors())
+            ) from None
         return [e for e in self.errors()[before:] if marker not in e["message"]]
 
     async def play(self, godot: FuzzGodot, character: str, typed: str) -> None:
@@ -833,8 +1130,11 @@ class FuzzClient(JsonPeer):
         cue = f"Your turn, {uuid.uuid4().hex[:8]}"  # tells this turn's prompt from an older one's
         event_id = await godot.interact_fuzzed(agent, cue)
         try:
-            await self.wait_for(lambda e: e["type"] == "prompt" and e.get("client") == self.client
-                                and cue in e["prompt"], timeout=15, start=start)
+            await self.wait_for(
+                lambda e: e["type"] == "prompt" and e.get("client") == self.client and cue in e["prompt"],
+                timeout=15,
+                start=start,
+            )
         except (TimeoutError, ConnectionError) as exc:
             raise AssertionError(f"the player of {character} got no prompt ({type(exc).__name__})") from None
         refusals = await self.refused(json.dumps({"type": "input", "input": typed}))
@@ -890,17 +1190,35 @@ async def run_events(server: ServerProcess, ops: list[tuple]) -> None:
     await healthz_ok(server)
 
 
-EVENTS_EDGES = [(kind, frame, False) for kind, frame in [
-    ("json", {"type": "player"}), ("json", {"type": "player", "name": "x" * 64}),
-    ("json", {"type": "player", "name": "y" * 65}), ("json", {"type": "player", "name": "   "}),
-    ("json", {"type": "player", "name": None}), ("json", {"type": "player", "become": None}),
-    ("json", {"type": "player", "become": 5}), ("json", {"type": "player", "become": "nobody"}),
-    ("json", {"type": "input"}), ("json", {"type": "input", "input": 5}), ("json", {"type": "input", "input": "hi"}),
-    ("json", {"type": 5}), ("json", []), ("json", {"type": "ping"}),
-]] + [("text", "{"), ("bytes", b"\x00"), ("play", "Bram", "Halt & <who> goes?"), ("play", "mira", "   "),
-      ("play", "MIRA", "~give:item=spear,to=~Mira"), ("play", "bram", "~wave:name=x"),
-      ("play", "bram", "<thought>Hm.</thought><say>Next!</say>"), ("rejoin",),
-      ("json", {"type": "input", "input": "late"}, False)]
+EVENTS_EDGES = [
+    (kind, frame, False)
+    for kind, frame in [
+        ("json", {"type": "player"}),
+        ("json", {"type": "player", "name": "x" * 64}),
+        ("json", {"type": "player", "name": "y" * 65}),
+        ("json", {"type": "player", "name": "   "}),
+        ("json", {"type": "player", "name": None}),
+        ("json", {"type": "player", "become": None}),
+        ("json", {"type": "player", "become": 5}),
+        ("json", {"type": "player", "become": "nobody"}),
+        ("json", {"type": "input"}),
+        ("json", {"type": "input", "input": 5}),
+        ("json", {"type": "input", "input": "hi"}),
+        ("json", {"type": 5}),
+        ("json", []),
+        ("json", {"type": "ping"}),
+    ]
+] + [
+    ("text", "{"),
+    ("bytes", b"\x00"),
+    ("play", "Bram", "Halt & <who> goes?"),
+    ("play", "mira", "   "),
+    ("play", "MIRA", "~give:item=spear,to=~Mira"),
+    ("play", "bram", "~wave:name=x"),
+    ("play", "bram", "<thought>Hm.</thought><say>Next!</say>"),
+    ("rejoin",),
+    ("json", {"type": "input", "input": "late"}, False),
+]
 
 
 @SETTINGS
@@ -913,9 +1231,11 @@ def test_events_fuzz(server, ops):
 # --- afterwards ------------------------------------------------------------------------------
 
 REPLY = '<thought>A stranger.</thought><say>Halt! State your business &amp; name.</say><action name="raise_spear"/>'
-TAGS = [{"tag": "thought", "attrs": {}, "text": "A stranger."},
-        {"tag": "say", "attrs": {}, "text": "Halt! State your business & name."},
-        {"tag": "action", "attrs": {"name": "raise_spear"}, "text": ""}]
+TAGS = [
+    {"tag": "thought", "attrs": {}, "text": "A stranger."},
+    {"tag": "say", "attrs": {}, "text": "Halt! State your business & name."},
+    {"tag": "action", "attrs": {"name": "raise_spear"}, "text": ""},
+]
 
 
 async def test_a_normal_turn_still_works_after_the_fuzz(server, llm):
@@ -966,10 +1286,20 @@ DEEP_FRAMES = {
     "ping id": {"type": "ping", "id": DEEP},
     "interaction_event event.data": {"type": "interaction_event", "agent_id": "bram", "event": {"data": DEEP}},
     "notification_event event.data": {"type": "notification_event", "agent_id": "bram", "event": {"data": DEEP}},
-    "agent_turn_result tags[].attrs": {"type": "agent_turn_result", "agent_id": "bram", "turn_id": "t",
-                                       "status": "completed", "tags": [{"tag": "say", "attrs": {"x": DEEP}}]},
-    "tool_results results[].output": {"type": "tool_results", "agent_id": "bram", "turn_id": "t", "continue": False,
-                                      "results": [{"tool": "look", "output": DEEP}]},
+    "agent_turn_result tags[].attrs": {
+        "type": "agent_turn_result",
+        "agent_id": "bram",
+        "turn_id": "t",
+        "status": "completed",
+        "tags": [{"tag": "say", "attrs": {"x": DEEP}}],
+    },
+    "tool_results results[].output": {
+        "type": "tool_results",
+        "agent_id": "bram",
+        "turn_id": "t",
+        "continue": False,
+        "results": [{"tool": "look", "output": DEEP}],
+    },
 }
 
 

@@ -52,10 +52,22 @@ class GodotRun:
         home = project.parent / "home"
         (home / ".local" / "share").mkdir(parents=True, exist_ok=True)
         proc = await asyncio.create_subprocess_exec(
-            GODOT3, "--path", str(project),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home / ".local" / "share"),
-                 "LANG": "en_US.UTF-8", "NPC_TURNS_URL": url, "NPC_TURNS_SCENARIO": scenario, **env})
+            GODOT3,
+            "--path",
+            str(project),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            env={
+                **os.environ,
+                "HOME": str(home),
+                "XDG_DATA_HOME": str(home / ".local" / "share"),
+                "LANG": "en_US.UTF-8",
+                "NPC_TURNS_URL": url,
+                "NPC_TURNS_SCENARIO": scenario,
+                **env,
+            },
+        )
         return cls(proc)
 
     async def _read(self) -> None:
@@ -67,6 +79,7 @@ class GodotRun:
 
     async def wait_line(self, prefix: str, timeout: float = 30) -> str:
         """The first output line that starts with ``prefix``."""
+
         async def scan() -> str:
             while True:
                 self._changed.clear()
@@ -76,6 +89,7 @@ class GodotRun:
                 if self._reader.done():
                     raise AssertionError(f"godot exited before printing {prefix!r}:\n{self.output()}")
                 await self._changed.wait()
+
         try:
             return await asyncio.wait_for(scan(), timeout)
         except TimeoutError:
@@ -174,16 +188,19 @@ async def test_a_full_turn_with_automatic_state_and_result(server, llm, project)
     assert "Bram" in system and "North Gate" in system
     # The automatic agent_turn_result (what was received) is the history of the next prompt.
     assert assistant_texts(second) == [
-        '<thought>A stranger.</thought><say>Halt! State your business &amp; name.</say>'
-        '<action name="raise_spear"></action>']
+        "<thought>A stranger.</thought><say>Halt! State your business &amp; name.</say>"
+        '<action name="raise_spear"></action>'
+    ]
     assert "When does the gate close?" in history(second)[-1]["content"]
 
 
 async def test_the_game_reports_what_it_played(server, llm, project):
     await llm.reset()
-    await llm.script({"content": "<thought>A buyer.</thought><say>I sell potions, cheap ones and fine ones.</say>"},
-                     {"content": "<say>Two coins, friend, and cheap at that.</say>"},
-                     {"content": "<say>Welcome.</say>"})
+    await llm.script(
+        {"content": "<thought>A buyer.</thought><say>I sell potions, cheap ones and fine ones.</say>"},
+        {"content": "<say>Two coins, friend, and cheap at that.</say>"},
+        {"content": "<say>Welcome.</say>"},
+    )
     run = await play(project, "played", ws_url(server))
     run.assert_ok("held_and_cut", "reported", "third_turn")
     _, second, third = await llm.requests()
@@ -197,8 +214,10 @@ async def test_the_game_reports_what_it_played(server, llm, project):
 
 async def test_an_interruption_confirms_what_was_played_so_far(server, llm, project):
     await llm.reset()
-    await llm.script({"content": "<say>" + "word " * 400 + "</say>", "chunk_size": 5, "chunk_delay_s": 0.03},
-                     {"content": "<say>Yes?</say>"})
+    await llm.script(
+        {"content": "<say>" + "word " * 400 + "</say>", "chunk_size": 5, "chunk_delay_s": 0.03},
+        {"content": "<say>Yes?</say>"},
+    )
     run = await play(project, "interrupt", ws_url(server))
     run.assert_ok("interrupt")
     played = run.info("played_so_far")
@@ -213,9 +232,13 @@ async def test_an_interruption_confirms_what_was_played_so_far(server, llm, proj
 
 async def test_tool_calls_run_registered_tools_and_continue(server, llm, project):
     await llm.reset()
-    await llm.script({"content": '<say>Let me check.</say><tool name="open_door">{"door": "forge"}</tool>'
-                                 '<tool name="lock_door"></tool><tool name="summon">{}</tool>'},
-                     {"content": "<say>The forge is open.</say>"})
+    await llm.script(
+        {
+            "content": '<say>Let me check.</say><tool name="open_door">{"door": "forge"}</tool>'
+            '<tool name="lock_door"></tool><tool name="summon">{}</tool>'
+        },
+        {"content": "<say>The forge is open.</say>"},
+    )
     run = await play(project, "tools", ws_url(server))
     run.assert_ok("tool_called", "continuation")
     first, continuation = await llm.requests()
@@ -276,13 +299,15 @@ class Proxy:
 
 async def test_reconnect_keepalive_query_and_take_over(server, llm, project):
     await llm.reset()
-    await llm.script({"match": "long story", "content": "<say>" + "word " * 400 + "</say>",
-                      "chunk_size": 5, "chunk_delay_s": 0.03})
+    await llm.script(
+        {"match": "long story", "content": "<say>" + "word " * 400 + "</say>", "chunk_size": 5, "chunk_delay_s": 0.03}
+    )
     port = free_port()
     proxy = Proxy(server.port)
     session = "g3-reconnect"
-    run = await GodotRun.start(project, "reconnect", f"ws://127.0.0.1:{port}/ws",
-                               NPC_TURNS_SESSION=session, NPC_TURNS_TOKEN="s3cret tok")
+    run = await GodotRun.start(
+        project, "reconnect", f"ws://127.0.0.1:{port}/ws", NPC_TURNS_SESSION=session, NPC_TURNS_TOKEN="s3cret tok"
+    )
     try:
         await run.wait_line("STEP started")
         await asyncio.sleep(1.0)  # nothing listens yet: the client must keep retrying
@@ -301,8 +326,9 @@ async def test_reconnect_keepalive_query_and_take_over(server, llm, project):
     finally:
         await run.kill()
         await proxy.close()
-    run.assert_ok("first_connect", "first_connection_turn", "keepalive_reconnect", "second_connection_turn",
-                  "take_over")
+    run.assert_ok(
+        "first_connect", "first_connection_turn", "keepalive_reconnect", "second_connection_turn", "take_over"
+    )
     assert len(proxy.links) == 2, "the client reconnected after its session was taken over"
     assert proxy.request_lines[0] == f"GET /ws?token=s3cret%20tok&session={session} HTTP/1.1"
     hello, story, still_there = await llm.requests()
@@ -350,18 +376,23 @@ def test_godot4_demo_resources_resolve():
 
 @pytest.mark.parametrize("tool", ["gdtoolkit.parser", "gdtoolkit.linter"])
 def test_godot4_scripts_parse_and_lint(tool):
-    done = subprocess.run([sys.executable, "-m", tool, *map(str, GODOT4_SCRIPTS)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", tool, *map(str, GODOT4_SCRIPTS)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def public_api(source: str) -> dict[str, list[str]]:
     """Signals (with their parameters), public functions and exported settings of an addon."""
     return {
-        "signals": [f"{name}({', '.join(p.split(':')[0].strip() for p in params.split(',') if p.strip())})"
-                    for name, params in re.findall(r"^signal (\w+)(?:\((.*)\))?", source, re.M)],
-        "functions": [f"{name}({', '.join(p.split(':')[0].split('=')[0].strip() for p in params.split(',') if p)})"
-                      for name, params in re.findall(r"^(?:static )?func ([a-z]\w*)\((.*)\)", source, re.M)],
+        "signals": [
+            f"{name}({', '.join(p.split(':')[0].strip() for p in params.split(',') if p.strip())})"
+            for name, params in re.findall(r"^signal (\w+)(?:\((.*)\))?", source, re.M)
+        ],
+        "functions": [
+            f"{name}({', '.join(p.split(':')[0].split('=')[0].strip() for p in params.split(',') if p)})"
+            for name, params in re.findall(r"^(?:static )?func ([a-z]\w*)\((.*)\)", source, re.M)
+        ],
         "settings": re.findall(r"^(?:@export |export )?var ([a-z]\w*)", source, re.M),
     }
 
@@ -372,8 +403,9 @@ def test_both_addons_offer_the_same_api():
     assert godot4 == godot3
     assert "interact(agent_id, event)" in godot4["functions"]
     assert "tag_chunk(agent_id, turn_id, index, tag, text)" in godot4["signals"]
-    assert shared_functions(GODOT4_ADDON / "npc_turns.gd") == shared_functions(GODOT3_ADDON / "npc_turns.gd"), \
+    assert shared_functions(GODOT4_ADDON / "npc_turns.gd") == shared_functions(GODOT3_ADDON / "npc_turns.gd"), (
         "keep the functions of both addons in the same order"
+    )
 
 
 def shared_functions(addon: Path) -> list[str]:
@@ -381,4 +413,4 @@ def shared_functions(addon: Path) -> list[str]:
     source = addon.read_text()
     transport = re.search(r"^# --- transport.*?^# --- ", source, re.M | re.S)
     assert transport, f"{addon} has no transport section"
-    return re.findall(r"^(?:static )?func (\w+)", source[:transport.start()] + source[transport.end():], re.M)
+    return re.findall(r"^(?:static )?func (\w+)", source[: transport.start()] + source[transport.end() :], re.M)

@@ -45,22 +45,29 @@ def test_consecutive_user_side_entries_merge():
         notification("It starts to rain"),
         event("Hello there"),
         turn(say("Hi.")),
-        {"kind": "tool_results", "turn_id": "t1", "results": [
-            {"call_id": "c1", "tool": "open_door", "ok": True, "output": "opened"},
-            {"tool": "look", "ok": False, "output": {"seen": ["wolf"]}},
-            {"tool": "wait"},
-        ]},
+        {
+            "kind": "tool_results",
+            "turn_id": "t1",
+            "results": [
+                {"call_id": "c1", "tool": "open_door", "ok": True, "output": "opened"},
+                {"tool": "look", "ok": False, "output": {"seen": ["wolf"]}},
+                {"tool": "wait"},
+            ],
+        },
         event("Hm?", data={"volume": 3}),
     ]
     assert to_messages(history) == [
         {"role": "user", "content": "[notification: weather] It starts to rain\n[speech from player] Hello there"},
         {"role": "assistant", "content": "<say>Hi.</say>"},
-        {"role": "user", "content": (
-            "[tool result call_id=c1 tool=open_door ok=true] opened\n"
-            '[tool result tool=look ok=false] {"seen":["wolf"]}\n'
-            "[tool result tool=wait]\n"
-            '[speech from player] Hm? {"volume":3}'
-        )},
+        {
+            "role": "user",
+            "content": (
+                "[tool result call_id=c1 tool=open_door ok=true] opened\n"
+                '[tool result tool=look ok=false] {"seen":["wolf"]}\n'
+                "[tool result tool=wait]\n"
+                '[speech from player] Hm? {"volume":3}'
+            ),
+        },
     ]
 
 
@@ -71,8 +78,10 @@ def test_consecutive_user_side_entries_merge():
         ({"kind": "event", "event_id": None, "event": {"source": "door"}}, "[event from door]"),
         ({"kind": "event", "event": {"kind": "bump", "data": [1, "é"]}}, '[bump] [1,"é"]'),
         ({"kind": "notification", "event": {"text": "Dusk."}}, "[notification] Dusk."),
-        ({"kind": "notification", "event": {"kind": "time", "source": "world", "text": "Dusk."}},
-         "[notification: time from world] Dusk."),
+        (
+            {"kind": "notification", "event": {"kind": "time", "source": "world", "text": "Dusk."}},
+            "[notification: time from world] Dusk.",
+        ),
         ({"kind": "tool_results", "turn_id": "t", "results": []}, "[no tool results]"),
     ],
 )
@@ -91,7 +100,11 @@ def test_interrupted_turn_is_noted_in_the_next_user_message():
 def test_interrupted_note_never_lands_after_a_later_turn():
     history = [event("Hello"), turn(say("Well"), status="interrupted"), turn(say("Sorry."))]
     assert [message["content"] for message in to_messages(history)] == [
-        "[speech from player] Hello", "<say>Well</say>", INTERRUPTED_NOTE, "<say>Sorry.</say>"]
+        "[speech from player] Hello",
+        "<say>Well</say>",
+        INTERRUPTED_NOTE,
+        "<say>Sorry.</say>",
+    ]
 
 
 def test_history_ending_with_an_interrupted_turn_ends_with_the_note():
@@ -113,8 +126,13 @@ def test_unknown_entry_kind_is_a_bug():
 
 
 def test_entry_size_bounds_the_rendered_content():
-    history = [notification("Rain"), event("Hi"), turn(say("Hey"), status="interrupted"),
-               event("Bye"), turn(say("Later & <soon>"))]
+    history = [
+        notification("Rain"),
+        event("Hi"),
+        turn(say("Hey"), status="interrupted"),
+        event("Bye"),
+        turn(say("Later & <soon>")),
+    ]
     content = sum(len(message["content"]) for message in to_messages(history))
     assert content <= sum(map(entry_size, history)) <= content + len(history)
 
@@ -122,5 +140,6 @@ def test_entry_size_bounds_the_rendered_content():
 def test_a_turn_godot_has_not_confirmed_is_not_shown():
     history = [event("Hello"), turn(say("never played"), status="pending"), event("Anyone?")]
     assert to_messages(history) == [
-        {"role": "user", "content": "[speech from player] Hello\n[speech from player] Anyone?"}]
+        {"role": "user", "content": "[speech from player] Hello\n[speech from player] Anyone?"}
+    ]
     assert entry_size(history[1]) == 0

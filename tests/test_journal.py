@@ -53,13 +53,19 @@ def test_tool_results_need_a_recent_turn_and_may_start_the_next():
     assert history.apply(stray).code == p.UNKNOWN_TURN and len(history.entries) == 4
 
 
-facts = st.lists(st.one_of(
-    st.builds(event, st.sampled_from(["t1", "t2", "t3", "t4"])),
-    st.builds(result, st.sampled_from(["t1", "t2", "t3", "t4", "x"]), st.text(max_size=5)),
-    st.builds(lambda text: fact_of(p.NotificationEvent(("a",), {"text": text}), "a"), st.text(max_size=5)),
-    st.builds(lambda turn, nxt: fact_of(p.ToolResults("a", turn, [], cont=nxt is not None), "a", nxt),
-              st.sampled_from(["t1", "t2", "x"]), st.sampled_from([None, "t5", "t6"])),
-), max_size=40)
+facts = st.lists(
+    st.one_of(
+        st.builds(event, st.sampled_from(["t1", "t2", "t3", "t4"])),
+        st.builds(result, st.sampled_from(["t1", "t2", "t3", "t4", "x"]), st.text(max_size=5)),
+        st.builds(lambda text: fact_of(p.NotificationEvent(("a",), {"text": text}), "a"), st.text(max_size=5)),
+        st.builds(
+            lambda turn, nxt: fact_of(p.ToolResults("a", turn, [], cont=nxt is not None), "a", nxt),
+            st.sampled_from(["t1", "t2", "x"]),
+            st.sampled_from([None, "t5", "t6"]),
+        ),
+    ),
+    max_size=40,
+)
 
 
 @given(facts, st.integers(min_value=1, max_value=12))
@@ -220,7 +226,10 @@ async def test_a_failing_disk_loses_durability_not_the_game(tmp_path):
     send_fact(journal, "s", "a", event("t2"))
     items = await released.wait(3)
     assert [item for _, item in items] == [
-        (TO_AGENT, "s", "a", event("t1")), (RESTORE, "s", "a", []), (TO_AGENT, "s", "a", event("t2"))]
+        (TO_AGENT, "s", "a", event("t1")),
+        (RESTORE, "s", "a", []),
+        (TO_AGENT, "s", "a", event("t2")),
+    ]
     journal.send(0, ("after",))
     assert (await released.wait(4))[-1] == (0, ("after",))
     await journal.close()

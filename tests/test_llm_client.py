@@ -41,8 +41,16 @@ async def streamer(base_url) -> AsyncIterator[Callable[..., ChatStreamer]]:
     made: list[ChatStreamer] = []
 
     def make(**overrides) -> ChatStreamer:
-        settings = {"base_url": base_url, "api_key": KEY, "model": "test-model", "retry_base_s": 0.01,
-                    "retry_max_s": 0.05, "first_token_timeout_s": 2, "stall_timeout_s": 2, **overrides}
+        settings = {
+            "base_url": base_url,
+            "api_key": KEY,
+            "model": "test-model",
+            "retry_base_s": 0.01,
+            "retry_max_s": 0.05,
+            "first_token_timeout_s": 2,
+            "stall_timeout_s": 2,
+            **overrides,
+        }
         made.append(ChatStreamer(LLMSettings(**settings)))
         return made[-1]
 
@@ -83,8 +91,14 @@ async def test_a_stream_yields_text_then_finish_and_usage(llm, streamer):
     assert final == Delta("", "stop", {"prompt_tokens": 3, "completion_tokens": 12, "total_tokens": 15})
     [record] = llm.requests
     assert record.end == "completed" and record.headers["Authorization"] == "REDACTED"
-    assert record.body == {"model": "test-model", "messages": USER, "stream": True, "temperature": 0.5,
-                           "max_tokens": 50, "stream_options": {"include_usage": True}}
+    assert record.body == {
+        "model": "test-model",
+        "messages": USER,
+        "stream": True,
+        "temperature": 0.5,
+        "max_tokens": 50,
+        "stream_options": {"include_usage": True},
+    }
 
 
 async def test_without_include_usage_only_the_finish_reason_is_reported(llm, streamer):
@@ -100,8 +114,9 @@ async def test_extra_body_is_merged_into_the_request(llm, streamer):
 
 
 async def test_rate_limit_is_retried_after_retry_after_and_text_comes_once(llm, streamer, logs):
-    llm.script({"status": 429, "retry_after": 0.3, "error_body": {"error": {"message": "slow down"}}},
-               {"content": TEXT})
+    llm.script(
+        {"status": 429, "retry_after": 0.3, "error_body": {"error": {"message": "slow down"}}}, {"content": TEXT}
+    )
     started = time.monotonic()
     deltas = await collect(streamer(retry_max_s=5))
     assert time.monotonic() - started >= 0.3
@@ -327,8 +342,11 @@ async def test_cancelling_during_a_retry_delay(llm, streamer):
 
 async def test_cancelling_while_waiting_for_a_slot_and_fifo_order(llm, streamer):
     chat = streamer(max_concurrent=1)
-    llm.script({"match": "first", "content": "a b c", "chunk_delay_s": 0.1},
-               {"match": "third", "content": "3"}, {"match": "fourth", "content": "4"})
+    llm.script(
+        {"match": "first", "content": "a b c", "chunk_delay_s": 0.1},
+        {"match": "third", "content": "3"},
+        {"match": "fourth", "content": "4"},
+    )
 
     def ask(word: str) -> asyncio.Task:
         return asyncio.create_task(collect(chat, [{"role": "user", "content": word}]))
@@ -350,8 +368,10 @@ async def test_the_key_never_shows(llm, streamer, logs):
     assert KEY not in repr(settings) and KEY not in str(settings)
     assert pickle.loads(pickle.dumps(settings)) == settings
     message = f"Incorrect API key provided: {KEY}. Authorization: Bearer {KEY}"
-    llm.script({"status": 500, "error_body": {"error": {"message": message}}},
-               {"status": 401, "error_body": {"error": {"message": message}}})
+    llm.script(
+        {"status": 500, "error_body": {"error": {"message": message}}},
+        {"status": 401, "error_body": {"error": {"message": message}}},
+    )
     with pytest.raises(LLMError) as caught:
         await collect(streamer())
     error = caught.value

@@ -21,10 +21,15 @@ MAX_RETRIES = 3
 @pytest.fixture(scope="module")
 def server(llm, tmp_path_factory):
     proc = ServerProcess(
-        tmp_path_factory.mktemp("faults"), llm.url, workers=1,
-        GAME_AGENT_LLM_STALL_TIMEOUT_S=str(STALL_TIMEOUT_S), GAME_AGENT_LLM_MAX_RETRIES=str(MAX_RETRIES),
-        GAME_AGENT_LLM_RETRY_BASE_S="0.05", GAME_AGENT_LLM_RETRY_MAX_S="2",
-        GAME_AGENT_LLM_MAX_CONCURRENT_PER_WORKER="1")
+        tmp_path_factory.mktemp("faults"),
+        llm.url,
+        workers=1,
+        GAME_AGENT_LLM_STALL_TIMEOUT_S=str(STALL_TIMEOUT_S),
+        GAME_AGENT_LLM_MAX_RETRIES=str(MAX_RETRIES),
+        GAME_AGENT_LLM_RETRY_BASE_S="0.05",
+        GAME_AGENT_LLM_RETRY_MAX_S="2",
+        GAME_AGENT_LLM_MAX_CONCURRENT_PER_WORKER="1",
+    )
     yield proc
     proc.stop()
     assert TEST_API_KEY not in proc.server_log()
@@ -43,9 +48,11 @@ def error_for(peer: GodotPeer, turn_id: str) -> dict:
 
 async def test_429_then_503_then_success_completes_once(godot: GodotPeer, llm):
     godot.specs["r1"] = {"name": "Retrya"}
-    await llm.script({"match": "Retrya", "status": 429, "retry_after": 0.3},
-                     {"match": "Retrya", "status": 503},
-                     {"match": "Retrya", "content": "<say>Third time lucky.</say>", "chunk_size": 4})
+    await llm.script(
+        {"match": "Retrya", "status": 429, "retry_after": 0.3},
+        {"match": "Retrya", "status": 503},
+        {"match": "Retrya", "content": "<say>Third time lucky.</say>", "chunk_size": 4},
+    )
     frames = await godot.turn("r1")
     check_turn_order(frames)
     assert frames[-1]["reason"] == "completed"
@@ -57,8 +64,9 @@ async def test_429_then_503_then_success_completes_once(godot: GodotPeer, llm):
 
 async def test_5xx_until_retries_are_exhausted_ends_with_an_error(godot: GodotPeer, llm):
     godot.specs["r2"] = {"name": "Failia"}
-    await llm.script(*[{"match": "Failia", "status": 500, "error_body": {"error": {"message": "boom"}}}]
-                     * (MAX_RETRIES + 1))
+    await llm.script(
+        *[{"match": "Failia", "status": 500, "error_body": {"error": {"message": "boom"}}}] * (MAX_RETRIES + 1)
+    )
     frames = await godot.turn("r2")
     assert [f["type"] for f in frames] == ["agent_turn_started", "agent_turn_finished"]
     assert frames[-1]["reason"] == "error"
@@ -69,8 +77,14 @@ async def test_5xx_until_retries_are_exhausted_ends_with_an_error(godot: GodotPe
 
 async def test_reset_after_tokens_closes_the_tag_and_never_repeats_text(godot: GodotPeer, llm):
     godot.specs["r3"] = {"name": "Resetta"}
-    await llm.script({"match": "Resetta", "content": "<say>One two three four five six</say>",
-                      "chunk_size": 4, "reset_after_chunks": 3})
+    await llm.script(
+        {
+            "match": "Resetta",
+            "content": "<say>One two three four five six</say>",
+            "chunk_size": 4,
+            "reset_after_chunks": 3,
+        }
+    )
     frames = await godot.turn("r3")
     check_turn_order(frames)
     assert frames[-1]["type"] == "agent_turn_finished" and frames[-1]["reason"] == "error"
@@ -81,15 +95,17 @@ async def test_reset_after_tokens_closes_the_tag_and_never_repeats_text(godot: G
 
 async def test_a_stalled_stream_ends_within_the_stall_timeout(godot: GodotPeer, llm):
     godot.specs["r4"] = {"name": "Stallo"}
-    await llm.script({"match": "Stallo", "content": "<say>I will never finish this</say>",
-                      "chunk_size": 5, "stall_after_chunks": 2})
+    await llm.script(
+        {"match": "Stallo", "content": "<say>I will never finish this</say>", "chunk_size": 5, "stall_after_chunks": 2}
+    )
     start = len(godot.frames)
     began = time.monotonic()
     await godot.interact("r4")
     first_chunk = await godot.wait_type("agent_tag_chunk", start=start, agent_id="r4")
     stalled_since = time.monotonic()
-    end = await godot.wait_for(lambda f: f["type"] in END_TYPES and f["turn_id"] == first_chunk["turn_id"],
-                               timeout=10, start=start)
+    end = await godot.wait_for(
+        lambda f: f["type"] in END_TYPES and f["turn_id"] == first_chunk["turn_id"], timeout=10, start=start
+    )
     waited = time.monotonic() - stalled_since
     assert end["type"] == "agent_turn_finished" and end["reason"] == "error"
     assert STALL_TIMEOUT_S * 0.8 < waited < STALL_TIMEOUT_S + 2, (waited, time.monotonic() - began)
@@ -97,9 +113,23 @@ async def test_a_stalled_stream_ends_within_the_stall_timeout(godot: GodotPeer, 
     assert "stall" in error_for(godot, first_chunk["turn_id"])["message"]
 
 
-@pytest.mark.parametrize("variant", ["keepalive", "null_content", "crlf", "cr", "no_space", "event_fields",
-                                     "split_writes", "usage", "finish_with_content", "multi_choice",
-                                     "malformed", "no_done"])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "keepalive",
+        "null_content",
+        "crlf",
+        "cr",
+        "no_space",
+        "event_fields",
+        "split_writes",
+        "usage",
+        "finish_with_content",
+        "multi_choice",
+        "malformed",
+        "no_done",
+    ],
+)
 async def test_stream_variants_seen_in_the_wild(godot: GodotPeer, llm, variant):
     name = f"Variant{variant.title().replace('_', '')}"
     godot.specs["v"] = {"name": name}
@@ -127,8 +157,10 @@ async def test_usage_reaches_the_finished_frame(godot: GodotPeer, llm):
 
 async def test_interrupt_while_waiting_for_a_retry(godot: GodotPeer, llm):
     godot.specs["w1"] = {"name": "Waity"}
-    await llm.script({"match": "Waity", "status": 429, "retry_after": 1.5},
-                     {"match": "Waity", "content": "<say>Sorry, you were saying?</say>"})
+    await llm.script(
+        {"match": "Waity", "status": 429, "retry_after": 1.5},
+        {"match": "Waity", "content": "<say>Sorry, you were saying?</say>"},
+    )
     start = len(godot.frames)
     await godot.interact("w1", "First")
     started = await godot.wait_type("agent_turn_started", start=start, agent_id="w1")
@@ -144,9 +176,10 @@ async def test_interrupt_while_waiting_for_a_retry(godot: GodotPeer, llm):
 async def test_interrupt_while_waiting_for_a_concurrency_slot(godot: GodotPeer, llm):
     godot.specs["slow"] = {"name": "Slowpoke"}
     godot.specs["queued"] = {"name": "Queuey"}
-    await llm.script({"match": "Slowpoke", "content": "<say>" + "la " * 40 + "</say>", "chunk_size": 3,
-                      "chunk_delay_s": 0.05},
-                     {"match": "Queuey", "content": "<say>My turn now.</say>"})
+    await llm.script(
+        {"match": "Slowpoke", "content": "<say>" + "la " * 40 + "</say>", "chunk_size": 3, "chunk_delay_s": 0.05},
+        {"match": "Queuey", "content": "<say>My turn now.</say>"},
+    )
     start = len(godot.frames)
     await godot.interact("slow")
     await godot.wait_type("agent_tag_chunk", start=start, agent_id="slow")  # holds the only slot
@@ -159,8 +192,10 @@ async def test_interrupt_while_waiting_for_a_concurrency_slot(godot: GodotPeer, 
     assert interrupted["reason"] == "new_event"
     slow_end = await godot.wait_for(lambda f: f["type"] in END_TYPES and f["agent_id"] == "slow", start=start)
     assert slow_end["reason"] == "completed"
-    second = await godot.wait_for(lambda f: f["type"] in END_TYPES and f["agent_id"] == "queued"
-                                  and f["turn_id"] != queued["turn_id"], start=start)
+    second = await godot.wait_for(
+        lambda f: f["type"] in END_TYPES and f["agent_id"] == "queued" and f["turn_id"] != queued["turn_id"],
+        start=start,
+    )
     assert second["reason"] == "completed"
     assert len(await agent_requests(llm, "Queuey")) == 1  # the interrupted turn never sent its request
 

@@ -87,7 +87,7 @@ def accepts(model: llama_cpp.Llama, grammar: str, answer: str) -> bool:
         "<thought>A customer.</thought>\n<say>What do you need?</say>",
         "<action>wipes the anvil</action> <say>Yes?</say>\n\n<thought>Odd one.</thought>",
         "<thought>Hm.</thought><say>Fine.</say><action>nods</action><say>Go on.</say>",
-        "<say>Café 🐉 — 1 > 0 & \"quotes\" fine.\nSecond line.</say>",
+        '<say>Café 🐉 — 1 > 0 & "quotes" fine.\nSecond line.</say>',
     ],
 )
 def test_well_formed_answers_are_accepted(vocab_model: llama_cpp.Llama, answer: str) -> None:

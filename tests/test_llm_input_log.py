@@ -17,8 +17,13 @@ from tests.godot_peer import GodotPeer
 
 
 def record(n: int) -> dict:
-    return {"turn_id": f"t{n}", "time": 1700000000.25 + n, "model": "m",
-            "messages": [{"role": "user", "content": f"hello {n} " * 50}], "usage": {"total_tokens": n}}
+    return {
+        "turn_id": f"t{n}",
+        "time": 1700000000.25 + n,
+        "model": "m",
+        "messages": [{"role": "user", "content": f"hello {n} " * 50}],
+        "usage": {"total_tokens": n},
+    }
 
 
 @pytest.fixture

@@ -7,16 +7,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import openai
 import psutil
 import pytest
 from openai import AsyncOpenAI
 
-from providers.grammar import tags_grammar
 from providers.embedded import LocalModelProcess
+from providers.grammar import tags_grammar
 
 NPC_TAGS = ["thought", "say", "action"]
 SYSTEM = (
@@ -76,9 +76,7 @@ async def test_streams_well_formed_tags(client: AsyncOpenAI) -> None:
 
 
 async def test_answers_without_streaming(client: AsyncOpenAI) -> None:
-    completion = await client.chat.completions.create(
-        model="anything", messages=chat("Good morning!"), max_tokens=8
-    )
+    completion = await client.chat.completions.create(model="anything", messages=chat("Good morning!"), max_tokens=8)
     assert completion.choices[0].message.content
     assert completion.choices[0].finish_reason in ("stop", "length")
     assert completion.usage is not None and 0 < completion.usage.completion_tokens <= 9
@@ -109,9 +107,7 @@ async def test_a_client_disconnect_frees_the_model(client: AsyncOpenAI) -> None:
     await endless.close()
 
     started = time.monotonic()
-    reply = await client.chat.completions.create(
-        model="anything", messages=chat("Hi"), max_tokens=16
-    )
+    reply = await client.chat.completions.create(model="anything", messages=chat("Hi"), max_tokens=16)
     assert reply.choices[0].message.content
     assert time.monotonic() - started < 10
 
@@ -122,9 +118,7 @@ async def test_npcs_taking_turns_resume_their_own_prompt(client: AsyncOpenAI) ->
         messages = [{"role": "system", "content": f"You are {npc}. {lore}"}]
         messages += [{"role": "user", "content": f"Question {turn}?"} for turn in range(turns)]
         started = time.monotonic()
-        stream = await client.chat.completions.create(
-            model="anything", messages=messages, stream=True, max_tokens=2
-        )
+        stream = await client.chat.completions.create(model="anything", messages=messages, stream=True, max_tokens=2)
         arrivals = [time.monotonic() async for chunk in stream if chunk.choices[0].delta.content]
         return arrivals[0] - started  # read to the end: only finished generations are kept
 

@@ -47,7 +47,7 @@ def test_whole_body_any_line_end(newline):
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
 def test_byte_by_byte_splits_multibyte_utf8_and_crlf(newline):
     data = body(PAYLOADS, newline)
-    assert feed_all([data[i:i + 1] for i in range(len(data))]) == PAYLOADS
+    assert feed_all([data[i : i + 1] for i in range(len(data))]) == PAYLOADS
 
 
 @given(st.data())
@@ -80,40 +80,60 @@ def test_a_line_without_end_is_bounded():
     assert decoder.feed(b"\ndata: ok\n") == [b"ok"]
 
 
-@pytest.mark.parametrize(("payload", "expected"), [
-    (b"[DONE]", DONE),
-    (chunk({"role": "assistant", "content": ""}), None),
-    (chunk({"role": "assistant"}), None),
-    (chunk({"content": None}), None),
-    (chunk({"content": "hi"}), Delta("hi")),
-    (chunk({}, "stop"), Delta("", "stop")),
-    (chunk({"content": "end"}, "length"), Delta("end", "length")),
-    (chunk(), None),
-    (chunk(usage=None), None),
-    (chunk(usage={"total_tokens": 7}), Delta("", None, {"total_tokens": 7})),
-    (orjson.dumps({"choices": None, "usage": {"total_tokens": 7}}), Delta("", None, {"total_tokens": 7})),
-    (chunk({"content": "hi"}, usage=None), Delta("hi")),
-    (orjson.dumps({"choices": [{"index": 1, "delta": {"content": "other"}}]}), None),
-    (orjson.dumps({"choices": [{"index": 1, "delta": {"content": "b"}}, {"index": 0, "delta": {"content": "a"}}]}),
-     Delta("a")),
-    (orjson.dumps({"choices": [{"delta": {"content": "no index"}}]}), Delta("no index")),
-])
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"[DONE]", DONE),
+        (chunk({"role": "assistant", "content": ""}), None),
+        (chunk({"role": "assistant"}), None),
+        (chunk({"content": None}), None),
+        (chunk({"content": "hi"}), Delta("hi")),
+        (chunk({}, "stop"), Delta("", "stop")),
+        (chunk({"content": "end"}, "length"), Delta("end", "length")),
+        (chunk(), None),
+        (chunk(usage=None), None),
+        (chunk(usage={"total_tokens": 7}), Delta("", None, {"total_tokens": 7})),
+        (orjson.dumps({"choices": None, "usage": {"total_tokens": 7}}), Delta("", None, {"total_tokens": 7})),
+        (chunk({"content": "hi"}, usage=None), Delta("hi")),
+        (orjson.dumps({"choices": [{"index": 1, "delta": {"content": "other"}}]}), None),
+        (
+            orjson.dumps(
+                {"choices": [{"index": 1, "delta": {"content": "b"}}, {"index": 0, "delta": {"content": "a"}}]}
+            ),
+            Delta("a"),
+        ),
+        (orjson.dumps({"choices": [{"delta": {"content": "no index"}}]}), Delta("no index")),
+    ],
+)
 def test_parse_chunk(payload, expected):
     assert parse_chunk(payload) == expected
 
 
-@pytest.mark.parametrize("payload", [
-    b"{not json", b'{"choices": [', b"[1, 2]", b'"text"', b'{"choices": {"0": {}}}',
-    b'{"choices": ["x"]}', b'{"choices": [{"delta": {"content": 5}}]}', "é".encode("latin-1"),
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"{not json",
+        b'{"choices": [',
+        b"[1, 2]",
+        b'"text"',
+        b'{"choices": {"0": {}}}',
+        b'{"choices": ["x"]}',
+        b'{"choices": [{"delta": {"content": 5}}]}',
+        "é".encode("latin-1"),
+    ],
+)
 def test_malformed_chunks_raise(payload):
     with pytest.raises(MalformedChunk):
         parse_chunk(payload)
 
 
 def test_an_error_object_in_the_stream_is_a_provider_error():
-    payload = orjson.dumps({"error": {"code": 502, "message": "Provider disconnected"},
-                            "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]})
+    payload = orjson.dumps(
+        {
+            "error": {"code": 502, "message": "Provider disconnected"},
+            "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+        }
+    )
     with pytest.raises(ProviderError) as caught:
         parse_chunk(payload)
     assert caught.value.message == "Provider disconnected" and caught.value.code == 502

@@ -62,9 +62,16 @@ class Game:
 
 def complete_turn(turn_id: str = "t1", words: int = 4) -> list[tuple]:
     """A well-formed turn: thought with token 0, say with the rest, finished."""
-    return [("started", turn_id), ("open", turn_id, 0), ("chunk", turn_id, 0, token(0)), ("close", turn_id, 0),
-            ("open", turn_id, 1), *(("chunk", turn_id, 1, token(seq)) for seq in range(1, words)),
-            ("close", turn_id, 1), ("agent_turn_finished", turn_id, words)]
+    return [
+        ("started", turn_id),
+        ("open", turn_id, 0),
+        ("chunk", turn_id, 0, token(0)),
+        ("close", turn_id, 0),
+        ("open", turn_id, 1),
+        *(("chunk", turn_id, 1, token(seq)) for seq in range(1, words)),
+        ("close", turn_id, 1),
+        ("agent_turn_finished", turn_id, words),
+    ]
 
 
 def counts(problems: Problems) -> dict:
@@ -153,11 +160,22 @@ def test_turn_level_order():
     game = Game()
     game.feed(*complete_turn("t1")[:-1])  # never ended: slow or lost, the generator's drain tells
     assert game.live_at_end and counts(game.problems) == {}
-    skipped_index = [("started", "t1"), ("open", "t1", 0), ("close", "t1", 0), ("open", "t1", 2),
-                     ("close", "t1", 2), ("agent_turn_interrupted", "t1")]
+    skipped_index = [
+        ("started", "t1"),
+        ("open", "t1", 0),
+        ("close", "t1", 0),
+        ("open", "t1", 2),
+        ("close", "t1", 2),
+        ("agent_turn_interrupted", "t1"),
+    ]
     assert counts(Game().feed(*skipped_index)) == {"lost": 1}
-    stray_chunk = [("started", "t1"), ("open", "t1", 0), ("close", "t1", 0), ("chunk", "t1", 0, token(0)),
-                   ("agent_turn_interrupted", "t1")]
+    stray_chunk = [
+        ("started", "t1"),
+        ("open", "t1", 0),
+        ("close", "t1", 0),
+        ("chunk", "t1", 0, token(0)),
+        ("agent_turn_interrupted", "t1"),
+    ]
     assert counts(Game().feed(*stray_chunk)) == {"out_of_order": 1}
 
 
@@ -176,11 +194,17 @@ def test_token_text_is_checked_and_put_together_across_chunks():
 
 def test_interrupt_close_matches_the_cut_turns_request():
     def record(text, end, closed_at):
-        return {"body": {"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": text}]},
-                "end": end, "closed_at": closed_at}
-    records = [record("[speech] Hi (ev npc1.1)", "client_closed", 10.25),
-               record("[speech] Hi (ev npc1.1)\n[tool result] done", "completed", 11.0),
-               record("[speech] Hi (ev npc2.1)", "completed", 12.0)]
+        return {
+            "body": {"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": text}]},
+            "end": end,
+            "closed_at": closed_at,
+        }
+
+    records = [
+        record("[speech] Hi (ev npc1.1)", "client_closed", 10.25),
+        record("[speech] Hi (ev npc1.1)\n[tool result] done", "completed", 11.0),
+        record("[speech] Hi (ev npc2.1)", "completed", 12.0),
+    ]
     closes = interrupt_close_ms(records, [("npc1.1", 10.0), ("npc2.1", 11.5), ("npc3.1", 1.0)])
     assert closes == [250.0]
 
@@ -198,18 +222,47 @@ def test_generated_specs_are_valid_and_varied():
 def test_a_short_real_run_reports_everything(tmp_path):
     report_path, plot_path = tmp_path / "report.json", tmp_path / "plot.png"
     run = subprocess.run(
-        [sys.executable, "-m", "loadtest", "--npcs", "6", "--clients", "2", "--generator-processes", "2",
-         "--workers", "1", "--duration", "3", "--interrupt-ratio", "0.3", "--tool-share", "0.5",
-         "--llm-tokens", "12", "--llm-tps", "30", "--llm-ttft", "0.1",
-         "--report", str(report_path), "--plot", str(plot_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=100)
+        [
+            sys.executable,
+            "-m",
+            "loadtest",
+            "--npcs",
+            "6",
+            "--clients",
+            "2",
+            "--generator-processes",
+            "2",
+            "--workers",
+            "1",
+            "--duration",
+            "3",
+            "--interrupt-ratio",
+            "0.3",
+            "--tool-share",
+            "0.5",
+            "--llm-tokens",
+            "12",
+            "--llm-tps",
+            "30",
+            "--llm-ttft",
+            "0.1",
+            "--report",
+            str(report_path),
+            "--plot",
+            str(plot_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "chunk p50" in run.stderr and "chunk_latency_ms" in run.stdout  # progress lines, table
     report = orjson.loads(report_path.read_bytes())
     assert report["turns_completed"] > 0 and report["tokens_per_s"] > 0 and report["events_per_s"] > 0
-    assert {key: report[key] for key in ("lost_events", "duplicated_events", "out_of_order_events",
-                                         "corrupted_chunks")} == dict.fromkeys(
-        ("lost_events", "duplicated_events", "out_of_order_events", "corrupted_chunks"), 0)
+    assert {
+        key: report[key] for key in ("lost_events", "duplicated_events", "out_of_order_events", "corrupted_chunks")
+    } == dict.fromkeys(("lost_events", "duplicated_events", "out_of_order_events", "corrupted_chunks"), 0)
     assert report["errors"] == {"count": 0, "first": [], "codes": {}}
     assert isinstance(report["turns_interrupted"], int) and report["ideal_turn_ms"] == pytest.approx(500)
     for key in ("first_tag_ms", "chunk_latency_ms", "interrupt_ms", "interrupt_close_ms", "turn_ms"):

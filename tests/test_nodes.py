@@ -30,9 +30,24 @@ class WorkerNode:
     def __init__(self, tmp: Path, leader: ServerProcess, name: str, workers: int = 1) -> None:
         self.name, self.admin_port = name, free_port()
         self.process = ServerProcesses(
-            name, [sys.executable, "run.py", "worker", "--leader", f"127.0.0.1:{leader.admin_port}",
-                   "--admin-port", str(self.admin_port), "--workers", str(workers), "--node", name],
-            tmp / f"node-{name}.log", leader.env, admin_port=self.admin_port)
+            name,
+            [
+                sys.executable,
+                "run.py",
+                "worker",
+                "--leader",
+                f"127.0.0.1:{leader.admin_port}",
+                "--admin-port",
+                str(self.admin_port),
+                "--workers",
+                str(workers),
+                "--node",
+                name,
+            ],
+            tmp / f"node-{name}.log",
+            leader.env,
+            admin_port=self.admin_port,
+        )
 
     def stop(self) -> list[int]:
         return self.process.stop()
@@ -58,8 +73,9 @@ async def wait_nodes(server: ServerProcess, count: int, timeout: float = 30) -> 
 @pytest.fixture
 async def cluster(tmp_path, llm):
     """A leader (one worker) and a worker node ``node-b`` (two workers), both stopped afterwards."""
-    leader = await asyncio.to_thread(ServerProcess, tmp_path, llm.url, workers=1,
-                                     GAME_AGENT_NODE_NAME="leader", GAME_AGENT_NODE_CHECK_S=CHECK_S)
+    leader = await asyncio.to_thread(
+        ServerProcess, tmp_path, llm.url, workers=1, GAME_AGENT_NODE_NAME="leader", GAME_AGENT_NODE_CHECK_S=CHECK_S
+    )
     node = WorkerNode(tmp_path, leader, "node-b", workers=2)
     peers: list[GodotPeer] = []
     await llm.reset()
@@ -110,13 +126,16 @@ async def lose_node_mid_turn(leader, godot, llm, said, lose) -> float:
     ends = {}
     for agent_id in agents:
         ends[agent_id] = await godot.wait_for(
-            lambda f, a=agent_id: f["type"] in END_TYPES and f["agent_id"] == a, 60, start)
+            lambda f, a=agent_id: f["type"] in END_TYPES and f["agent_id"] == a, 60, start
+        )
     errored = {a for a, end in ends.items() if end.get("reason") == "error"}
     assert len(errored) == on_node and errored != set(agents)
     for agent_id in errored:
         check_turn_order(godot.turn_frames(ends[agent_id]["turn_id"]))
-        assert any(f["type"] == "error" and f["code"] == "worker_lost" and f["ref"]["agent_id"] == agent_id
-                   for f in godot.frames[start:])
+        assert any(
+            f["type"] == "error" and f["code"] == "worker_lost" and f["ref"]["agent_id"] == agent_id
+            for f in godot.frames[start:]
+        )
     state = await wait_nodes(leader, 1)
     assert state["nodes"][0]["name"] == "leader"
     # Every NPC keeps working, with its whole history, now on the leader.
@@ -124,8 +143,7 @@ async def lose_node_mid_turn(leader, godot, llm, said, lose) -> float:
         await llm.script({"content": "<say>still here</say>", "match": f"remember {agent_id}"})
         frames = await godot.turn(agent_id, f"remember {agent_id}")
         assert frames[-1].get("reason") == "completed"
-        prompt = user_text(next(r for r in reversed(await llm.requests())
-                                if f"remember {agent_id}" in user_text(r)))
+        prompt = user_text(next(r for r in reversed(await llm.requests()) if f"remember {agent_id}" in user_text(r)))
         assert words in prompt, (agent_id, prompt)
     return recovered_s
 
@@ -136,8 +154,7 @@ async def test_npcs_spread_over_both_nodes_and_survive_a_node_stopped_mid_turn(c
     nodes = {n["name"]: n for n in (await health(leader))["nodes"]}
     assert nodes["leader"]["workers"] == 1 and nodes["node-b"]["workers"] == 2
     assert nodes["leader"]["agents"] == 2 and nodes["node-b"]["agents"] == 4  # least-loaded worker first
-    seconds = await lose_node_mid_turn(leader, godot, llm, said, lambda: os.kill(node.process.proc.pid,
-                                                                                signal.SIGTERM))
+    seconds = await lose_node_mid_turn(leader, godot, llm, said, lambda: os.kill(node.process.proc.pid, signal.SIGTERM))
     print(f"node stopped: its turns ended within {seconds:.2f} s")
 
 

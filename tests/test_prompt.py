@@ -12,13 +12,20 @@ from core.prompt import CONTINUE_NOTE, DEFAULT_INSTRUCTIONS, OMITTED_NOTE, build
 from core.spec import build_dossier, parse_spec
 
 SPEC = parse_spec({"name": "Mira", "persona": "Gruff."})
-TOOL_SPEC = parse_spec({
-    "name": "Mira",
-    "tags": ["say", {"name": "emote", "description": "a gesture", "attrs": {"kind": "which", "to": ""}}],
-    "tools": [{"name": "open_door", "description": "Open a door",
-               "parameters": {"type": "object", "properties": {"door": {"type": "string"}}}},
-              {"name": "rest"}],
-})
+TOOL_SPEC = parse_spec(
+    {
+        "name": "Mira",
+        "tags": ["say", {"name": "emote", "description": "a gesture", "attrs": {"kind": "which", "to": ""}}],
+        "tools": [
+            {
+                "name": "open_door",
+                "description": "Open a door",
+                "parameters": {"type": "object", "properties": {"door": {"type": "string"}}},
+            },
+            {"name": "rest"},
+        ],
+    }
+)
 
 DEFAULT_FORMAT = """\
 # Output format
@@ -117,7 +124,8 @@ def test_current_event_is_kept_whatever_its_size():
     big = event("z" * 1000)
     for budget in (0, 200, -5):
         assert history_of(build_messages(SPEC, [E1, T1, big], budget_chars=budget)) == [
-            ("user", f"{OMITTED_NOTE}\n[speech from player] {'z' * 1000}")]
+            ("user", f"{OMITTED_NOTE}\n[speech from player] {'z' * 1000}")
+        ]
 
 
 def test_turns_after_the_last_user_entry_are_kept_and_followed_by_continue():
@@ -131,9 +139,9 @@ def test_turns_after_the_last_user_entry_are_kept_and_followed_by_continue():
 
 def test_history_starting_with_a_turn_drops_it_and_says_so():
     assert history_of(build_messages(SPEC, [T1, E1], budget_chars=10_000)) == [
-        ("user", f"{OMITTED_NOTE}\n{to_messages([E1])[0]['content']}")]
-    assert history_of(build_messages(SPEC, [T1], budget_chars=10_000)) == [
-        ("user", f"{OMITTED_NOTE}\n{CONTINUE_NOTE}")]
+        ("user", f"{OMITTED_NOTE}\n{to_messages([E1])[0]['content']}")
+    ]
+    assert history_of(build_messages(SPEC, [T1], budget_chars=10_000)) == [("user", f"{OMITTED_NOTE}\n{CONTINUE_NOTE}")]
 
 
 def test_empty_history_asks_to_continue():
@@ -156,19 +164,29 @@ def test_long_deque_history():
     assert sum(len(message["content"]) for message in messages[1:]) <= 1_000
 
 
-texts = st.text(alphabet="ab <&\"\n", max_size=40)
+texts = st.text(alphabet='ab <&"\n', max_size=40)
 events = st.builds(
     lambda kind, text, data: {"kind": kind, "event": {"kind": "speech", "text": text, "data": data}},
-    st.sampled_from(["event", "notification"]), texts, st.none() | st.dictionaries(texts, st.integers()),
+    st.sampled_from(["event", "notification"]),
+    texts,
+    st.none() | st.dictionaries(texts, st.integers()),
 )
 turns = st.builds(
-    lambda status, says: {"kind": "turn", "turn_id": "t", "status": status,
-                          "tags": [{"tag": "say", "attrs": {"to": text}, "text": text} for text in says]},
-    st.sampled_from(["completed", "interrupted"]), st.lists(texts, max_size=3),
+    lambda status, says: {
+        "kind": "turn",
+        "turn_id": "t",
+        "status": status,
+        "tags": [{"tag": "say", "attrs": {"to": text}, "text": text} for text in says],
+    },
+    st.sampled_from(["completed", "interrupted"]),
+    st.lists(texts, max_size=3),
 )
 tool_results = st.builds(
-    lambda outputs: {"kind": "tool_results", "turn_id": "t",
-                     "results": [{"call_id": "c", "tool": "open", "ok": True, "output": out} for out in outputs]},
+    lambda outputs: {
+        "kind": "tool_results",
+        "turn_id": "t",
+        "results": [{"call_id": "c", "tool": "open", "ok": True, "output": out} for out in outputs],
+    },
     st.lists(texts | st.integers(), max_size=3),
 )
 

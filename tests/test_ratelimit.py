@@ -55,8 +55,12 @@ rates = st.floats(min_value=0.01, max_value=1000.0)
 bursts = st.integers(min_value=1, max_value=200)
 
 
-@given(rates, bursts, st.floats(min_value=0.0, max_value=1e6),
-       st.lists(st.floats(min_value=0.0, max_value=5.0), max_size=300))
+@given(
+    rates,
+    bursts,
+    st.floats(min_value=0.0, max_value=1e6),
+    st.lists(st.floats(min_value=0.0, max_value=5.0), max_size=300),
+)
 def test_accepted_never_exceeds_burst_plus_rate_times_elapsed(rate, burst, start, gaps):
     bucket = TokenBucket(rate, burst)
     now, accepted = start, 0

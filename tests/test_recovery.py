@@ -87,8 +87,9 @@ async def test_a_killed_worker_is_replaced_and_only_its_agents_notice(fresh, llm
     await godot.interact("bystander", "go on")
     for agent_id in ("victim", "bystander"):
         await godot.wait_type("agent_tag_chunk", 10, start, agent_id=agent_id)
-    victim_turn = next(f["turn_id"] for f in godot.frames[start:]
-                       if f["type"] == "agent_turn_started" and f["agent_id"] == "victim")
+    victim_turn = next(
+        f["turn_id"] for f in godot.frames[start:] if f["type"] == "agent_turn_started" and f["agent_id"] == "victim"
+    )
     killed_at = time.monotonic()
     os.kill(before["worker_pids"][0], signal.SIGKILL)
 
@@ -106,8 +107,7 @@ async def test_a_killed_worker_is_replaced_and_only_its_agents_notice(fresh, llm
     assert replaced["worker_pids"][1] == before["worker_pids"][1]
 
     # The bystander on the other worker streams on undisturbed.
-    bystander_end = await godot.wait_for(lambda f: f["type"] in END_TYPES and f["agent_id"] == "bystander", 30,
-                                         start)
+    bystander_end = await godot.wait_for(lambda f: f["type"] in END_TYPES and f["agent_id"] == "bystander", 30, start)
     assert bystander_end.get("reason") == "completed"
     # The victim comes back with its history, and can confirm what it played before the kill.
     await godot.confirm(frames, status="interrupted")
@@ -140,8 +140,9 @@ async def test_a_server_killed_and_restarted_has_every_confirmed_turn(fresh, llm
         assert words in remembered
     # Another session of the same journal knows nothing of it.
     other = await fresh.connect(again, "?session=save2")
-    await other.send({"type": "agent_turn_result", "agent_id": "keeper", "turn_id": "x", "status": "completed",
-                      "tags": []})
+    await other.send(
+        {"type": "agent_turn_result", "agent_id": "keeper", "turn_id": "x", "status": "completed", "tags": []}
+    )
     assert (await other.wait_type("error", 5))["code"] == "unknown_agent"
 
 
@@ -178,8 +179,9 @@ async def test_two_sessions_never_see_each_other(fresh, llm):
 
 
 async def test_limits_answer_with_errors_and_the_connection_goes_on(fresh, llm):
-    server = await fresh(GAME_AGENT_RATE_LIMIT_BURST="3", GAME_AGENT_RATE_LIMIT_EVENTS_PER_S="0.5",
-                         GAME_AGENT_MAX_AGENTS_PER_SESSION="2")
+    server = await fresh(
+        GAME_AGENT_RATE_LIMIT_BURST="3", GAME_AGENT_RATE_LIMIT_EVENTS_PER_S="0.5", GAME_AGENT_MAX_AGENTS_PER_SESSION="2"
+    )
     godot = await fresh.connect(server)
     for n in range(5):
         await godot.interact(f"npc{n % 2}", "hi")

@@ -27,8 +27,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
 @pytest.fixture(scope="module")
 def server(llm, tmp_path_factory) -> ServerProcess:
     tmp = tmp_path_factory.mktemp("secure")
-    proc = ServerProcess(tmp, llm.url, GAME_AGENT_TOKEN=TOKEN, GAME_AGENT_DATA_DIR=str(tmp / "data"),
-                         GAME_AGENT_EVENTS_ALLOWED_ORIGINS=f" {ALLOWED_ORIGIN} , ")
+    proc = ServerProcess(
+        tmp,
+        llm.url,
+        GAME_AGENT_TOKEN=TOKEN,
+        GAME_AGENT_DATA_DIR=str(tmp / "data"),
+        GAME_AGENT_EVENTS_ALLOWED_ORIGINS=f" {ALLOWED_ORIGIN} , ",
+    )
     yield proc
     proc.stop()
     log = proc.server_log()
@@ -59,9 +64,17 @@ async def ping(ws: aiohttp.ClientWebSocketResponse) -> dict:
 
 
 @pytest.mark.parametrize("path", ["/ws", "/events"])
-@pytest.mark.parametrize("how", [{}, {"query": f"?token={WRONG}"}, {"headers": {"Authorization": f"Bearer {WRONG}"}},
-                                 {"headers": {"Authorization": f"Basic {TOKEN}"}}, {"query": "?token="}],
-                         ids=["none", "wrong-query", "wrong-bearer", "not-bearer", "empty"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        {},
+        {"query": f"?token={WRONG}"},
+        {"headers": {"Authorization": f"Bearer {WRONG}"}},
+        {"headers": {"Authorization": f"Basic {TOKEN}"}},
+        {"query": "?token="},
+    ],
+    ids=["none", "wrong-query", "wrong-bearer", "not-bearer", "empty"],
+)
 async def test_without_the_right_token_the_upgrade_never_happens(server, http, path, how):
     url = ws_url(server, path + how.get("query", ""))
     assert await refused(http, url, headers=how.get("headers")) == 401
@@ -95,14 +108,17 @@ async def test_health_and_the_page_need_no_token(server, http):
             assert response.status == 200, path
 
 
-@pytest.mark.parametrize("origin, allowed", [
-    ("http://evil.example", False),
-    ("null", False),
-    ("http://127.0.0.1:1", False),  # our host, another port
-    (ALLOWED_ORIGIN, True),
-    (None, True),  # not a browser
-    ("own", True),
-])
+@pytest.mark.parametrize(
+    "origin, allowed",
+    [
+        ("http://evil.example", False),
+        ("null", False),
+        ("http://127.0.0.1:1", False),  # our host, another port
+        (ALLOWED_ORIGIN, True),
+        (None, True),  # not a browser
+        ("own", True),
+    ],
+)
 async def test_events_checks_the_origin(server, http, origin, allowed):
     url = ws_url(server, f"/events?token={TOKEN}")
     headers = {} if origin is None else {"Origin": server.url if origin == "own" else origin}
@@ -143,9 +159,11 @@ async def test_the_page_passes_its_token_on_to_events(server):
             page = await browser.new_page()
             await page.goto(f"{server.url}/?session=web&token={TOKEN}")
             await page.wait_for_function(
-                "document.getElementById('connection').textContent.startsWith('connected as')", timeout=10_000)
+                "document.getElementById('connection').textContent.startsWith('connected as')", timeout=10_000
+            )
             await page.goto(f"{server.url}/?session=web")
             await page.wait_for_function(
-                "document.getElementById('connection').textContent.startsWith('disconnected')", timeout=10_000)
+                "document.getElementById('connection').textContent.startsWith('disconnected')", timeout=10_000
+            )
         finally:
             await browser.close()

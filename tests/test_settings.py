@@ -19,15 +19,25 @@ def test_defaults_come_from_the_defaults_file():
 def test_file_then_env_then_flags(tmp_path):
     config = tmp_path / "server.toml"
     config.write_text('port = 9000\nworkers = 3\nsnapshot_timeout_s = 2\nlog_level = "WARNING"\n')
-    s = load_settings(config, env={"GAME_AGENT_WORKERS": "5", "GAME_AGENT_LLM_INCLUDE_USAGE": "off"},
-                      overrides={"workers": None, "port": 9100})
+    s = load_settings(
+        config,
+        env={"GAME_AGENT_WORKERS": "5", "GAME_AGENT_LLM_INCLUDE_USAGE": "off"},
+        overrides={"workers": None, "port": 9100},
+    )
     assert (s.port, s.workers, s.snapshot_timeout_s, s.log_level) == (9100, 5, 2.0, "WARNING")
     assert s.llm_include_usage is False
 
 
 def test_standard_llm_variables():
-    s = load_settings(env={"OPENAI_API_BASE": "http://x/v1", "OPENAI_API_KEY": "sk-secret",
-                           "LLM_MODEL": "m1", "ACTIVE_STREAM_LLM_MODEL": "m2", "LLM_STALL_TIMEOUT_S": "7"})
+    s = load_settings(
+        env={
+            "OPENAI_API_BASE": "http://x/v1",
+            "OPENAI_API_KEY": "sk-secret",
+            "LLM_MODEL": "m1",
+            "ACTIVE_STREAM_LLM_MODEL": "m2",
+            "LLM_STALL_TIMEOUT_S": "7",
+        }
+    )
     assert (s.llm_base_url, s.llm_api_key, s.llm_model, s.turn_model) == ("http://x/v1", "sk-secret", "m1", "m2")
     assert s.llm_stall_timeout_s == 7.0
 
@@ -38,13 +48,16 @@ def test_the_key_never_shows_in_repr_and_settings_pickle():
     assert pickle.loads(pickle.dumps(s)) == s
 
 
-@pytest.mark.parametrize("content, words", [
-    ("colour = 3", ["unknown setting 'colour'"]),
-    ('port = "high"', ["'port'", "int"]),
-    ("workers = -1", ["'workers'", "negative"]),
-    ("snapshot_timeout_s = 0", ["'snapshot_timeout_s'", "positive"]),
-    ("port = [", ["cannot read"]),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("colour = 3", ["unknown setting 'colour'"]),
+        ('port = "high"', ["'port'", "int"]),
+        ("workers = -1", ["'workers'", "negative"]),
+        ("snapshot_timeout_s = 0", ["'snapshot_timeout_s'", "positive"]),
+        ("port = [", ["cannot read"]),
+    ],
+)
 def test_bad_files_are_named(tmp_path, content, words):
     config = tmp_path / "bad.toml"
     config.write_text(content)

@@ -30,8 +30,15 @@ CHECKED_IN_PROMPT = 5  # newest confirmed turns per NPC looked for in its next p
 
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory):
-    server = ScriptedLLM(tmp_path_factory.mktemp("soak-llm"), "--tokens-per-s", "100", "--default-tokens", "10",
-                         "--first-token-delay-s", "0.05")
+    server = ScriptedLLM(
+        tmp_path_factory.mktemp("soak-llm"),
+        "--tokens-per-s",
+        "100",
+        "--default-tokens",
+        "10",
+        "--first-token-delay-s",
+        "0.05",
+    )
     yield server
     server.stop()
 
@@ -52,19 +59,31 @@ class Game:
             event_id = await godot.interact(agent_id, "talk")
             started = await godot.wait_type("agent_turn_started", 30, start, event_id=event_id)
             turn_id = started["turn_id"]
-            end = await godot.wait_for(lambda f: f["type"] in END_TYPES and f["turn_id"] == turn_id, 30, start)
+            end = await godot.wait_for(
+                lambda f, turn_id=turn_id: f["type"] in END_TYPES and f["turn_id"] == turn_id, 30, start
+            )
             words = f"played-{agent_id}-{self.sent}"
             self.sent += 1
             status = "completed" if end.get("reason") == "completed" else "interrupted"
-            await godot.send({"type": "agent_turn_result", "agent_id": agent_id, "turn_id": turn_id,
-                              "status": status, "tags": [{"tag": "say", "text": words}]})
+            await godot.send(
+                {
+                    "type": "agent_turn_result",
+                    "agent_id": agent_id,
+                    "turn_id": turn_id,
+                    "status": status,
+                    "tags": [{"tag": "say", "text": words}],
+                }
+            )
             self.confirmed.setdefault(agent_id, []).append(words)
             self.turn_ids[words] = turn_id
 
     def refused(self) -> set[str]:
         """Turn ids whose result got an error (those were never confirmed)."""
-        return {f["ref"].get("turn_id") for f in self.godot.frames
-                if f["type"] == "error" and f.get("ref", {}).get("type") == "agent_turn_result"}
+        return {
+            f["ref"].get("turn_id")
+            for f in self.godot.frames
+            if f["type"] == "error" and f.get("ref", {}).get("type") == "agent_turn_result"
+        }
 
 
 async def worker_pids(server: ServerProcess) -> list[int]:
@@ -104,8 +123,11 @@ async def test_no_confirmed_turn_is_lost_to_crashes(tmp_path, llm, request):
     refused = game.refused()
     confirmed = {words: turn_id for words, turn_id in game.turn_ids.items() if turn_id not in refused}
     db = sqlite3.connect(data / FILE_NAME)
-    journaled = {orjson.loads(fact)["turn_id"] for (fact,) in db.execute("select fact from facts")
-                 if b'"agent_turn_result"' in fact}
+    journaled = {
+        orjson.loads(fact)["turn_id"]
+        for (fact,) in db.execute("select fact from facts")
+        if b'"agent_turn_result"' in fact
+    }
     db.close()
     lost = [words for words, turn_id in confirmed.items() if turn_id not in journaled]
 
@@ -115,15 +137,24 @@ async def test_no_confirmed_turn_is_lost_to_crashes(tmp_path, llm, request):
         for agent_id in agents:
             godot.specs[agent_id] = {"name": agent_id}
             await godot.turn(agent_id, f"recall {agent_id}")
-        prompts = {user_text(r).rsplit("recall ", 1)[-1]: user_text(r) for r in await llm.requests()
-                   if "recall " in user_text(r)}
+        prompts = {
+            user_text(r).rsplit("recall ", 1)[-1]: user_text(r)
+            for r in await llm.requests()
+            if "recall " in user_text(r)
+        }
         await godot.close()
     finally:
         again.stop()
-    forgotten = [words for agent_id in agents for words in game.confirmed.get(agent_id, [])[-CHECKED_IN_PROMPT:]
-                 if game.turn_ids[words] not in refused and words not in prompts[agent_id]]
-    print(f"\nsoak: {seconds} s, {len(game.turn_ids)} turns played, {len(confirmed)} confirmed, "
-          f"{len(refused)} results refused, {crashes} crashes injected, {len(lost)} confirmed turns lost")
+    forgotten = [
+        words
+        for agent_id in agents
+        for words in game.confirmed.get(agent_id, [])[-CHECKED_IN_PROMPT:]
+        if game.turn_ids[words] not in refused and words not in prompts[agent_id]
+    ]
+    print(
+        f"\nsoak: {seconds} s, {len(game.turn_ids)} turns played, {len(confirmed)} confirmed, "
+        f"{len(refused)} results refused, {crashes} crashes injected, {len(lost)} confirmed turns lost"
+    )
     assert len(confirmed) > NPCS * 3
     assert not lost, f"confirmed turns missing from the journal: {lost[:10]}"
     assert not forgotten, f"confirmed turns missing from the next prompt: {forgotten[:10]}"

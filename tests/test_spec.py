@@ -18,10 +18,14 @@ FULL_STATE = {
     "relationships": {"Tom": "old friend", "Ana": {"trust": 0.8, "mood": "wary"}, "Mayor": 3},
     "facts": ["The forge fire never goes out"],
     "system_prompt": None,
-    "prompt_parts": [{"title": "Current quest", "text": "Deliver the sword by dusk."},
-                     {"title": "Rumours", "text": "Wolves were seen near the mill."}],
-    "tags": [{"name": "say", "description": "spoken words"},
-             {"name": "emote", "description": "a gesture", "attrs": {"kind": "which gesture"}}],
+    "prompt_parts": [
+        {"title": "Current quest", "text": "Deliver the sword by dusk."},
+        {"title": "Rumours", "text": "Wolves were seen near the mill."},
+    ],
+    "tags": [
+        {"name": "say", "description": "spoken words"},
+        {"name": "emote", "description": "a gesture", "attrs": {"kind": "which gesture"}},
+    ],
     "tools": [{"name": "open_door", "description": "Open a door", "parameters": {"type": "object"}}],
     "mood": "tired",
     "stats": {"hp": 10, "tags": ["strong"]},
@@ -78,8 +82,7 @@ def test_full_spec_is_parsed():
         relationships={"Tom": "old friend", "Ana": "trust: 0.8, mood: wary", "Mayor": "3"},
         facts=("The forge fire never goes out",),
         system_prompt=None,
-        prompt_parts=(("Current quest", "Deliver the sword by dusk."),
-                      ("Rumours", "Wolves were seen near the mill.")),
+        prompt_parts=(("Current quest", "Deliver the sword by dusk."), ("Rumours", "Wolves were seen near the mill.")),
         tags=(TagSpec("say", "spoken words", {}), TagSpec("emote", "a gesture", {"kind": "which gesture"})),
         tools=(ToolSpec("open_door", "Open a door", {"type": "object"}),),
         extra={"mood": "tired", "stats": {"hp": 10, "tags": ["strong"]}},
@@ -97,8 +100,15 @@ def test_minimal_spec_and_dossier():
 
 
 def test_dossier_skips_empty_sections_and_strips_text():
-    spec = parse_spec({"name": "Mira", "description": "  ", "persona": "\nGruff.\n", "goals": [],
-                       "prompt_parts": [{"title": "Empty", "text": ""}]})
+    spec = parse_spec(
+        {
+            "name": "Mira",
+            "description": "  ",
+            "persona": "\nGruff.\n",
+            "goals": [],
+            "prompt_parts": [{"title": "Empty", "text": ""}],
+        }
+    )
     assert build_dossier(spec) == "# Mira\n\n## Persona\nGruff."
 
 
@@ -110,7 +120,10 @@ def test_extra_keys_keep_input_order():
 
 def test_default_tags():
     assert [(tag.name, tuple(tag.attrs)) for tag in DEFAULT_TAGS] == [
-        ("thought", ()), ("say", ()), ("action", ("name",))]
+        ("thought", ()),
+        ("say", ()),
+        ("action", ("name",)),
+    ]
     assert parse_spec({"name": "Mira", "tags": []}).tags == DEFAULT_TAGS
 
 
@@ -136,15 +149,23 @@ def test_allowed_tags(state, allowed):
         ({"name": "M", "goals": ["a", 2.5]}, {"goals": ("a", "2.5")}),
         ({"name": "M", "location": 3}, {"location": "3"}),
         ({"name": "M", "inventory": "a key"}, {"inventory": ("a key",)}),
-        ({"name": "M", "inventory": [{"name": "rope"}, {"name": "ale", "count": 2, "note": "cold"}]},
-         {"inventory": ("rope", "ale (count: 2, note: cold)")}),
-        ({"name": "M", "relationships": {"Tom": {"friend": True, "since": [1, 2]}}},
-         {"relationships": {"Tom": "friend: true, since: [1,2]"}}),
+        (
+            {"name": "M", "inventory": [{"name": "rope"}, {"name": "ale", "count": 2, "note": "cold"}]},
+            {"inventory": ("rope", "ale (count: 2, note: cold)")},
+        ),
+        (
+            {"name": "M", "relationships": {"Tom": {"friend": True, "since": [1, 2]}}},
+            {"relationships": {"Tom": "friend: true, since: [1,2]"}},
+        ),
         ({"name": "M", "tags": "say"}, {"tags": (TagSpec("say", "", {}),)}),
-        ({"name": "M", "tags": [{"name": "emote", "attrs": ["kind", "target"]}]},
-         {"tags": (TagSpec("emote", "", {"kind": "", "target": ""}),)}),
-        ({"name": "M", "tags": [{"name": "a.b-c_1", "description": None, "attrs": {"x": None}}]},
-         {"tags": (TagSpec("a.b-c_1", "", {"x": ""}),)}),
+        (
+            {"name": "M", "tags": [{"name": "emote", "attrs": ["kind", "target"]}]},
+            {"tags": (TagSpec("emote", "", {"kind": "", "target": ""}),)},
+        ),
+        (
+            {"name": "M", "tags": [{"name": "a.b-c_1", "description": None, "attrs": {"x": None}}]},
+            {"tags": (TagSpec("a.b-c_1", "", {"x": ""}),)},
+        ),
         ({"name": "M", "tools": [{"name": "_rest", "description": 1}]}, {"tools": (ToolSpec("_rest", "1", None),)}),
         ({"name": "M", "system_prompt": ""}, {"system_prompt": None}),
         ({"name": "M", "system_prompt": "Be a cat."}, {"system_prompt": "Be a cat."}),
@@ -174,41 +195,63 @@ def test_leniency(state, expected):
         ({"name": "M", "inventory": ["a", True]}, "state.inventory[1] must be a string or an object"),
         ({"name": "M", "inventory": [{"count": 2}]}, "state.inventory[0].name must be a non-empty string"),
         ({"name": "M", "relationships": ["Tom"]}, "state.relationships must be an object"),
-        ({"name": "M", "relationships": {"Old Tom": None}},
-         'state.relationships["Old Tom"] must be a string, a number or an object'),
-        ({"name": "M", "relationships": {"Tom": ["x"]}},
-         'state.relationships["Tom"] must be a string, a number or an object'),
+        (
+            {"name": "M", "relationships": {"Old Tom": None}},
+            'state.relationships["Old Tom"] must be a string, a number or an object',
+        ),
+        (
+            {"name": "M", "relationships": {"Tom": ["x"]}},
+            'state.relationships["Tom"] must be a string, a number or an object',
+        ),
         ({"name": "M", "prompt_parts": "text"}, "state.prompt_parts must be a list of objects"),
         ({"name": "M", "prompt_parts": ["text"]}, "state.prompt_parts[0] must be an object"),
         ({"name": "M", "prompt_parts": [{"text": "x"}]}, "state.prompt_parts[0].title must be a non-empty string"),
         ({"name": "M", "prompt_parts": [{"title": "T"}]}, "state.prompt_parts[0].text must be a string"),
         ({"name": "M", "tags": {"say": {}}}, "state.tags must be a list of tag names or objects"),
         ({"name": "M", "tags": ["say", "think", 3]}, "state.tags[2] must be a tag name or an object"),
-        ({"name": "M", "tags": ["say", "think", {"description": "x"}]},
-         "state.tags[2].name must be a non-empty string"),
-        ({"name": "M", "tags": ["say", "2fast"]},
-         "state.tags[1] must be a tag name (ASCII letters, digits, _ . : -, starting with a letter)"),
-        ({"name": "M", "tags": [{"name": "big say"}]},
-         "state.tags[0].name must be a tag name (ASCII letters, digits, _ . : -, starting with a letter)"),
+        (
+            {"name": "M", "tags": ["say", "think", {"description": "x"}]},
+            "state.tags[2].name must be a non-empty string",
+        ),
+        (
+            {"name": "M", "tags": ["say", "2fast"]},
+            "state.tags[1] must be a tag name (ASCII letters, digits, _ . : -, starting with a letter)",
+        ),
+        (
+            {"name": "M", "tags": [{"name": "big say"}]},
+            "state.tags[0].name must be a tag name (ASCII letters, digits, _ . : -, starting with a letter)",
+        ),
         ({"name": "M", "tags": ["say", {"name": "say"}]}, "state.tags[1] repeats the name 'say'"),
         ({"name": "M", "tags": ["say", "Say"]}, "state.tags[1] repeats the name 'Say'"),
-        ({"name": "M", "tags": ["_say"]}, "state.tags[0] must be a tag name (ASCII letters, digits, _ . : -, starting with a letter)"),
-        ({"name": "M", "tags": [{"name": "say", "description": ["x"]}]},
-         "state.tags[0].description must be a string"),
-        ({"name": "M", "tags": [{"name": "act", "attrs": "name"}]},
-         "state.tags[0].attrs must be an object or a list of attribute names"),
-        ({"name": "M", "tags": [{"name": "act", "attrs": ["ok", "bad name"]}]},
-         "state.tags[0].attrs[1] must be a name (ASCII letters, digits, _ . : -, not starting with a digit)"),
-        ({"name": "M", "tags": [{"name": "act", "attrs": {"1x": "d"}}]},
-         'state.tags[0].attrs["1x"] must be a name (ASCII letters, digits, _ . : -, not starting with a digit)'),
+        (
+            {"name": "M", "tags": ["_say"]},
+            "state.tags[0] must be a tag name (ASCII letters, digits, _ . : -, starting with a letter)",
+        ),
+        ({"name": "M", "tags": [{"name": "say", "description": ["x"]}]}, "state.tags[0].description must be a string"),
+        (
+            {"name": "M", "tags": [{"name": "act", "attrs": "name"}]},
+            "state.tags[0].attrs must be an object or a list of attribute names",
+        ),
+        (
+            {"name": "M", "tags": [{"name": "act", "attrs": ["ok", "bad name"]}]},
+            "state.tags[0].attrs[1] must be a name (ASCII letters, digits, _ . : -, not starting with a digit)",
+        ),
+        (
+            {"name": "M", "tags": [{"name": "act", "attrs": {"1x": "d"}}]},
+            'state.tags[0].attrs["1x"] must be a name (ASCII letters, digits, _ . : -, not starting with a digit)',
+        ),
         ({"name": "M", "tags": [{"name": "act", "attrs": {"x": {}}}]}, 'state.tags[0].attrs["x"] must be a string'),
         ({"name": "M", "tools": "open_door"}, "state.tools must be a list of objects"),
         ({"name": "M", "tools": ["open_door"]}, "state.tools[0] must be an object"),
         ({"name": "M", "tools": [{"description": "x"}]}, "state.tools[0].name must be a non-empty string"),
-        ({"name": "M", "tools": [{"name": "open door"}]},
-         "state.tools[0].name must be a name (ASCII letters, digits, _ . : -, not starting with a digit)"),
-        ({"name": "M", "tools": [{"name": "t", "parameters": "{}"}]},
-         "state.tools[0].parameters must be an object (a JSON schema)"),
+        (
+            {"name": "M", "tools": [{"name": "open door"}]},
+            "state.tools[0].name must be a name (ASCII letters, digits, _ . : -, not starting with a digit)",
+        ),
+        (
+            {"name": "M", "tools": [{"name": "t", "parameters": "{}"}]},
+            "state.tools[0].parameters must be an object (a JSON schema)",
+        ),
         ({"name": "M", "tools": [{"name": "t"}, {"name": "t"}]}, "state.tools[1] repeats the name 't'"),
     ],
 )
@@ -228,8 +271,21 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
     max_leaves=10,
 )
-contract_keys = ["name", "description", "persona", "goals", "location", "inventory", "relationships", "facts",
-                 "system_prompt", "prompt_parts", "tags", "tools", "other"]
+contract_keys = [
+    "name",
+    "description",
+    "persona",
+    "goals",
+    "location",
+    "inventory",
+    "relationships",
+    "facts",
+    "system_prompt",
+    "prompt_parts",
+    "tags",
+    "tools",
+    "other",
+]
 
 
 @given(st.dictionaries(st.sampled_from(contract_keys), json_values))

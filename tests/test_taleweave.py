@@ -21,26 +21,35 @@ from core.taleweave import (
     player_markup,
 )
 
-GUARD = {"name": "Bram", "description": "A tired gate guard", "persona": "gruff but fair",
-         "location": "North Gate", "inventory": ["spear", {"name": "brass key", "opens": "gatehouse"}],
-         "mood": "irritable", "goals": ["keep the gate"]}
+GUARD = {
+    "name": "Bram",
+    "description": "A tired gate guard",
+    "persona": "gruff but fair",
+    "location": "North Gate",
+    "inventory": ["spear", {"name": "brass key", "opens": "gatehouse"}],
+    "mood": "irritable",
+    "goals": ["keep the gate"],
+}
 TAGS = ("thought", "say", "action")
 
 
 # --- player input as markup ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, markup", [
-    ("Halt!", "<say>Halt!</say>"),
-    ("  a < b & c > d  ", "<say>a &lt; b &amp; c &gt; d</say>"),
-    ("I <3 you", "<say>I &lt;3 you</say>"),
-    ("<thought>hm</thought><say>Hi</say>", "<thought>hm</thought><say>Hi</say>"),
-    ('<SAY>loud</SAY> <action name="wave"/>', '<SAY>loud</SAY> <action name="wave"/>'),
-    ("~wave", '<action name="wave"/>'),
-    ("~give:item=spear, to=Mira", '<action name="give" item="spear" to="Mira"/>'),
-    ('~say_hi:text=~a "quote" & more,', '<action name="say_hi" text="a &quot;quote&quot; &amp; more"/>'),
-    ("~", "<say>~</say>"),
-])
+@pytest.mark.parametrize(
+    "text, markup",
+    [
+        ("Halt!", "<say>Halt!</say>"),
+        ("  a < b & c > d  ", "<say>a &lt; b &amp; c &gt; d</say>"),
+        ("I <3 you", "<say>I &lt;3 you</say>"),
+        ("<thought>hm</thought><say>Hi</say>", "<thought>hm</thought><say>Hi</say>"),
+        ('<SAY>loud</SAY> <action name="wave"/>', '<SAY>loud</SAY> <action name="wave"/>'),
+        ("~wave", '<action name="wave"/>'),
+        ("~give:item=spear, to=Mira", '<action name="give" item="spear" to="Mira"/>'),
+        ('~say_hi:text=~a "quote" & more,', '<action name="say_hi" text="a &quot;quote&quot; &amp; more"/>'),
+        ("~", "<say>~</say>"),
+    ],
+)
 def test_player_markup(text, markup):
     assert player_markup(text, TAGS, "say", "action") == markup
 
@@ -54,15 +63,18 @@ def test_player_markup_parses_like_llm_output():
     assert [e.text for e in events if hasattr(e, "text")] == ["a < b & c"]
 
 
-@pytest.mark.parametrize("text, allowed, complaint", [
-    ("   ", TAGS, "empty"),
-    ("~:x=1", TAGS, "needs a name"),
-    ("~give:item", TAGS, "param=value"),
-    ("~give:2x=1", TAGS, "param=value"),
-    ("~give:name=x", TAGS, "'name'"),
-    ("~wave", ("say",), "no 'action' tag"),
-    ("Hello", ("action",), "no 'say' tag"),
-])
+@pytest.mark.parametrize(
+    "text, allowed, complaint",
+    [
+        ("   ", TAGS, "empty"),
+        ("~:x=1", TAGS, "needs a name"),
+        ("~give:item", TAGS, "param=value"),
+        ("~give:2x=1", TAGS, "param=value"),
+        ("~give:name=x", TAGS, "'name'"),
+        ("~wave", ("say",), "no 'action' tag"),
+        ("Hello", ("action",), "no 'say' tag"),
+    ],
+)
 def test_player_markup_refuses_with_a_reason(text, allowed, complaint):
     with pytest.raises(InputError, match=complaint):
         player_markup(text, allowed, "say", "action")
@@ -72,7 +84,11 @@ def test_actions_of_lists_tags_and_tools():
     spec = parse_spec({"name": "Smith", "tools": [{"name": "open_door", "parameters": {"type": "object"}}]})
     actions = actions_of(spec)
     assert [(a["kind"], a["name"]) for a in actions] == [
-        ("tag", "thought"), ("tag", "say"), ("tag", "action"), ("tool", "open_door")]
+        ("tag", "thought"),
+        ("tag", "say"),
+        ("tag", "action"),
+        ("tool", "open_door"),
+    ]
     assert actions[2]["attrs"] == {"name": "what the action is, e.g. wave"}
 
 
@@ -87,11 +103,17 @@ class Turns:
         self.count = 0
 
     def interact(self, agent_id: str, text: str = "Who goes there?", source: str = "player") -> list[dict]:
-        return self.feed.godot_inbound(p.InteractionEvent(agent_id, "e1", {"kind": "speech", "source": source,
-                                                                          "text": text}))
+        return self.feed.godot_inbound(
+            p.InteractionEvent(agent_id, "e1", {"kind": "speech", "source": source, "text": text})
+        )
 
-    def turn(self, agent_id: str, tags: list[tuple[str, dict, list[str]]], spec: dict | None = None,
-             end: str = "agent_turn_finished") -> tuple[str, list[dict]]:
+    def turn(
+        self,
+        agent_id: str,
+        tags: list[tuple[str, dict, list[str]]],
+        spec: dict | None = None,
+        end: str = "agent_turn_finished",
+    ) -> tuple[str, list[dict]]:
         """One whole turn; returns its id and every event it produced."""
         self.count += 1
         turn_id = f"t{self.count}"
@@ -126,17 +148,30 @@ def watched(feed: Feed) -> Feed:
 def test_a_turn_becomes_generate_reply_action_and_a_snapshot():
     turns = Turns(watched(Feed("tavern", replay=50)))
     assert [(e["type"], e["name"], e["entity"]) for e in turns.interact("bram")] == [("generate", "bram", None)]
-    _, out = turns.turn("bram", [("thought", {}, ["A stranger."]), ("say", {}, ["Halt! ", "State your ", "name."]),
-                                 ("action", {"name": "raise", "item": "Spear"}, [])], spec=GUARD)
+    _, out = turns.turn(
+        "bram",
+        [
+            ("thought", {}, ["A stranger."]),
+            ("say", {}, ["Halt! ", "State your ", "name."]),
+            ("action", {"name": "raise", "item": "Spear"}, []),
+        ],
+        spec=GUARD,
+    )
     generate, reply, action = world_events(out)
     assert generate["type"] == "generate" and generate["name"] == "Bram"
     bram = generate["entity"]
-    assert bram == {"type": "character", "name": "Bram", "backstory": "gruff but fair",
-                    "description": "A tired gate guard", "planner": {"calendar": [], "notes": []},
-                    "attributes": {"agent_id": "bram", "location": "North Gate", "mood": "irritable"},
-                    "items": [{"type": "item", "name": "spear", "description": "", "items": [], "attributes": {}},
-                              {"type": "item", "name": "brass key", "description": "", "items": [],
-                               "attributes": {"opens": "gatehouse"}}]}
+    assert bram == {
+        "type": "character",
+        "name": "Bram",
+        "backstory": "gruff but fair",
+        "description": "A tired gate guard",
+        "planner": {"calendar": [], "notes": []},
+        "attributes": {"agent_id": "bram", "location": "North Gate", "mood": "irritable"},
+        "items": [
+            {"type": "item", "name": "spear", "description": "", "items": [], "attributes": {}},
+            {"type": "item", "name": "brass key", "description": "", "items": [], "attributes": {"opens": "gatehouse"}},
+        ],
+    }
     assert reply["text"] == "Halt! State your name." and reply["speaker"] == reply["character"] == bram
     assert reply["room"]["name"] == "North Gate" and reply["room"]["characters"] == [bram]
     assert reply["audience"] == reply["room"]  # "player" is no character of this world
@@ -154,7 +189,8 @@ def test_a_turn_becomes_generate_reply_action_and_a_snapshot():
     world = snapshot["world"]
     assert world["type"] == "world" and world["name"] == "tavern" and world["order"] == ["Bram"]
     assert [(r["type"], r["name"], [c["name"] for c in r["characters"]]) for r in world["rooms"]] == [
-        ("room", "North Gate", ["Bram"])]
+        ("room", "North Gate", ["Bram"])
+    ]
     assert snapshot["memory"] == {"Bram": [{"type": "human", "content": "[speech from player] Who goes there?"}]}
 
 
@@ -162,8 +198,9 @@ def test_memory_holds_what_godot_confirmed_and_tools_give_results():
     turns = Turns(Feed("default"))
     turns.interact("smith", "Open the forge")
     spec = {"name": "Smith", "location": "Forge", "tools": [{"name": "open_door"}]}
-    turn_id, out = turns.turn("smith", [("tool", {"name": "open_door", "call_id": "t1.0"}, ['{"door": ', '"forge"}'])],
-                              spec=spec)
+    turn_id, out = turns.turn(
+        "smith", [("tool", {"name": "open_door", "call_id": "t1.0"}, ['{"door": ', '"forge"}'])], spec=spec
+    )
     action = world_events(out)[-1]
     assert action["action"] == "open_door" and action["parameters"] == {"door": "forge"} and action["item"] is None
     played = [{"tag": "tool", "attrs": {"name": "open_door", "call_id": "t1.0"}, "text": '{"door": "forge"}'}]
@@ -175,7 +212,7 @@ def test_memory_holds_what_godot_confirmed_and_tools_give_results():
     turns.feed.godot_inbound(p.AgentTurnResult("smith", turn_id, "completed", played))
     memory = turns.feed.snapshot()["memory"]["Smith"]
     assert [m["type"] for m in memory] == ["human", "ai", "human"]
-    assert memory[1]["content"].startswith("<tool name=\"open_door\"") and "opened" in memory[2]["content"]
+    assert memory[1]["content"].startswith('<tool name="open_door"') and "opened" in memory[2]["content"]
 
 
 def test_only_the_latest_valid_spec_counts():
@@ -254,7 +291,10 @@ def test_names_and_becoming_a_character():
     # Switching characters leaves the first one; becoming null leaves the second.
     effects = feed.command("a", '{"type": "player", "become": "mira"}')
     assert [(e["type"], e.get("status"), e.get("character")) for e in effects.broadcast] == [
-        ("player", "leave", "Bram"), ("player", "join", "mira"), ("players", None, None)]
+        ("player", "leave", "Bram"),
+        ("player", "join", "mira"),
+        ("players", None, None),
+    ]
     assert effects.agents == [("bram", Takeover(None, 2)), ("mira", Takeover("a", 1))]
     effects = feed.command("a", '{"type": "player", "become": null}')
     assert effects.agents == [("mira", Takeover(None, 2))] and feed.players == {}
@@ -314,32 +354,49 @@ def test_coalesce_joins_one_tags_pieces_and_keeps_each_npcs_order():
     out = []
     for agent_id in ("bram", "mira"):
         out += turns.out({"type": "agent_turn_started", "agent_id": agent_id, "turn_id": agent_id})
-        out += turns.out({"type": "agent_tag_open", "agent_id": agent_id, "turn_id": agent_id, "index": 0,
-                          "tag": "say", "attrs": {}})
+        out += turns.out(
+            {"type": "agent_tag_open", "agent_id": agent_id, "turn_id": agent_id, "index": 0, "tag": "say", "attrs": {}}
+        )
     for piece in ("Hel", "lo", "!"):
         for agent_id in ("bram", "mira"):
-            out += turns.out({"type": "agent_tag_chunk", "agent_id": agent_id, "turn_id": agent_id, "index": 0,
-                              "tag": "say", "text": f"{agent_id}:{piece}"})
+            out += turns.out(
+                {
+                    "type": "agent_tag_chunk",
+                    "agent_id": agent_id,
+                    "turn_id": agent_id,
+                    "index": 0,
+                    "tag": "say",
+                    "text": f"{agent_id}:{piece}",
+                }
+            )
     out += turns.out({"type": "agent_tag_close", "agent_id": "bram", "turn_id": "bram", "index": 0, "tag": "say"})
     merged = coalesce(out)
     assert [(e["type"], e.get("phase"), e.get("agent_id"), e.get("text")) for e in merged] == [
-        ("stream", "start", "bram", None), ("stream", "open", "bram", None),
-        ("stream", "start", "mira", None), ("stream", "open", "mira", None),
-        ("stream", "chunk", "bram", "bram:Helbram:lobram:!"), ("stream", "chunk", "mira", "mira:Helmira:lomira:!"),
-        ("stream", "close", "bram", None), ("reply", None, None, "bram:Helbram:lobram:!")]
+        ("stream", "start", "bram", None),
+        ("stream", "open", "bram", None),
+        ("stream", "start", "mira", None),
+        ("stream", "open", "mira", None),
+        ("stream", "chunk", "bram", "bram:Helbram:lobram:!"),
+        ("stream", "chunk", "mira", "mira:Helmira:lomira:!"),
+        ("stream", "close", "bram", None),
+        ("reply", None, None, "bram:Helbram:lobram:!"),
+    ]
 
 
-@pytest.mark.parametrize("frame, code", [
-    ("{nope", "bad_json"),
-    ("[1]", "bad_frame"),
-    ('{"type": 3}', "bad_frame"),
-    ('{"type": "dance"}', "unknown_type"),
-    ('{"type": "player"}', "missing_field"),
-    ('{"type": "player", "name": ""}', "bad_field"),
-    ('{"type": "player", "name": 7}', "bad_field"),
-    ('{"type": "player", "become": 7}', "bad_field"),
-    ('{"type": "input", "input": null}', "bad_field"),
-])
+@pytest.mark.parametrize(
+    "frame, code",
+    [
+        ("{nope", "bad_json"),
+        ("[1]", "bad_frame"),
+        ('{"type": 3}', "bad_frame"),
+        ('{"type": "dance"}', "unknown_type"),
+        ('{"type": "player"}', "missing_field"),
+        ('{"type": "player", "name": ""}', "bad_field"),
+        ('{"type": "player", "name": 7}', "bad_field"),
+        ('{"type": "player", "become": 7}', "bad_field"),
+        ('{"type": "input", "input": null}', "bad_field"),
+    ],
+)
 def test_bad_frames_get_an_error_for_the_sender_only(frame, code):
     _, feed = player_feed()
     before = dict(feed.names), dict(feed.players), len(feed.replay)
@@ -352,8 +409,12 @@ def test_bad_frames_get_an_error_for_the_sender_only(frame, code):
 
 def test_frames_about_unknown_agents_are_ignored():
     feed = Feed("default")
-    assert feed.godot_outbound({"type": "agent_tag_chunk", "agent_id": "ghost", "turn_id": "t", "index": 0,
-                                "tag": "say", "text": "boo"}) == []
+    assert (
+        feed.godot_outbound(
+            {"type": "agent_tag_chunk", "agent_id": "ghost", "turn_id": "t", "index": 0, "tag": "say", "text": "boo"}
+        )
+        == []
+    )
     assert feed.godot_outbound({"type": "pong"}) == []
     assert feed.godot_inbound(p.AgentTurnResult("ghost", "t", "completed", [])) == []
     assert feed.agent_report(TurnPrompt("ghost", "t", None, "x", [])) == []

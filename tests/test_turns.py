@@ -13,12 +13,20 @@ import pytest
 from tests.conftest import TEST_API_KEY, ServerProcess
 from tests.godot_peer import END_TYPES, GodotPeer, played_tags
 
-GUARD = {"name": "Bram", "description": "A tired gate guard", "persona": "gruff but fair",
-         "goals": ["keep the gate"], "location": "North Gate", "inventory": ["spear"]}
+GUARD = {
+    "name": "Bram",
+    "description": "A tired gate guard",
+    "persona": "gruff but fair",
+    "goals": ["keep the gate"],
+    "location": "North Gate",
+    "inventory": ["spear"],
+}
 REPLY = '<thought>A stranger.</thought><say>Halt! State your business &amp; name.</say><action name="raise_spear"/>'
-TAGS = [{"tag": "thought", "attrs": {}, "text": "A stranger."},
-        {"tag": "say", "attrs": {}, "text": "Halt! State your business & name."},
-        {"tag": "action", "attrs": {"name": "raise_spear"}, "text": ""}]
+TAGS = [
+    {"tag": "thought", "attrs": {}, "text": "A stranger."},
+    {"tag": "say", "attrs": {}, "text": "Halt! State your business & name."},
+    {"tag": "action", "attrs": {"name": "raise_spear"}, "text": ""},
+]
 
 
 def check_turn_order(frames: list[dict]) -> None:
@@ -73,10 +81,22 @@ async def test_confirmed_turn_and_notification_reach_the_next_prompt(godot: Godo
     await llm.script({"content": "<say>I sell potions, cheap ones and fine ones.</say>"})
     first = await godot.turn("mira", "What do you sell?")
     played = [{"tag": "say", "attrs": {}, "text": "I sell potions"}]  # the player skipped the rest
-    await godot.send({"type": "agent_turn_result", "agent_id": "mira", "turn_id": first[0]["turn_id"],
-                      "status": "interrupted", "tags": played})
-    await godot.send({"type": "notification_event", "agent_ids": ["mira", "bystander"],
-                      "event": {"kind": "weather", "text": "It starts to rain."}})
+    await godot.send(
+        {
+            "type": "agent_turn_result",
+            "agent_id": "mira",
+            "turn_id": first[0]["turn_id"],
+            "status": "interrupted",
+            "tags": played,
+        }
+    )
+    await godot.send(
+        {
+            "type": "notification_event",
+            "agent_ids": ["mira", "bystander"],
+            "event": {"kind": "weather", "text": "It starts to rain."},
+        }
+    )
     await godot.turn("mira", "And the price?")
     prompt = (await llm.requests())[-1]["body"]["messages"]
     history = "\n".join(m["content"] for m in prompt[1:])
@@ -88,8 +108,10 @@ async def test_confirmed_turn_and_notification_reach_the_next_prompt(godot: Godo
 
 async def test_interruption_closes_the_llm_stream_and_nothing_follows(godot: GodotPeer, llm):
     godot.specs["kai"] = {"name": "Kai"}
-    await llm.script({"content": "<say>" + "word " * 200 + "</say>", "chunk_size": 5, "chunk_delay_s": 0.02},
-                     {"content": "<say>Yes?</say>"})
+    await llm.script(
+        {"content": "<say>" + "word " * 200 + "</say>", "chunk_size": 5, "chunk_delay_s": 0.02},
+        {"content": "<say>Yes?</say>"},
+    )
     start = len(godot.frames)
     await godot.interact("kai", "Tell me a long story")
     first_chunk = await godot.wait_type("agent_tag_chunk", start=start, agent_id="kai")
@@ -118,8 +140,14 @@ async def test_agents_stream_at_once_on_several_workers(server: ServerProcess, g
     for agent in agents:
         godot.specs[agent] = {"name": agent.title()}
     for agent in agents:
-        await llm.script({"match": agent.title(), "content": f"<say>I am {agent}, talking slowly.</say>",
-                          "chunk_size": 2, "chunk_delay_s": 0.03})
+        await llm.script(
+            {
+                "match": agent.title(),
+                "content": f"<say>I am {agent}, talking slowly.</say>",
+                "chunk_size": 2,
+                "chunk_delay_s": 0.03,
+            }
+        )
     began = time.monotonic()
     turns = await asyncio.gather(*(godot.turn(agent, "Everyone, speak!") for agent in agents))
     elapsed = time.monotonic() - began
@@ -137,10 +165,14 @@ async def test_agents_stream_at_once_on_several_workers(server: ServerProcess, g
 
 
 async def test_tool_call_results_and_continuation(godot: GodotPeer, llm):
-    godot.specs["smith"] = {"name": "Smith", "tools": [
-        {"name": "open_door", "description": "Open a door", "parameters": {"type": "object"}}]}
-    await llm.script({"content": '<say>Let me check.</say><tool name="open_door">{"door": "forge"}</tool>'},
-                     {"content": "<say>The forge is open.</say>"})
+    godot.specs["smith"] = {
+        "name": "Smith",
+        "tools": [{"name": "open_door", "description": "Open a door", "parameters": {"type": "object"}}],
+    }
+    await llm.script(
+        {"content": '<say>Let me check.</say><tool name="open_door">{"door": "forge"}</tool>'},
+        {"content": "<say>The forge is open.</say>"},
+    )
     frames = await godot.turn("smith", "Open the forge, please")
     tool_open = next(f for f in frames if f["type"] == "agent_tag_open" and f["tag"] == "tool")
     call_id = tool_open["attrs"]["call_id"]
@@ -149,8 +181,14 @@ async def test_tool_call_results_and_continuation(godot: GodotPeer, llm):
     system = (await llm.requests())[-1]["body"]["messages"][0]["content"]
     assert "open_door" in system and "<tool" in system
     start = len(godot.frames)
-    await godot.send({"type": "tool_results", "agent_id": "smith", "turn_id": frames[0]["turn_id"],
-                      "results": [{"call_id": call_id, "tool": "open_door", "ok": True, "output": "door opened"}]})
+    await godot.send(
+        {
+            "type": "tool_results",
+            "agent_id": "smith",
+            "turn_id": frames[0]["turn_id"],
+            "results": [{"call_id": call_id, "tool": "open_door", "ok": True, "output": "door opened"}],
+        }
+    )
     started = await godot.wait_type("agent_turn_started", start=start, agent_id="smith")
     assert "event_id" not in started
     end = await godot.wait_for(lambda f: f["type"] in END_TYPES and f["turn_id"] == started["turn_id"])
@@ -158,8 +196,15 @@ async def test_tool_call_results_and_continuation(godot: GodotPeer, llm):
     assert "door opened" in user_text((await llm.requests())[-1])
     # continue: false records the results and starts nothing.
     start = len(godot.frames)
-    await godot.send({"type": "tool_results", "agent_id": "smith", "turn_id": started["turn_id"],
-                      "results": [{"tool": "open_door", "output": "already open"}], "continue": False})
+    await godot.send(
+        {
+            "type": "tool_results",
+            "agent_id": "smith",
+            "turn_id": started["turn_id"],
+            "results": [{"tool": "open_door", "output": "already open"}],
+            "continue": False,
+        }
+    )
     await godot.send({"type": "ping", "id": "after-tools"})
     await godot.wait_type("pong", start=start, id="after-tools")
     await asyncio.sleep(0.3)
@@ -196,16 +241,42 @@ async def test_bad_input_gets_an_error_and_loses_nothing(godot: GodotPeer, llm):
         ({"type": "fly"}, "unknown_type", {"type": "fly"}),
         ({"type": "interaction_event", "event": {}}, "missing_field", {"type": "interaction_event"}),
         ({"type": "interaction_event", "agent_id": 12, "event": {}}, "bad_field", {"type": "interaction_event"}),
-        ({"type": "agent_turn_result", "agent_id": "nobody", "turn_id": "t", "status": "completed", "tags": []},
-         "unknown_agent", {"type": "agent_turn_result", "agent_id": "nobody"}),
-        ({"type": "agent_turn_result", "agent_id": "bea", "turn_id": "no-such-turn", "status": "completed",
-          "tags": []}, "unknown_turn", {"agent_id": "bea", "turn_id": "no-such-turn"}),
-        ({"type": "tool_results", "agent_id": "bea", "turn_id": "nope", "results": []},
-         "unknown_turn", {"agent_id": "bea", "turn_id": "nope"}),
-        ({"type": "agent_state_snapshot", "request_id": "made-up", "agent_id": "bea", "state": {"name": "B"}},
-         "unknown_request", {"agent_id": "bea", "request_id": "made-up"}),
-        ({"type": "agent_state_snapshot", "request_id": f"{turn_id}.state", "agent_id": "bea",
-          "state": {"goals": "x"}}, "bad_state", {"agent_id": "bea"}),
+        (
+            {"type": "agent_turn_result", "agent_id": "nobody", "turn_id": "t", "status": "completed", "tags": []},
+            "unknown_agent",
+            {"type": "agent_turn_result", "agent_id": "nobody"},
+        ),
+        (
+            {
+                "type": "agent_turn_result",
+                "agent_id": "bea",
+                "turn_id": "no-such-turn",
+                "status": "completed",
+                "tags": [],
+            },
+            "unknown_turn",
+            {"agent_id": "bea", "turn_id": "no-such-turn"},
+        ),
+        (
+            {"type": "tool_results", "agent_id": "bea", "turn_id": "nope", "results": []},
+            "unknown_turn",
+            {"agent_id": "bea", "turn_id": "nope"},
+        ),
+        (
+            {"type": "agent_state_snapshot", "request_id": "made-up", "agent_id": "bea", "state": {"name": "B"}},
+            "unknown_request",
+            {"agent_id": "bea", "request_id": "made-up"},
+        ),
+        (
+            {
+                "type": "agent_state_snapshot",
+                "request_id": f"{turn_id}.state",
+                "agent_id": "bea",
+                "state": {"goals": "x"},
+            },
+            "bad_state",
+            {"agent_id": "bea"},
+        ),
     ]
     for frame, code, ref in bad:
         start = len(godot.frames)

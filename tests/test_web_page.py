@@ -11,11 +11,24 @@ import pytest
 from tests.godot_peer import END_TYPES, GodotPeer, played_tags
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOT = Path("/tmp/web_page.png")  # a copy to look at by hand
-GUARD = {"name": "Bram", "description": "A tired gate guard in dented mail", "persona": "gruff but fair",
-         "location": "North Gate", "inventory": ["spear"]}
+GUARD = {
+    "name": "Bram",
+    "description": "A tired gate guard in dented mail",
+    "persona": "gruff but fair",
+    "location": "North Gate",
+    "inventory": ["spear"],
+}
 WORDS = "Halt! Nobody passes the North Gate after dark, not even a merchant with a kind face."
 
 async_playwright = pytest.importorskip("playwright.async_api", reason="pip install playwright").async_playwright
@@ -45,21 +58,24 @@ async def test_the_page_shows_live_turns_and_lets_a_person_play(server, llm, gam
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(str(error)))
     await page.goto(f"{server.url}/?session=web")
-    await page.wait_for_function("document.getElementById('connection').textContent.startsWith('connected as')",
-                                 timeout=10_000)
+    await page.wait_for_function(
+        "document.getElementById('connection').textContent.startsWith('connected as')", timeout=10_000
+    )
 
     # A turn streams into the page while the LLM is still writing it.
     game.specs["bram"] = GUARD
-    chunks = [WORDS[i:i + 6] for i in range(0, len(WORDS), 6)]
+    chunks = [WORDS[i : i + 6] for i in range(0, len(WORDS), 6)]
     await llm.script({"chunks": ["<say>", *chunks, '</say><action name="raise_spear"/>'], "chunk_delay_s": 0.12})
     await game.interact("bram", "Who goes there?")
     say = page.locator('.live[data-agent="bram"] .tag-say')
     await page.wait_for_function(
-        "(el) => el && el.textContent.length > 0", arg=await say.element_handle(timeout=10_000), timeout=10_000)
+        "(el) => el && el.textContent.length > 0", arg=await say.element_handle(timeout=10_000), timeout=10_000
+    )
     partial = await say.text_content()
     assert partial and len(partial) < len(WORDS) and WORDS.startswith(partial), partial
-    await page.wait_for_function(f"(el) => el.textContent === {WORDS!r}", arg=await say.element_handle(),
-                                 timeout=10_000)
+    await page.wait_for_function(
+        f"(el) => el.textContent === {WORDS!r}", arg=await say.element_handle(), timeout=10_000
+    )
     await page.locator('.live[data-agent="bram"] .tag-action', has_text="raise_spear").wait_for(timeout=5_000)
     npc = page.locator('.room[data-room="North Gate"] .npc[data-agent="bram"]')
     await npc.wait_for(timeout=5_000)
@@ -82,7 +98,8 @@ async def test_the_page_shows_live_turns_and_lets_a_person_play(server, llm, gam
     end = await game.wait_for(lambda f: f["type"] in END_TYPES, start=start, timeout=10)
     assert end["reason"] == "completed"
     assert played_tags(game.turn_frames(end["turn_id"])) == [
-        {"tag": "say", "attrs": {}, "text": "Only the captain & his dog."}]
+        {"tag": "say", "attrs": {}, "text": "Only the captain & his dog."}
+    ]
     assert len(await llm.requests()) == llm_calls
     await page.locator("#events li.reply", has_text="Only the captain & his dog.").wait_for(timeout=5_000)
 
