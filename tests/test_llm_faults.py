@@ -27,7 +27,7 @@ def server(llm, tmp_path_factory):
         GAME_AGENT_LLM_STALL_TIMEOUT_S=str(STALL_TIMEOUT_S),
         GAME_AGENT_LLM_MAX_RETRIES=str(MAX_RETRIES),
         GAME_AGENT_LLM_RETRY_BASE_S="0.05",
-        GAME_AGENT_LLM_RETRY_MAX_S="2",
+        GAME_AGENT_LLM_RETRY_MAX_S="30",  # Retry-After is honoured up to this (one test waits 15 s)
         GAME_AGENT_LLM_MAX_CONCURRENT_PER_WORKER="1",
     )
     yield proc
@@ -40,6 +40,19 @@ def server(llm, tmp_path_factory):
 
 async def agent_requests(llm, name: str) -> list[dict]:
     return [r for r in await llm.requests() if name in r["body"]["messages"][0]["content"]]
+
+
+async def answered(llm, name: str, count: int) -> bool:
+    """Whether the scripted LLM has finished answering ``count`` requests of agent ``name``."""
+    return sum(r["end"] is not None for r in await agent_requests(llm, name)) >= count
+
+
+async def wait_until(condition, timeout: float = 30.0) -> None:
+    """Poll the async ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
 
 
 def error_for(peer: GodotPeer, turn_id: str) -> dict:
@@ -158,13 +171,14 @@ async def test_usage_reaches_the_finished_frame(godot: GodotPeer, llm):
 async def test_interrupt_while_waiting_for_a_retry(godot: GodotPeer, llm):
     godot.specs["w1"] = {"name": "Waity"}
     await llm.script(
-        {"match": "Waity", "status": 429, "retry_after": 1.5},
+        # The retry would wait far longer than the test takes: only the interruption can end the wait.
+        {"match": "Waity", "status": 429, "retry_after": 15},
         {"match": "Waity", "content": "<say>Sorry, you were saying?</say>"},
     )
     start = len(godot.frames)
     await godot.interact("w1", "First")
     started = await godot.wait_type("agent_turn_started", start=start, agent_id="w1")
-    await asyncio.sleep(0.4)  # the 429 came back; the agent now waits 1.5 s to retry
+    await wait_until(lambda: answered(llm, "Waity", 1))  # the 429 came back; the agent waits to retry
     frames = await godot.turn("w1", "Second")
     interrupted = godot.turn_frames(started["turn_id"])[-1]
     assert interrupted["type"] == "agent_turn_interrupted"
@@ -177,7 +191,8 @@ async def test_interrupt_while_waiting_for_a_concurrency_slot(godot: GodotPeer, 
     godot.specs["slow"] = {"name": "Slowpoke"}
     godot.specs["queued"] = {"name": "Queuey"}
     await llm.script(
-        {"match": "Slowpoke", "content": "<say>" + "la " * 40 + "</say>", "chunk_size": 3, "chunk_delay_s": 0.05},
+        # Holds the only slot for 8 s, far longer than the steps below need, whatever the machine's load.
+        {"match": "Slowpoke", "content": "<say>" + "la " * 40 + "</say>", "chunk_size": 3, "chunk_delay_s": 0.2},
         {"match": "Queuey", "content": "<say>My turn now.</say>"},
     )
     start = len(godot.frames)
@@ -185,8 +200,7 @@ async def test_interrupt_while_waiting_for_a_concurrency_slot(godot: GodotPeer, 
     await godot.wait_type("agent_tag_chunk", start=start, agent_id="slow")  # holds the only slot
     await godot.interact("queued", "First")
     queued = await godot.wait_type("agent_turn_started", start=start, agent_id="queued")
-    await asyncio.sleep(0.3)
-    assert not [r for r in await agent_requests(llm, "Queuey")]  # still waiting for the slot
+    assert not await agent_requests(llm, "Queuey")  # waiting for the slot
     await godot.interact("queued", "Second")  # interrupts the waiting turn at once
     interrupted = await godot.wait_type("agent_turn_interrupted", start=start, turn_id=queued["turn_id"], timeout=1)
     assert interrupted["reason"] == "new_event"

@@ -48,30 +48,37 @@ def chat(user: str) -> list[dict]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
+# At most 2 tags of 24 characters: even if every character took 4 bytes and every token one byte,
+# 2 x (24 x 4 + 19) + 3 = 233 tokens, fewer than max_tokens whatever the model samples, so the
+# answer always ends because the grammar is complete ("stop"), never because it ran out ("length").
+MAX_TAGS, MAX_CHARS, MAX_TOKENS = 2, 24, 300
+
+
 async def test_streams_well_formed_tags(client: AsyncOpenAI) -> None:
     stream = await client.chat.completions.create(
         model="anything",
         messages=chat("Hello! Can you fix my sword?"),
         stream=True,
         stream_options={"include_usage": True},
-        max_tokens=300,
+        max_tokens=MAX_TOKENS,
         temperature=0.7,
-        extra_body={"grammar": tags_grammar(NPC_TAGS)},
+        extra_body={"grammar": tags_grammar(NPC_TAGS, max_tags=MAX_TAGS, max_chars=MAX_CHARS)},
     )
     chunks = [chunk async for chunk in stream]
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop", text
 
+    # What the grammar guarantees, whatever is sampled: only whole, allowed tags, a say among them.
     tags = re.findall(r"<([\w.-]+)>([^<]+)</\1>", text)
     assert re.sub(r"<([\w.-]+)>[^<]+</\1>", "", text).strip() == "", text
-    assert 1 <= len(tags) <= 4 and {name for name, _ in tags} <= set(NPC_TAGS), text
-    said = " ".join(body for name, body in tags if name == "say")
-    assert len(re.findall(r"[A-Za-z]{2,}", said)) >= 2, text
+    assert 1 <= len(tags) <= MAX_TAGS and {name for name, _ in tags} <= set(NPC_TAGS), text
+    assert all(0 < len(body) <= MAX_CHARS for _, body in tags), text
+    assert any(name == "say" and body.strip() for name, body in tags), text
 
     usage = chunks[-1].usage
     assert chunks[-1].choices == [] and usage is not None
-    assert usage.prompt_tokens > 40 and usage.completion_tokens > 5
+    assert usage.prompt_tokens > 40 and 0 < usage.completion_tokens < MAX_TOKENS
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 

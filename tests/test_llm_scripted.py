@@ -122,8 +122,11 @@ async def test_pacing_follows_first_token_delay_and_rate(http, llm):
     await events(http)
     [record] = llm.requests
     assert len(record.chunk_times) == 20
-    assert 0.18 < record.chunk_times[0] - started < 0.3
-    assert 0.33 < record.chunk_times[-1] - record.chunk_times[0] < 0.45  # 19 tokens at 50/s = 0.38 s
+    # Paced against the request's start: a busy machine may write a token late, never early.
+    # Only lower bounds hold whatever the load: first token after 0.2 s, the 20th 19/50 s later.
+    assert record.chunk_times == sorted(record.chunk_times)
+    assert record.chunk_times[0] - started >= 0.2 - 0.005
+    assert record.chunk_times[-1] - started >= 0.2 + 19 / 50 - 0.005
 
 
 async def test_stamped_tokens_carry_their_order_and_write_time(http, llm):

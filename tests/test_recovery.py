@@ -156,9 +156,12 @@ async def test_reconnect_keeps_history_and_ends_the_dropped_turn(fresh, llm):
     await godot.interact("mira", "long story")
     await godot.wait_type("agent_tag_chunk", 10, start)
     await godot.close()  # the game drops mid-turn
-    await asyncio.sleep(0.5)
-    requests = await llm.requests()
-    assert requests[-1]["end"] == "client_closed"  # the LLM stream was closed
+    # The LLM stream is closed (200 words at 20/s would run 10 s more if it were not).
+    deadline = asyncio.get_running_loop().time() + 8
+    while (await llm.requests())[-1]["end"] is None:
+        assert asyncio.get_running_loop().time() < deadline, "the dropped turn's LLM stream was not closed"
+        await asyncio.sleep(0.02)
+    assert (await llm.requests())[-1]["end"] == "client_closed"
 
     godot = await fresh.connect(server, "?session=rc")
     godot.specs["mira"] = {"name": "Mira"}

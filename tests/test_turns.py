@@ -205,10 +205,11 @@ async def test_tool_call_results_and_continuation(godot: GodotPeer, llm):
             "continue": False,
         }
     )
-    await godot.send({"type": "ping", "id": "after-tools"})
-    await godot.wait_type("pong", start=start, id="after-tools")
-    await asyncio.sleep(0.3)
-    assert not [f for f in godot.frames[start:] if f["type"] == "agent_turn_started"]
+    # The agent handles its messages in order: a continuation would start before the next event's turn.
+    event_id = await godot.interact("smith", "Anything else?")
+    turn_id = (await godot.wait_type("agent_turn_started", start=start, event_id=event_id))["turn_id"]
+    assert [f.get("event_id") for f in godot.frames[start:] if f["type"] == "agent_turn_started"] == [event_id]
+    await godot.wait_for(lambda f: f["type"] in END_TYPES and f["turn_id"] == turn_id, start=start)
 
 
 async def test_snapshot_timeout_without_and_with_a_known_spec(godot: GodotPeer, llm):
