@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -20,18 +19,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from config.ports import free_port  # noqa: E402
 from providers.client import ChatStreamer, LLMSettings  # noqa: E402
 
 MESSAGES = [
     {"role": "system", "content": "You are Bram, a gate guard. " * 60},
     {"role": "user", "content": "[speech from player] Who goes there? " * 20},
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def measure(base_url: str, streams: int, rounds: int) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from typing import Final
 
 import psutil
 
+from config.ports import free_port
+
 ROOT: Final = Path(__file__).resolve().parent.parent
 API_KEY: Final = "sk-loadtest"
 START_TIMEOUT_S: Final = 60.0
@@ -31,12 +32,6 @@ STOP_TIMEOUT_S: Final = 30.0
 
 class ProcessError(RuntimeError):
     """A process did not start or answer; the message ends with the tail of its log."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tail(log: Path, lines: int = 30) -> str:

@@ -8,7 +8,6 @@ explains a failed start); it exits by itself if this process dies.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,8 @@ import urllib.request
 from pathlib import Path
 
 from loguru import logger
+
+from config.ports import free_port
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback stays direct
@@ -28,7 +29,7 @@ class LocalModelProcess:
     STOP_TIMEOUT = 5.0
 
     def __init__(self, port: int = 0, threads: int | None = None) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.threads = threads
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self._process: subprocess.Popen | None = None
@@ -95,9 +96,3 @@ class LocalModelProcess:
                 return response.status == 200
         except OSError:
             return False
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
