@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from core.tagstream import TAG_NAME
+from core.tagstream import is_tag_name
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
 ENV_PREFIX = "GAME_AGENT_"
@@ -219,7 +219,7 @@ def _check(s: Settings) -> None:
         raise SettingsError(f"setting 'admin_port' must be a TCP port, got {s.admin_port!r}")
     # --- /events
     for tag in (s.events_speech_tag, *s.action_tags):
-        if not TAG_NAME.fullmatch(tag):
+        if not is_tag_name(tag):
             raise SettingsError(
                 f"settings 'events_speech_tag' and 'events_action_tags' must hold tag names, got {tag!r}"
             )

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import TypeVar
 
-from core.tagstream import TAG_NAME
+from core.tagstream import is_tag_name
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]*")  # attribute and tool names
 T = TypeVar("T")
@@ -152,7 +152,7 @@ def _xml_name(value: object, field: str) -> str:
 
 def _tag_name(value: object, field: str) -> str:
     name = _name(value, field)
-    if not TAG_NAME.fullmatch(name):
+    if not is_tag_name(name):
         raise SpecError(field, "must be a tag name (ASCII letters, digits, _ . : -, starting with a letter)")
     return name
 

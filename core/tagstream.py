@@ -103,9 +103,16 @@ class TagClose:
 TagEvent = TagOpen | TagChunk | TagClose
 
 _NAME = r"[A-Za-z][A-Za-z0-9_.:-]*"
-TAG_NAME = re.compile(_NAME)  # what the parser recognises as a tag name (specs validate with it)
 _ATTR = r"""([^\s"'=/>]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|((?:[^\s"'=/>]|/(?!>))+)))?"""
 _NAME_RE = re.compile(_NAME)
+
+
+def is_tag_name(name: str) -> bool:
+    """The one rule for a tag name, shared by the parser, spec validation and the grammar: what one
+    accepts, the others must handle."""
+    return _NAME_RE.fullmatch(name) is not None
+
+
 _ATTR_RE = re.compile(_ATTR)
 _START_TAG = re.compile(rf"<(?P<name>{_NAME})(?P<attrs>(?:\s+{_ATTR})*)\s*(?P<self_closing>/?)>")
 _END_TAG = re.compile(rf"</(?P<name>{_NAME})\s*>")
@@ -155,7 +162,7 @@ class TagStreamParser:
             raise TypeError("allowed_tags must be an iterable of tag names, not a str")
         self._names: dict[str, str] = {}
         for name in allowed_tags:
-            if not _NAME_RE.fullmatch(name):
+            if not is_tag_name(name):
                 raise ValueError(f"invalid tag name: {name!r}")
             if self._names.setdefault(name.lower(), name) != name:
                 raise ValueError(f"tag names differ only by case: {name!r}")

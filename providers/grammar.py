@@ -25,9 +25,10 @@ import functools
 import re
 from collections.abc import Sequence
 
+from core.tagstream import is_tag_name
+
 SPEECH_TAG = "say"
 
-_TAG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _RULE_UNSAFE = re.compile(r"[^A-Za-z0-9]+")
 
 
@@ -36,9 +37,9 @@ def tags_grammar(allowed_tags: Sequence[str], *, max_tags: int = 4, max_chars: i
     tags = tuple(dict.fromkeys(allowed_tags))
     if not tags:
         raise ValueError("tags_grammar needs at least one allowed tag")
-    bad = [tag for tag in tags if not _TAG_NAME.fullmatch(tag)]
+    bad = [tag for tag in tags if not is_tag_name(tag)]
     if bad:
-        raise ValueError(f"not usable as tag names: {bad!r} (letters, digits, '_', '-', '.')")
+        raise ValueError(f"not tag names: {bad!r}")
     if max_tags < 1 or max_chars < 1:
         raise ValueError("max_tags and max_chars must be at least 1")
     return _build(tags, max_tags, max_chars)

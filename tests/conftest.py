@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 import pytest
+from hypothesis import settings
 
 from config.settings import ENV_PREFIX, STANDARD_ENV
 from loadtest.processes import Managed, ServerProcesses, free_port, tail
@@ -22,6 +23,10 @@ from tests.godot_peer import GodotPeer
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_API_KEY = "sk-test-SECRET-do-not-log-4242"
+
+# Property tests judge what the code does, not how fast a shared 2-core machine runs it: no deadline.
+settings.register_profile("project", deadline=None)
+settings.load_profile("project")
 
 
 class ScriptedLLM:

@@ -27,7 +27,7 @@ NPC_TAGS = ["thought", "say", "action"]
         (["thought", "say"], 1),
         (["thought", "say", "action", "tool", "emote"], 6),
         (["mood", "gesture"], 3),
-        (["inner-voice", "say_loud", "look.at"], 2),
+        (["inner-voice", "say_loud", "look.at", "look:at"], 2),
     ],
 )
 def test_llama_cpp_parses_the_grammar(tags: list[str], max_tags: int) -> None:

@@ -7,6 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.spec import DEFAULT_TAGS, AgentSpec, SpecError, TagSpec, ToolSpec, build_dossier, parse_spec
+from core.tagstream import TagStreamParser
+from providers.grammar import tags_grammar
 
 FULL_STATE = {
     "name": "Mira",
@@ -296,3 +298,30 @@ def test_any_json_state_parses_or_raises_spec_error(state):
         assert str(error).startswith("state.")
     else:
         assert build_dossier(spec).startswith(f"# {spec.name}")
+
+
+@given(
+    st.lists(
+        st.from_regex(r"[A-Za-z][A-Za-z0-9_.:\-]{0,12}", fullmatch=True), min_size=1, max_size=4, unique_by=str.lower
+    )
+)
+def test_a_tag_name_the_spec_accepts_is_parsed_and_constrained(names):
+    """One rule for a tag name: parse_spec, the stream parser and the grammar agree (``look:at`` was
+    accepted by the spec, then refused by the grammar, so every grammar-bound turn failed)."""
+    spec = parse_spec({"name": "M", "tags": names})
+    grammar = tags_grammar(spec.allowed_tags)
+    parser = TagStreamParser(spec.allowed_tags)
+    for name in spec.allowed_tags:
+        assert f'"<{name}>"' in grammar
+        events = parser.feed(f"<{name}>x</{name}>")
+        assert [type(event).__name__ for event in events] == ["TagOpen", "TagChunk", "TagClose"]
+
+
+@given(st.from_regex(r"[0-9_:.\-][A-Za-z0-9_.:\-]{0,12}|[A-Za-z]+[ <>\"'/=&][A-Za-z]*", fullmatch=True))
+def test_a_name_the_spec_refuses_is_refused_everywhere(name):
+    with pytest.raises(SpecError):
+        parse_spec({"name": "M", "tags": [name]})
+    with pytest.raises(ValueError):
+        tags_grammar([name])
+    with pytest.raises(ValueError):
+        TagStreamParser([name])
