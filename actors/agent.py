@@ -193,7 +193,11 @@ class Agent:
                 )
                 return
             messages = build_messages(spec, self.history.entries, budget_chars=self.host.settings.history_budget_chars)
-            turn.parser = parser = TagStreamParser(spec.allowed_tags)
+            turn.parser = parser = TagStreamParser(
+                spec.allowed_tags,
+                untagged=spec.speech_tag if self.host.settings.untagged_text == "say" else None,
+                tools=spec.tool_names,
+            )
             markup = await self._ask_player(turn, spec, messages[-1]["content"])
             if turn.ended:
                 return

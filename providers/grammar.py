@@ -25,7 +25,7 @@ import functools
 import re
 from collections.abc import Sequence
 
-SPEECH_TAG = "say"
+from core.spec import SPEECH_TAG
 
 _TAG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _RULE_UNSAFE = re.compile(r"[^A-Za-z0-9]+")
