@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 _FORMAT = (
     "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
@@ -17,7 +21,7 @@ _FORMAT = (
 )
 
 
-def _add_kv(record: dict) -> None:
+def _add_kv(record: Record) -> None:
     extra = record["extra"]
     extra.setdefault("process_role", "main")
     extra["kv"] = "".join(f" {k}={v}" for k, v in extra.items() if k not in ("process_role", "kv"))

@@ -35,7 +35,7 @@ from core.spec import as_text
 INTERRUPTED_NOTE = "[your previous turn was interrupted here]"
 PENDING = "pending"  # a turn not (yet) confirmed by Godot
 _ATTR_ESCAPES = {'"': "&quot;"}
-_ABSENT = (None, "", {}, [])
+_ABSENT: tuple[object, ...] = (None, "", {}, [])
 
 
 def render_tags(tags: Sequence[dict]) -> str:
@@ -124,26 +124,36 @@ def fact_of(message: p.AgentMessage, agent_id: str, turn_id: str | None = None) 
     ``turn_id`` is the id of the turn the message starts (an interaction event, or tool results
     asking for a continuation); the gateway assigns it so the journal knows it before the agent.
     """
-    kind = type(message)
-    if kind is p.InteractionEvent:
-        return {"type": "interaction_event", "event_id": message.event_id, "event": message.event, "turn_id": turn_id}
-    if kind is p.NotificationEvent:
-        return {"type": "notification_event", "event": message.event}
-    if kind is p.AgentTurnResult:
-        return {"type": "agent_turn_result", "turn_id": message.turn_id, "status": message.status, "tags": message.tags}
-    if kind is p.ToolResults:
-        return {
-            "type": "tool_results",
-            "turn_id": message.turn_id,
-            "results": message.results,
-            "next_turn_id": turn_id if message.cont else None,
-        }
+    match message:
+        case p.InteractionEvent():
+            return {
+                "type": "interaction_event",
+                "event_id": message.event_id,
+                "event": message.event,
+                "turn_id": turn_id,
+            }
+        case p.NotificationEvent():
+            return {"type": "notification_event", "event": message.event}
+        case p.AgentTurnResult():
+            return {
+                "type": "agent_turn_result",
+                "turn_id": message.turn_id,
+                "status": message.status,
+                "tags": message.tags,
+            }
+        case p.ToolResults():
+            return {
+                "type": "tool_results",
+                "turn_id": message.turn_id,
+                "results": message.results,
+                "next_turn_id": turn_id if message.cont else None,
+            }
     return None
 
 
 def starts_turn(message: p.AgentMessage) -> bool:
     """Whether the gateway must assign a turn id for ``message``."""
-    return type(message) is p.InteractionEvent or (type(message) is p.ToolResults and message.cont)
+    return isinstance(message, p.InteractionEvent) or (isinstance(message, p.ToolResults) and message.cont)
 
 
 @dataclass(frozen=True, slots=True)

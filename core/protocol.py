@@ -7,9 +7,9 @@ are the only place outbound frames are shaped. See docs/protocol.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 import orjson
 
@@ -123,7 +123,8 @@ def parse_frame(raw: str | bytes) -> ClientMessage:
 
 def _too_deep(obj: dict) -> bool:
     """Whether ``obj`` nests lists and objects deeper than MAX_DEPTH (iterative: no recursion)."""
-    level, depth = [obj], 1
+    level: list[dict | list] = [obj]
+    depth = 1
     while level:
         if depth > MAX_DEPTH:
             return True
@@ -148,6 +149,10 @@ def _kind(value: Any) -> str:
     )
 
 
+@overload
+def _string(obj: dict, key: str) -> str: ...
+@overload
+def _string(obj: dict, key: str, *, required: Literal[False]) -> str | None: ...
 def _string(obj: dict, key: str, *, required: bool = True) -> str | None:
     value = obj.get(key)
     if value is None:
@@ -261,7 +266,7 @@ def _parse_tool_results(obj: dict) -> ToolResults:
     return ToolResults(agent_id, turn_id, results, cont)
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict], ClientMessage]] = {
     "ping": _parse_ping,
     "interaction_event": _parse_interaction,
     "notification_event": _parse_notification,
@@ -357,14 +362,14 @@ def turn_interrupted(agent_id: str, turn_id: str, reason: str, by_event_id: str 
 
 
 def turn_finished(agent_id: str, turn_id: str, reason: str, usage: dict | None = None) -> dict:
-    frame = {"type": "agent_turn_finished", "agent_id": agent_id, "turn_id": turn_id, "reason": reason}
+    frame: dict[str, Any] = {"type": "agent_turn_finished", "agent_id": agent_id, "turn_id": turn_id, "reason": reason}
     if usage:
         frame["usage"] = usage
     return frame
 
 
 def error(code: str, message: str, ref: dict | None = None) -> dict:
-    frame = {"type": "error", "code": code, "message": message}
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if ref:
         frame["ref"] = ref
     return frame

@@ -209,6 +209,7 @@ class LoadTest:
             if args.url:
                 url, server = args.url.rstrip("/"), None
             else:
+                assert llm_url is not None  # given, or started just above
                 server, url = processes.start_server(self.tmp, llm_url, args.workers, args.baseline)
                 self.started.insert(0, server)  # stopped first: its turns end before the LLM goes
             groups = self._groups(url, server, llm_url)
@@ -274,7 +275,7 @@ class LoadTest:
         }
 
     def _groups(self, url: str, server: processes.Managed | None, llm_url: str | None) -> dict:
-        port = urlsplit(url).port
+        port = urlsplit(url).port or (443 if url.startswith("https") else 80)
         llm_port = urlsplit(llm_url).port if llm_url else None
         if server is None:
             server_group = Group(
@@ -326,7 +327,7 @@ class LoadTest:
             )
         for shard in shards:
             shard.start()
-        pids = {shard.pid for shard in shards}
+        pids = {shard.pid for shard in shards if shard.pid is not None}
         groups["generator"] = Group(lambda: _alive(pids), lambda proc: "generator")
         try:
             self._start(shards, reports, go, start_at, groups)
@@ -346,7 +347,8 @@ class LoadTest:
 
     def _start(self, shards: list, reports, go, start_at, groups: dict) -> None:
         """Wait until every generator is connected, then give them one common start time; start sampling."""
-        ready, deadline = set(), time.monotonic() + READY_TIMEOUT_S
+        ready: set[int] = set()
+        deadline = time.monotonic() + READY_TIMEOUT_S
         while len(ready) < len(shards):
             try:
                 item = reports.get(timeout=max(0.01, deadline - time.monotonic()))

@@ -106,7 +106,7 @@ class AgentOrder:
         self.live = False
         self.open_index = -1  # the open tag's index, -1 when none is open
         self.next_index = 0
-        self.ended: deque[str] = deque(maxlen=RECENT_TURNS_KEPT)
+        self.ended: deque[str | None] = deque(maxlen=RECENT_TURNS_KEPT)
         self.missing: dict[tuple, str] = {}  # ("start"|"open"|"close"|"end", turn_id[, index]) -> what
 
     def started(self, turn_id: str) -> bool:
@@ -335,9 +335,9 @@ def interrupt_close_ms(records: Iterable[dict], interrupts: Iterable[tuple[str, 
             first_request.setdefault(event_id, record)
     closes = []
     for event_id, sent_at in interrupts:
-        record = first_request.get(event_id)
-        if record is not None and record.get("end") == "client_closed" and record.get("closed_at"):
-            closes.append((record["closed_at"] - sent_at) * 1000)
+        answer = first_request.get(event_id)
+        if answer is not None and answer.get("end") == "client_closed" and answer.get("closed_at"):
+            closes.append((answer["closed_at"] - sent_at) * 1000)
     return closes
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from array import array
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -75,7 +76,7 @@ def build(
     """The whole report (see the module doc of loadtest.cli for the meaning of each key)."""
     totals: dict[str, int] = {}
     problems = Problems()
-    errors = {"count": 0, "first": [], "codes": {}}
+    errors: dict[str, Any] = {"count": 0, "first": [], "codes": {}}
     samples: dict[str, list[float]] = {"first_tag_ms": [], "interrupt_ms": [], "turn_ms": [], "ping_ms": []}
     for final in finals:
         for key, value in final["totals"].items():

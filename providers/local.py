@@ -31,7 +31,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +62,29 @@ _OPTIONS = {
     "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty",
 }
+
+
+@contextlib.contextmanager
+def plain_cpu_buffers() -> Iterator[None]:
+    """Load a model's weights into plain CPU buffers, not llama.cpp's "extra" (repacked, AMX) ones.
+
+    Why: a llama.cpp built on a CPU that advertises AMX (Sapphire Rapids, in a VM here) crashes the
+    process with SIGSEGV in ``ggml_backend_amx_mul_mat`` on any batch of two tokens or more. The
+    ``Llama`` constructor exposes no ``use_extra_bufts``, so its default model parameters are
+    amended while it loads. A 135M model loses nothing measurable by it.
+    """
+    default = llama_cpp.llama_cpp.llama_model_default_params
+
+    def without_extra_buffers() -> llama_cpp.llama_model_params:
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    llama_cpp.llama_cpp.llama_model_default_params = without_extra_buffers
+    try:
+        yield
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = default
 
 
 def model_path() -> Path:
@@ -117,7 +140,8 @@ class EmbeddedModel:
     def __init__(self, path: Path, threads: int) -> None:
         logger.info("loading embedded model {} from {} ({} threads)", MODEL_ID, path, threads)
         started = time.perf_counter()
-        self._llama = llama_cpp.Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, n_threads=threads, verbose=False)
+        with plain_cpu_buffers():
+            self._llama = llama_cpp.Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, n_threads=threads, verbose=False)
         # NPCs take turns: each one's prompt resumes from its own last state, not from scratch.
         self._llama.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=PROMPT_CACHE_BYTES))
         self._template = Jinja2ChatFormatter(
@@ -144,7 +168,8 @@ class EmbeddedModel:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadRequest("'messages' must be a non-empty list", param="messages")
-        rendered = self._template(messages=[_plain_message(message) for message in messages])
+        plain: Any = [_plain_message(message) for message in messages]  # llama.cpp's TypedDicts, by value
+        rendered = self._template(messages=plain)
         prompt = self._llama.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True)
         if len(prompt) >= CONTEXT_TOKENS:
             raise BadRequest(
@@ -178,7 +203,7 @@ class EmbeddedModel:
             raise BadRequest(str(error), param="grammar") from None
         return llama_cpp.LlamaGrammar.from_string(gbnf)
 
-    async def generate(self, completion: Completion) -> AsyncIterator[tuple[str, str | None]]:
+    async def generate(self, completion: Completion) -> AsyncGenerator[tuple[str, str | None]]:
         """Stream ``(text, finish_reason)`` pieces, the reason only on the last one.
 
         Waits its turn (FIFO). Closing this iterator early (client gone, handler cancelled) stops
@@ -203,7 +228,7 @@ class EmbeddedModel:
 
     def _run(self, completion: Completion, cancelled: threading.Event, emit: Callable[[object], None]) -> None:
         """In the worker thread: generate, handing each chunk to the event loop."""
-        chunks = self._llama.create_completion(completion.prompt, stream=True, **completion.options)
+        chunks: Any = self._llama.create_completion(completion.prompt, stream=True, **completion.options)
         produced = 0
         try:
             for chunk in chunks:

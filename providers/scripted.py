@@ -450,7 +450,7 @@ class _Exchange:
         except asyncio.CancelledError:
             self._record.finish("client_closed")
             raise
-        message = {"role": "assistant", "content": reply.content, "refusal": None, "annotations": []}
+        message: dict[str, Any] = {"role": "assistant", "content": reply.content, "refusal": None, "annotations": []}
         self._record.finish("completed")
         return _json(
             {
