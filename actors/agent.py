@@ -49,6 +49,7 @@ class Turn:
     parser: TagStreamParser | None = None
     input_waiter: asyncio.Future | None = None  # a person's markup, when a person plays this turn
     llm_input: dict | None = None  # the LLM request's record, logged when the turn ends
+    answer: list[str] = field(default_factory=list)  # the raw text the model sent back
     ended: bool = False
     started_at: float = field(default_factory=time.monotonic)
 
@@ -193,7 +194,11 @@ class Agent:
                 )
                 return
             messages = build_messages(spec, self.history.entries, budget_chars=self.host.settings.history_budget_chars)
-            turn.parser = parser = TagStreamParser(spec.allowed_tags)
+            turn.parser = parser = TagStreamParser(
+                spec.allowed_tags,
+                untagged=spec.speech_tag if self.host.settings.untagged_text == "say" else None,
+                tools=spec.tool_names,
+            )
             markup = await self._ask_player(turn, spec, messages[-1]["content"])
             if turn.ended:
                 return
@@ -207,15 +212,20 @@ class Agent:
                 "time": time.time(),
                 "model": self.host.settings.turn_model,
                 "messages": messages,
+                "answer": None,
+                "finish_reason": None,
                 "usage": None,
             }
             async for delta in self.host.llm.stream(messages, extra_body=self.host.extra_body(spec)):
                 if delta.content and not turn.ended:
+                    turn.answer.append(delta.content)
                     self._emit_tags(turn, parser.feed(delta.content))
+                if delta.finish_reason:
+                    record["finish_reason"] = delta.finish_reason
                 if delta.usage:
                     record["usage"] = delta.usage
             self._end(turn, "finished", "completed", usage=record["usage"])
-            log.debug("turn completed in {:.3f} s, usage {}", time.monotonic() - turn.started_at, record["usage"])
+            log.debug("turn completed in {:.3f} s", time.monotonic() - turn.started_at)
         except asyncio.CancelledError:
             self._end(turn, "interrupted", "cancelled")  # no-op when the interrupter ended it
             raise
@@ -283,10 +293,8 @@ class Agent:
         if turn.ended:
             return
         turn.ended = True
-        if turn.llm_input is not None and self.llm_log is not None:
-            # Here, not after the stream: a turn ended from outside (interrupted, disconnected)
-            # is logged now, before a disconnect log is written, not when its task next runs.
-            self.llm_log.append(turn.llm_input)
+        if turn.llm_input is not None:
+            self._log_answer(turn, turn.llm_input, reason)
         turn.llm_input = None
         if turn.parser is not None:
             self._emit_tags(turn, turn.parser.close())
@@ -300,6 +308,23 @@ class Agent:
             self.turn = None
         if turn.task is not None and turn.task is not asyncio.current_task():
             turn.task.cancel()  # closes the LLM HTTP stream at once
+
+    def _log_answer(self, turn: Turn, record: dict, reason: str) -> None:
+        """What the model sent back, as it sent it: shown at DEBUG now, kept in the LLM-input log.
+
+        Here, not after the stream: a turn ended from outside (interrupted, disconnected) is
+        logged now, before a disconnect log is written, not when its task next runs.
+        """
+        record["answer"] = "".join(turn.answer)
+        self.log.bind(turn_id=turn.turn_id).debug(
+            "LLM answer ({}, finish_reason {}, usage {}): {!r}",
+            reason,
+            record["finish_reason"],
+            record["usage"],
+            record["answer"],
+        )
+        if self.llm_log is not None:
+            self.llm_log.append(record)
 
     # --- helpers ---------------------------------------------------------------------------
 

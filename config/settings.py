@@ -31,6 +31,7 @@ STANDARD_ENV = {
 
 
 GRAMMAR_MODES = ("auto", "on", "off")
+UNTAGGED_TEXT_MODES = ("say", "drop")
 
 
 class SettingsError(ValueError):
@@ -51,6 +52,7 @@ class Settings:
     snapshot_timeout_s: float
     history_budget_chars: int
     history_max_entries: int
+    untagged_text: str
     data_dir: str
     journal_fsync: bool
     agent_idle_s: float
@@ -213,8 +215,9 @@ def _check(s: Settings) -> None:
                 raise SettingsError(f"setting {f.name!r} must not be negative, got {value!r}")
         elif value <= 0:
             raise SettingsError(f"setting {f.name!r} must be positive, got {value!r}")
-    if s.llm_grammar not in GRAMMAR_MODES:
-        raise SettingsError(f"setting 'llm_grammar' must be one of {', '.join(GRAMMAR_MODES)}, got {s.llm_grammar!r}")
+    for name, modes in (("llm_grammar", GRAMMAR_MODES), ("untagged_text", UNTAGGED_TEXT_MODES)):
+        if getattr(s, name) not in modes:
+            raise SettingsError(f"setting {name!r} must be one of {', '.join(modes)}, got {getattr(s, name)!r}")
     if not 0 < s.admin_port < 65536:
         raise SettingsError(f"setting 'admin_port' must be a TCP port, got {s.admin_port!r}")
     # --- /events

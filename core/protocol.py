@@ -13,7 +13,7 @@ from typing import Any, Literal, overload
 
 import orjson
 
-from core.tagstream import TagChunk, TagClose, TagOpen
+from core.tagstream import TagChunk, TagClose, TagOpen, TagRefused
 
 # --- inbound messages ------------------------------------------------------------------------
 
@@ -93,6 +93,7 @@ LLM_ERROR = "llm_error"
 WORKER_LOST = "worker_lost"
 RATE_LIMITED = "rate_limited"
 TOO_MANY_AGENTS = "too_many_agents"
+UNDECLARED_TOOL = "undeclared_tool"
 
 TURN_STATUSES = ("completed", "interrupted")
 RECENT_TURNS = 64  # an agent's turns that agent_turn_result / tool_results may still name
@@ -331,7 +332,8 @@ def tag_close(agent_id: str, turn_id: str, index: int, tag: str) -> dict:
 
 def tag_frames(agent_id: str, turn_id: str, events: list) -> Iterator[dict]:
     """The frames of the tag parser's events (core.tagstream); a ``tool`` tag without a
-    ``call_id`` gets ``<turn_id>.<index>``, so its results can name it."""
+    ``call_id`` gets ``<turn_id>.<index>``, so its results can name it, and a refused tool is
+    an ``error`` frame instead, so the game never runs a tool it did not declare."""
     for ev in events:
         kind = type(ev)
         if kind is TagChunk:
@@ -343,6 +345,13 @@ def tag_frames(agent_id: str, turn_id: str, events: list) -> Iterator[dict]:
             yield tag_open(agent_id, turn_id, ev.index, ev.tag, attrs)
         elif kind is TagClose:
             yield tag_close(agent_id, turn_id, ev.index, ev.tag)
+        elif kind is TagRefused:
+            name = ev.attrs.get("name")
+            yield error(
+                UNDECLARED_TOOL,
+                f"the model called tool {name!r}, which the agent's spec does not declare; the call was dropped",
+                {"agent_id": agent_id, "turn_id": turn_id, "tool": name},
+            )
 
 
 def turn_interrupted(agent_id: str, turn_id: str, reason: str, by_event_id: str | None) -> dict:

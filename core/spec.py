@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import TypeVar
 
-from core.tagstream import is_tag_name
+from core.tagstream import TOOL_TAG, is_tag_name
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]*")  # attribute and tool names
 T = TypeVar("T")
@@ -68,10 +68,24 @@ class AgentSpec:
     def allowed_tags(self) -> tuple[str, ...]:
         """The tag names the agent may write: its tags, plus ``tool`` when it has tools."""
         names = tuple(tag.name for tag in self.tags)
-        if self.tools and "tool" not in (name.lower() for name in names):
-            return (*names, "tool")
+        if self.tools and TOOL_TAG not in (name.lower() for name in names):
+            return (*names, TOOL_TAG)
         return names
 
+    @property
+    def speech_tag(self) -> str | None:
+        """The tag the agent speaks in, ``say`` as the spec spells it, if it has one."""
+        return next((tag.name for tag in self.tags if tag.name.lower() == SPEECH_TAG), None)
+
+    @property
+    def tool_names(self) -> tuple[str, ...] | None:
+        """The tools a ``tool`` tag may call; None when ``tool`` is one of the spec's own tags."""
+        if not self.tools and any(tag.name.lower() == TOOL_TAG for tag in self.tags):
+            return None
+        return tuple(tool.name for tool in self.tools)
+
+
+SPEECH_TAG = "say"
 
 DEFAULT_TAGS: tuple[TagSpec, ...] = (
     TagSpec("thought", "private reasoning, never shown to anyone", {}),

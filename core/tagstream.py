@@ -19,8 +19,15 @@ Rules
 2.  Allowed tag names match case-insensitively; events carry the name as
     spelled in ``allowed_tags``.  Tag names are ASCII: a letter, then letters,
     digits or ``_.:-``.
-3.  Outside any tag, everything but an allowed opening tag is discarded: stray
-    text, unknown tags and their content, stray closing tags.
+3.  Outside any tag, markup other than an allowed opening tag is discarded:
+    unknown tags, stray closing tags, spans that do not parse as tags.  Stray
+    text (what is left, with literal ``<`` and entities) is discarded too, or,
+    when the parser has an ``untagged`` tag, spoken: its first non-whitespace
+    character opens that tag (an *implicit* tag), which streams the stray text
+    like any tag's text and is closed by the next allowed opening tag or the end
+    of the turn.  Whitespace outside any tag never opens it, and inside the
+    implicit tag markup is still discarded as outside, so a model that ignores
+    the format, or writes prose around its tags, still speaks.
 4.  Inside an allowed tag T, text streams as `TagChunk` events, entity-decoded.
     ``</T>`` closes T.  An opening tag of any allowed tag, T included, closes T
     first (models forget closing tags).  A closing tag of another allowed tag
@@ -60,6 +67,11 @@ Rules
     held-back markup or entity becomes literal text, then the open tag gets
     its `TagClose`.  Every `TagOpen` is thus followed by its `TagClose`.  Once
     closed, the parser refuses further input; closing again does nothing.
+12. Tools: when the parser is given the declared ``tools``, the tag ``tool`` is
+    recognised and its ``name`` attribute must be one of them.  Any other
+    ``<tool ...>`` closes the open tag and gives one `TagRefused` instead of a
+    tag: it takes no index, and its content, up to ``</tool>`` or the next
+    allowed opening tag, is dropped, so the game never sees an undeclared tool.
 """
 
 from __future__ import annotations
@@ -68,10 +80,13 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["MAX_MARKUP", "TagChunk", "TagClose", "TagEvent", "TagOpen", "TagStreamParser"]
+__all__ = ["MAX_MARKUP", "TOOL_TAG", "TagChunk", "TagClose", "TagEvent", "TagOpen", "TagRefused", "TagStreamParser"]
 
 MAX_MARKUP = 512
 """Length of the longest ``<...>`` span, both brackets included, taken as markup."""
+
+TOOL_TAG = "tool"
+"""The tag a tool call is written in: ``<tool name="open_door">{"door": "forge"}</tool>``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +115,15 @@ class TagClose:
     tag: str
 
 
-TagEvent = TagOpen | TagChunk | TagClose
+@dataclass(frozen=True, slots=True)
+class TagRefused:
+    """A ``tool`` tag naming a tool that was not declared (rule 12); its content is dropped."""
+
+    tag: str
+    attrs: dict[str, str]
+
+
+TagEvent = TagOpen | TagChunk | TagClose | TagRefused
 
 _NAME = r"[A-Za-z][A-Za-z0-9_.:-]*"
 _ATTR = r"""([^\s"'=/>]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|((?:[^\s"'=/>]|/(?!>))+)))?"""
@@ -121,6 +144,7 @@ _MARKUP_OPENER = re.compile(r"<(?:[A-Za-z]|/[A-Za-z]|!--)")
 _PARTIAL_MARKUP_OPENER = re.compile(r"<(?:/|!-?)?\Z")
 _MARKUP_BOUNDARY = re.compile(r"[<>]")
 _TEXT_SPECIAL = re.compile(r"[<&]")
+_NOT_SPACE = re.compile(r"\S")
 
 _NAMED_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
 # Digit counts keep the ";" within the 10 characters after "&".
@@ -153,11 +177,29 @@ def _parse_attrs(text: str) -> dict[str, str]:
 
 
 class TagStreamParser:
-    """Turn one turn's LLM output, fed in pieces split anywhere, into tag events."""
+    """Turn one turn's LLM output, fed in pieces split anywhere, into tag events.
 
-    __slots__ = ("_names", "_open", "_opened", "_run", "_pending", "_in_comment", "_closed")
+    ``untagged`` names the allowed tag that stray text goes to (rule 3; None: it is discarded);
+    ``tools`` the declared tool names a ``tool`` tag may call (rule 12; None: no tool check).
+    """
 
-    def __init__(self, allowed_tags: Iterable[str]) -> None:
+    __slots__ = (
+        "_names",
+        "_untagged",
+        "_tools",
+        "_open",
+        "_implicit",
+        "_refused",
+        "_opened",
+        "_run",
+        "_pending",
+        "_in_comment",
+        "_closed",
+    )
+
+    def __init__(
+        self, allowed_tags: Iterable[str], *, untagged: str | None = None, tools: Iterable[str] | None = None
+    ) -> None:
         if isinstance(allowed_tags, str):
             raise TypeError("allowed_tags must be an iterable of tag names, not a str")
         self._names: dict[str, str] = {}
@@ -166,7 +208,15 @@ class TagStreamParser:
                 raise ValueError(f"invalid tag name: {name!r}")
             if self._names.setdefault(name.lower(), name) != name:
                 raise ValueError(f"tag names differ only by case: {name!r}")
+        if untagged is not None and self._names.get(untagged.lower()) != untagged:
+            raise ValueError(f"untagged text must go to an allowed tag, not {untagged!r}")
+        self._untagged = untagged
+        self._tools = None if tools is None else frozenset(tools)
+        if self._tools is not None:
+            self._names.setdefault(TOOL_TAG, TOOL_TAG)
         self._open: TagOpen | None = None
+        self._implicit = False  # the open tag holds stray text (rule 3)
+        self._refused = False  # the open tag is a refused tool: its text goes nowhere (rule 12)
         self._opened = 0
         self._run: list[str] = []  # text of the open tag not emitted yet
         self._pending = ""  # undecided tail of the input: partial markup or entity, comment end
@@ -176,7 +226,7 @@ class TagStreamParser:
     @property
     def open_tag(self) -> str | None:
         """Name of the tag currently open, if any."""
-        return None if self._open is None else self._open.tag
+        return None if self._open is None or self._refused else self._open.tag
 
     def feed(self, text: str) -> list[TagEvent]:
         """Parse the next piece of output; return the events it completes."""
@@ -202,6 +252,12 @@ class TagStreamParser:
         while pos < end:
             if self._open is None:
                 start = data.find("<", pos)
+                if self._untagged is not None:
+                    text = _NOT_SPACE.search(data, pos, end if start < 0 else start)
+                    if text is not None:  # stray text: it opens the implicit tag
+                        self._open_implicit(events)
+                        pos = text.start()
+                        continue
                 if start < 0:
                     break
             else:
@@ -245,7 +301,10 @@ class TagStreamParser:
             undecided = boundary is None and len(data) < start + MAX_MARKUP
         if undecided and not final:
             return self._hold(data, start)
-        self._keep("<")
+        if self._open is None and self._untagged is not None:
+            self._open_implicit(events)
+        if self._open is not None:
+            self._run.append("<")
         return start + 1
 
     def _tag(self, data: str, start: int, end: int, events: list[TagEvent]) -> None:
@@ -253,17 +312,30 @@ class TagStreamParser:
         closing = data[start + 1] == "/"
         tag = (_END_TAG if closing else _START_TAG).fullmatch(data, start, end)
         if tag is None or (name := self._names.get(tag["name"].lower())) is None:
-            self._keep(data[start:end])
+            if self._open is not None and not self._implicit:
+                self._run.append(data[start:end])  # unknown markup inside a tag is text (rule 4)
         elif closing:
-            if self._open is not None and self._open.tag == name:
+            if self._open is not None and self._open.tag == name and not self._implicit:
                 self._close_tag(events)
         else:
             self._close_tag(events)
-            self._open = TagOpen(self._opened, name, _parse_attrs(tag["attrs"]))
-            self._opened += 1
-            events.append(self._open)
+            attrs = _parse_attrs(tag["attrs"])
+            if name == TOOL_TAG and self._tools is not None and attrs.get("name") not in self._tools:
+                events.append(TagRefused(name, attrs))
+                self._open, self._refused = TagOpen(-1, name, attrs), True
+            else:
+                self._open = TagOpen(self._opened, name, attrs)
+                self._opened += 1
+                events.append(self._open)
             if tag["self_closing"]:
                 self._close_tag(events)
+
+    def _open_implicit(self, events: list[TagEvent]) -> None:
+        """Open the ``untagged`` tag for stray text."""
+        self._open = TagOpen(self._opened, self._untagged, {})
+        self._opened += 1
+        self._implicit = True
+        events.append(self._open)
 
     def _skip_comment(self, data: str, start: int) -> int:
         """Skip a comment whose body starts at ``start``; return where scanning resumes."""
@@ -279,20 +351,17 @@ class TagStreamParser:
         self._pending = data[start:]
         return len(data)
 
-    def _keep(self, text: str) -> None:
-        """Add literal text to the open tag's text, or discard it outside tags."""
-        if self._open is not None:
-            self._run.append(text)
-
     def _flush(self, events: list[TagEvent]) -> None:
-        """Emit the open tag's pending text as one chunk."""
+        """Emit the open tag's pending text as one chunk (a refused tool's is dropped)."""
         if self._open is not None and self._run:
-            events.append(TagChunk(self._open.index, self._open.tag, "".join(self._run)))
+            if not self._refused:
+                events.append(TagChunk(self._open.index, self._open.tag, "".join(self._run)))
             self._run.clear()
 
     def _close_tag(self, events: list[TagEvent]) -> None:
         """Close the open tag, if any, after emitting its pending text."""
         if self._open is not None:
             self._flush(events)
-            events.append(TagClose(self._open.index, self._open.tag))
-            self._open = None
+            if not self._refused:
+                events.append(TagClose(self._open.index, self._open.tag))
+            self._open, self._implicit, self._refused = None, False, False

@@ -25,9 +25,8 @@ import functools
 import re
 from collections.abc import Sequence
 
+from core.spec import SPEECH_TAG
 from core.tagstream import is_tag_name
-
-SPEECH_TAG = "say"
 
 _RULE_UNSAFE = re.compile(r"[^A-Za-z0-9]+")
 

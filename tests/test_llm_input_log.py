@@ -166,9 +166,14 @@ async def test_newest_turns_and_a_turn_cut_by_the_disconnect(tmp_path, llm):
         assert (llm_input["session"], llm_input["agent_id"], llm_input["name"]) == ("spool", "ada", "Ada")
         turns = llm_input["turns"]
         assert [t["messages"][-1]["content"].split("] ")[-1] for t in turns] == ["Question 2", "Question 3"]
-        assert set(turns[0]) == {"turn_id", "time", "model", "messages", "usage"}
+        assert set(turns[0]) == {"turn_id", "time", "model", "messages", "answer", "finish_reason", "usage"}
+        assert (turns[0]["answer"], turns[0]["finish_reason"]) == ("<say>Answer 2.</say>", "stop")
+        assert turns[0]["usage"]["total_tokens"] > 0
+        assert turns[1]["answer"].startswith("<say>word") and turns[1]["finish_reason"] is None
         assert turns[1]["usage"] is None
         assert len(spool.read_bytes().splitlines()) == 2  # the 4th line compacted it to the newest 2
+        live = [line for line in server.server_log().splitlines() if "LLM answer" in line]
+        assert len(live) == 4 and "'<say>Answer 2.</say>'" in live[2] and "finish_reason stop" in live[2]
     finally:
         server.stop()
     assert not spool.exists()  # the agents closed on shutdown took their spools with them

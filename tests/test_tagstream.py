@@ -6,21 +6,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.tagstream import MAX_MARKUP, TagChunk, TagClose, TagEvent, TagOpen, TagStreamParser
+from core.tagstream import MAX_MARKUP, TagChunk, TagClose, TagEvent, TagOpen, TagRefused, TagStreamParser
 
 ALLOWED = ("thought", "say", "action")
 
 
-def parse(*chunks: str, allowed: tuple[str, ...] = ALLOWED) -> list[TagEvent]:
+def parse(*chunks: str, allowed: tuple[str, ...] = ALLOWED, **options) -> list[TagEvent]:
     """Feed ``chunks`` to a new parser, close it, and return all events."""
-    parser = TagStreamParser(allowed)
+    parser = TagStreamParser(allowed, **options)
     events = [event for chunk in chunks for event in parser.feed(chunk)]
     return events + parser.close()
 
 
-def per_feed(*chunks: str) -> list[list[TagEvent]]:
+def per_feed(*chunks: str, **options) -> list[list[TagEvent]]:
     """Feed ``chunks`` to a new parser and return the events of each call, ``close()`` last."""
-    parser = TagStreamParser(ALLOWED)
+    parser = TagStreamParser(ALLOWED, **options)
     return [parser.feed(chunk) for chunk in chunks] + [parser.close()]
 
 
@@ -59,6 +59,39 @@ def test_rule2_names_match_case_insensitively():
 def test_rule3_outside_everything_else_is_discarded():
     text = 'Sure! <em>no</em> </say> <b x="1"/>&amp; <think>hm</think><say>hi</say> bye </thought>'
     assert parse(text) == tag(0, "say", "hi")
+
+
+def test_rule3_stray_text_is_spoken_with_untagged():
+    text = 'Sure! <em>no</em> </say> <b x="1"/>&amp; <think>hm</think><say>hi</say> bye </thought>'
+    assert parse(text, untagged="say") == tag(0, "say", "Sure! no  & hm") + tag(1, "say", "hi") + tag(2, "say", "bye ")
+
+
+def test_rule3_untagged_streams_as_it_arrives():
+    assert per_feed("  \n", "I am", " Grimbold.", untagged="say") == [
+        [],
+        [TagOpen(0, "say", {}), TagChunk(0, "say", "I am")],
+        [TagChunk(0, "say", " Grimbold.")],
+        [TagClose(0, "say")],
+    ]
+
+
+def test_rule3_whitespace_between_tags_opens_nothing():
+    assert parse("<thought>a</thought>\n <say>b</say>\n", untagged="say") == tag(0, "thought", "a") + tag(1, "say", "b")
+
+
+def test_rule3_allowed_tag_closes_the_implicit_tag():
+    expected = tag(0, "say", "Hi ") + tag(1, "action", name="wave") + tag(2, "say", "there &")
+    assert parse('Hi <action name="wave"/> there &amp;', untagged="say") == expected
+
+
+def test_rule3_literal_lt_and_held_back_markup_are_stray_text():
+    assert parse("<3 you", untagged="say") == tag(0, "say", "<3 you")
+    assert parse("<sa", untagged="say") == tag(0, "say", "<sa")
+
+
+def test_rule3_untagged_must_be_allowed():
+    with pytest.raises(ValueError):
+        TagStreamParser(ALLOWED, untagged="speech")
 
 
 # Rule 4: inside a tag.
@@ -249,6 +282,31 @@ def test_rule11_feed_after_close_raises_and_close_is_idempotent():
         parser.feed("more")
 
 
+# Rule 12: undeclared tools.
+
+
+def test_rule12_undeclared_tool_is_refused_and_its_content_dropped():
+    text = '<say>a</say><tool name="fly">{"x": 1}</tool><tool name="open_door">{}</tool><tool>?<say>b'
+    assert parse(text, tools=["open_door"]) == [
+        *tag(0, "say", "a"),
+        TagRefused("tool", {"name": "fly"}),
+        *tag(1, "tool", "{}", name="open_door"),
+        TagRefused("tool", {}),
+        *tag(2, "say", "b"),
+    ]
+
+
+def test_rule12_tool_is_recognised_with_no_tools_declared():
+    assert parse('<say>x<tool name="a"/>y', tools=[]) == [*tag(0, "say", "x"), TagRefused("tool", {"name": "a"})]
+
+
+def test_rule12_refused_tool_then_stray_text_is_spoken():
+    assert parse('<tool name="a">{}</tool> ok', tools=[], untagged="say") == [
+        TagRefused("tool", {"name": "a"}),
+        *tag(0, "say", "ok"),
+    ]
+
+
 # Tags split anywhere.
 
 
@@ -277,13 +335,13 @@ def test_rejects_bad_allowed_tags(allowed, error):
 
 # Properties: any split gives the same events as the whole text.
 
-_NAMES = st.sampled_from(["thought", "say", "action", "SAY", "Thought", "em", "b", "br", "sayx"])
+_NAMES = st.sampled_from(["thought", "say", "action", "SAY", "Thought", "em", "b", "br", "sayx", "tool"])
 _ATTRIBUTES = st.lists(
     st.builds(
         "{}{}{}".format,
         st.sampled_from([" ", "  ", "\n"]),
         st.sampled_from(["name", "a", "B"]),
-        st.sampled_from(["", "=x", ' = "v 1"', "='q'", '="&lt;&#x41;&bogus;"', "=a/b"]),
+        st.sampled_from(["", "=x", ' = "v 1"', "='q'", '="&lt;&#x41;&bogus;"', "=a/b", "=wave"]),
     ),
     max_size=2,
 ).map("".join)
@@ -323,7 +381,9 @@ def check_invariants(calls: list[list[TagEvent]]) -> None:
     opened = 0
     for events in calls:
         for previous, event in zip([None, *events], events):
-            if isinstance(event, TagOpen):
+            if isinstance(event, TagRefused):
+                assert open_event is None
+            elif isinstance(event, TagOpen):
                 assert open_event is None and event.index == opened
                 open_event, opened = event, opened + 1
             else:
@@ -335,23 +395,35 @@ def check_invariants(calls: list[list[TagEvent]]) -> None:
     assert open_event is None
 
 
-def check_split(text: str, chunks: list[str]) -> None:
+OPTIONS = st.sampled_from([{}, {"untagged": "say"}, {"tools": ["wave"]}, {"untagged": "thought", "tools": []}])
+
+
+def check_split(text: str, chunks: list[str], options: dict) -> None:
     """Feeding ``chunks`` gives the same events as feeding ``text`` whole, and both are well-formed."""
-    whole = per_feed(text)
-    split = per_feed(*chunks)
+    whole = per_feed(text, **options)
+    split = per_feed(*chunks, **options)
     check_invariants(whole)
     check_invariants(split)
     assert normalise(split) == normalise(whole)
 
 
-@settings(max_examples=300, deadline=None)
-@given(_DOCUMENTS, st.data())
-def test_any_split_gives_the_same_events(text, data):
+@settings(max_examples=400, deadline=None)
+@given(_DOCUMENTS, OPTIONS, st.data())
+def test_any_split_gives_the_same_events(text, options, data):
     cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=12)))
-    check_split(text, [text[start:end] for start, end in zip([0, *cuts], [*cuts, len(text)])])
+    check_split(text, [text[start:end] for start, end in zip([0, *cuts], [*cuts, len(text)])], options)
 
 
-@settings(max_examples=120, deadline=None)
-@given(_DOCUMENTS)
-def test_one_character_at_a_time_gives_the_same_events(text):
-    check_split(text, list(text))
+@settings(max_examples=160, deadline=None)
+@given(_DOCUMENTS, OPTIONS)
+def test_one_character_at_a_time_gives_the_same_events(text, options):
+    check_split(text, list(text), options)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_characters="<&"), min_size=1).filter(str.strip), st.data())
+def test_prose_is_spoken_whole_for_any_split(prose, data):
+    """A model that ignores the format still speaks: all its prose, in one say tag."""
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(prose)), max_size=8)))
+    chunks = [prose[start:end] for start, end in zip([0, *cuts], [*cuts, len(prose)])]
+    assert normalise(per_feed(*chunks, untagged="say")) == tag(0, "say", prose.lstrip())

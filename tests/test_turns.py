@@ -212,6 +212,34 @@ async def test_tool_call_results_and_continuation(godot: GodotPeer, llm):
     await godot.wait_for(lambda f: f["type"] in END_TYPES and f["turn_id"] == turn_id, start=start)
 
 
+async def test_untagged_prose_is_spoken(godot: GodotPeer, llm):
+    """A model that ignores the tag format still speaks: its prose streams as say."""
+    godot.specs["grimbold"] = {"name": "Grimbold"}
+    prose = "I am Grimbold Ironfist, the highest authority on the realm."
+    await llm.script({"content": prose, "chunk_size": 4}, {"content": f"<thought>Hm.</thought>\n{prose}"})
+    frames = await godot.turn("grimbold", "Who are you?")
+    check_turn_order(frames)
+    assert played_tags(frames) == [{"tag": "say", "attrs": {}, "text": prose}]
+    assert sum(f["type"] == "agent_tag_chunk" for f in frames) > 1  # streamed as it arrived
+    frames = await godot.turn("grimbold", "Again?")
+    assert played_tags(frames) == [
+        {"tag": "thought", "attrs": {}, "text": "Hm."},
+        {"tag": "say", "attrs": {}, "text": prose},
+    ]
+
+
+async def test_undeclared_tool_is_an_error_never_a_tool(godot: GodotPeer, llm):
+    godot.specs["liar"] = {"name": "Liar", "tools": [{"name": "open_door"}]}
+    await llm.script({"content": '<say>Sure.</say><tool name="summon_dragon">{"size": "huge"}</tool>'})
+    start = len(godot.frames)
+    frames = await godot.turn("liar", "Summon a dragon")
+    assert played_tags(frames) == [{"tag": "say", "attrs": {}, "text": "Sure."}]
+    errors = [f for f in godot.frames[start:] if f["type"] == "error"]
+    assert [(e["code"], e["ref"]["tool"], e["ref"]["turn_id"]) for e in errors] == [
+        ("undeclared_tool", "summon_dragon", frames[0]["turn_id"])
+    ]
+
+
 async def test_snapshot_timeout_without_and_with_a_known_spec(godot: GodotPeer, llm):
     # No spec ever: the turn ends with an error after the snapshot timeout (1.5 s in these tests).
     frames = await godot.turn("silent")
