@@ -1,7 +1,9 @@
 """Command line of the NPC turn server.
 
 python run.py [--host H] [--port P] [--workers N] [--admin-port A] [--config FILE]
-    run the server until SIGINT/SIGTERM, then stop every process it started
+    run the server until SIGINT/SIGTERM, then stop every process it started (exit 0); when a process
+    of the service dies (the gateway, Thespian's admin, the worker pool), stop all the others and
+    exit 1 at once, for a process manager to restart it (docs/deploy.md)
 python run.py worker --leader HOST:PORT [--admin-port P] [--workers N] [--node NAME] [--config FILE]
     run a worker node that joins the leader's Thespian convention and hosts NPC workers
     (docs/deploy.md), until SIGINT/SIGTERM
@@ -15,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import sys
-import threading
 
 from loguru import logger
 
@@ -45,21 +47,24 @@ def serve(argv: list[str]) -> int:
 
     from gateway.service import Service, ServiceError  # imports Thespian: after argument errors
 
-    stop = _stop_on_signals()
+    stop = _Stop()
     service = Service(settings)
     try:
         service.start()
     except ServiceError as exc:
         logger.error("{}", exc)
         return 1
+    died = None
     try:
-        while not stop.wait(3600):
-            pass
-        logger.info("stopping")
+        died = service.wait(stop.fileno())
+        if died:
+            logger.error("{} exited: stopping the service (exit status 1, for a process manager to restart it)", died)
+        else:
+            logger.info("stopping")
     finally:
         service.stop()
         logger.complete()
-    return 0
+    return 1 if died else 0
 
 
 def worker(argv: list[str]) -> int:
@@ -84,7 +89,7 @@ def worker(argv: list[str]) -> int:
 
     from actors.node import NodeError, start_system
 
-    stop = _stop_on_signals()
+    stop = _Stop()
     try:
         system = start_system(settings, leader=(host, int(port)))
     except NodeError as exc:
@@ -98,8 +103,7 @@ def worker(argv: list[str]) -> int:
         settings.worker_count,
     )
     try:
-        while not stop.wait(3600):
-            pass
+        select.select([stop], [], [])
         logger.info("stopping node {}", settings.node)
     finally:
         system.shutdown()
@@ -107,11 +111,30 @@ def worker(argv: list[str]) -> int:
     return 0
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
-    return stop
+class _Stop:
+    """SIGINT and SIGTERM ask to stop; ``fileno`` is a pipe they wake, to select on (no thread).
+
+    The pipe is made on first use, after the actor system has forked: every forked process would
+    inherit it with the wake-up fd, and write to it on each of its own signals.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._fd: int | None = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def fileno(self) -> int:
+        if self._fd is None:
+            self._fd, written = os.pipe()
+            os.set_blocking(written, False)
+            signal.set_wakeup_fd(written)
+            if self.requested:  # during start-up
+                os.write(written, b"\0")
+        return self._fd
 
 
 def llm_server(argv: list[str]) -> int:

@@ -76,12 +76,16 @@ class ToWorkers:
 @dataclass
 class StartGateway:
     settings: Settings
+    starter_pid: int  # run.py: the gateway ends the actor system if it dies (actors/lifeline.py)
 
 
 @dataclass
 class GatewayStarted:
     url: str
     workers: int
+    pid: int  # the gateway's process, which run.py watches
+    admin_pid: int  # Thespian's admin, the gateway's parent, which run.py watches too
+    group: int  # the actor system's process group (the admin's setsid made it one)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from loguru import logger
 from thespian.actors import Actor, ActorExitRequest, ActorSystemConventionUpdate, ChildActorExited, WakeupMessage
 
 from actors.bridge import OneInFlight
+from actors.lifeline import die_with_parent
 from actors.messages import (
     NOTICE,
     NPC_HOST,
@@ -63,6 +64,7 @@ class Slot:
 
 class WorkerPool(Actor):
     def __init__(self) -> None:
+        die_with_parent()  # actors/lifeline.py
         super().__init__()
         self.slots: list[Slot] = []
         self.nodes: set[str] = set()  # nodes in the convention, this one included

@@ -13,6 +13,7 @@ from thespian.actors import Actor, ActorExitRequest, WakeupMessage, WatchMessage
 
 from actors.bridge import LoopBridge, OneInFlight
 from actors.host import AgentHost
+from actors.lifeline import die_with_parent
 from actors.messages import NPC_HOST, NPC_NODE, Batch, ConfigureWorker, WorkerFailed, WorkerReady
 from config.log import configure_logging
 
@@ -26,6 +27,7 @@ class WorkerActor(Actor):
         return wanted is None or capabilities.get(NPC_NODE) == wanted
 
     def __init__(self) -> None:
+        die_with_parent()  # actors/lifeline.py
         super().__init__()
         self.bridge: LoopBridge | None = None
         self.host: AgentHost | None = None

@@ -4,14 +4,25 @@ Start-up: create the worker pool (before any thread exists in this process, see 
 wait for every worker to report ready, then listen and tell run.py. Afterwards this class only
 moves batches between the loop (``GatewayServer``) and the workers (out through the pool, back
 directly: every actor pair carries traffic one way, see actors/pool.py), and stops on request.
+
+Supervision (actors/lifeline.py): it dies with the admin, and ends the whole actor system when
+run.py dies. When its pool dies it stops the service: a new pool cannot be forked from here (this
+process has threads, and a fork would copy the listening socket and the journal's database into
+it), so it closes every connection, lets the journal write what is queued and exits; run.py sees
+that, stops the rest and exits 1, for a process manager to restart the service, which loses no
+history (the journal).
 """
 
 from __future__ import annotations
+
+import os
+import signal
 
 from loguru import logger
 from thespian.actors import Actor, ActorExitRequest, ChildActorExited, WakeupMessage, WatchMessage
 
 from actors.bridge import LoopBridge, OneInFlight
+from actors.lifeline import die_with_parent, exit_fd
 from actors.messages import (
     Batch,
     GatewayStarted,
@@ -34,6 +45,7 @@ POOL = "pool"  # outbox destination: every worker's batches, carried by the pool
 
 class GatewayActor(Actor):
     def __init__(self) -> None:
+        die_with_parent()
         super().__init__()
         self.bridge: LoopBridge | None = None
         self.server: GatewayServer | None = None
@@ -66,7 +78,7 @@ class GatewayActor(Actor):
                 logger.complete()
             elif isinstance(message, ChildActorExited):
                 if not self.stopping:
-                    logger.error("worker pool exited")
+                    self._pool_died()
         except Exception as exc:  # noqa: BLE001 - an actor must not die on one message
             logger.exception("gateway failed on {}", type(message).__name__)
             if not self.started and not self.stopping:  # run.py is waiting for the start
@@ -88,6 +100,7 @@ class GatewayActor(Actor):
         self.pool = self.createActor(WorkerPool)  # fork while this process has a single thread
         self.send(self.pool, SpawnWorkers(self.settings, self.myAddress))
         self.bridge = LoopBridge("gateway-loop")
+        self.bridge.call(self.bridge.loop.add_reader, exit_fd(message.starter_pid), _starter_died, message.starter_pid)
         self.outbox = OneInFlight(
             self, lambda _, batches: (self.pool, ToWorkers(batches)), self._send_queued, self.settings.batch_interval_s
         )
@@ -120,7 +133,7 @@ class GatewayActor(Actor):
 
         url = self.bridge.run(start_server(), timeout=self.settings.startup_timeout_s)
         self.started = True
-        self.send(self.requester, GatewayStarted(url, len(self.workers)))
+        self.send(self.requester, GatewayStarted(url, len(self.workers), os.getpid(), os.getppid(), os.getpgid(0)))
 
     def _worker_failed(self, message: WorkerFailed) -> None:
         if self.stopping:
@@ -128,6 +141,22 @@ class GatewayActor(Actor):
         logger.error("worker {} failed: {}", message.index, message.reason)
         if not self.started:
             self.send(self.requester, StartFailed(f"worker {message.index} failed: {message.reason}"))
+
+    def _pool_died(self) -> None:
+        why = "the worker pool died"
+        logger.error("{}: the service stops (a new pool cannot be forked from the gateway)", why)
+        self.stopping = True
+        if not self.started:
+            self.send(self.requester, StartFailed(why))
+            return
+
+        async def fail() -> None:
+            self.server.failure = f"{why}; the service is stopping"
+            await self.server.stop(timeout=None)
+            logger.complete()
+            os._exit(1)
+
+        self.bridge.call(self.bridge.loop.create_task, fail())
 
     def _stop(self, sender) -> None:
         self.stopping = True
@@ -141,3 +170,10 @@ class GatewayActor(Actor):
             self.bridge.post(REPLY, GatewayStopped())
 
         self.bridge.call(self.bridge.loop.create_task, stop_server())
+
+
+def _starter_died(pid: int) -> None:
+    """run.py is gone (killed): end every process of this actor system, this one included."""
+    logger.error("run.py (pid {}) died: ending the actor system", pid)
+    logger.complete()
+    os.killpg(os.getpgid(0), signal.SIGKILL)

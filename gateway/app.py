@@ -43,6 +43,7 @@ class GatewayServer:
         self.runner: web.AppRunner | None = None
         self._flush_tokens = itertools.count(1)
         self._sweeper: asyncio.Task | None = None
+        self.failure: str | None = None  # set by the gateway actor when the service cannot go on
 
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[auth_middleware(self.settings)])  # token, Origin
@@ -53,19 +54,30 @@ class GatewayServer:
         app.router.add_static("/", WEB_DIR)  # last: the routes above take precedence
         return app
 
+    def problems(self) -> list[str]:
+        """Why a turn cannot be served now (none: it can)."""
+        problems = [self.failure] if self.failure else []
+        if not self.router.live_workers():
+            problems.append("no worker is running")
+        return problems
+
     async def healthz(self, request: web.Request) -> web.Response:
+        """``ok`` (200) only when a turn can be served; else ``unavailable`` (503) and why."""
         router = self.router
         live = router.live_workers()
+        problems = self.problems()
         return web.json_response(
             {
-                "status": "ok",
+                "status": "unavailable" if problems else "ok",
+                "problems": problems,
                 "workers": len(live),
                 "agents": router.agent_count,
                 "worker_pids": [router.worker_pids[w] for w in live],
                 "worker_agents": [router.load[w] for w in live],
                 "known_agents": len(self.journal.known),
                 "nodes": router.nodes(),
-            }
+            },
+            status=503 if problems else 200,
         )
 
     async def start(self) -> str:
@@ -83,14 +95,16 @@ class GatewayServer:
         logger.info("gateway listening on {} (/ws, /events, /healthz, the web page at /)", url)
         return url
 
-    async def stop(self, timeout: float) -> None:
-        """Close every connection (agents write their logs), wait for the workers, stop serving."""
+    async def stop(self, timeout: float | None) -> None:
+        """Close every connection (agents write their logs), wait up to ``timeout`` for the workers
+        (None: not at all, they are gone), stop serving."""
         await self.godot.close_all()
         await self.events.close_all()
-        try:
-            await asyncio.wait_for(self.flush_workers(), timeout)
-        except TimeoutError:
-            logger.warning("workers did not confirm their logs within {} s", timeout)
+        if timeout is not None:
+            try:
+                await asyncio.wait_for(self.flush_workers(), timeout)
+            except TimeoutError:
+                logger.warning("workers did not confirm their logs within {} s", timeout)
         if self.runner is not None:
             await self.runner.cleanup()
         if self._sweeper is not None:

@@ -1,18 +1,26 @@
-"""Start and stop the whole service: the Thespian actor system, the gateway actor, the workers.
+"""Start, watch and stop the whole service: the Thespian actor system, the gateway actor, the workers.
 
 This is what ``run.py`` calls. It runs in the main process, outside any actor, and talks to the
-gateway with Thespian's ``ask``.
+gateway with Thespian's ``ask``. It is the top of the supervision tree (actors/lifeline.py): it
+watches the gateway and Thespian's admin, and whatever ends the service, every process of the
+actor system is gone when ``stop`` returns.
 """
 
 from __future__ import annotations
 
+import os
+import select
+
 from loguru import logger
 from thespian.actors import ActorSystem
 
+from actors.lifeline import end_group, exit_fd
 from actors.messages import GatewayStarted, GatewayStopped, StartGateway, StopGateway
 from actors.node import SYSTEM_BASE, NodeError, start_system
 from config.settings import Settings
 from gateway.actor import GatewayActor
+
+GATEWAY, ADMIN = "the gateway", "Thespian's admin"
 
 
 class ServiceError(RuntimeError):
@@ -26,6 +34,8 @@ class Service:
         self.system: ActorSystem | None = None
         self.gateway = None
         self.url: str | None = None
+        self.group: int | None = None  # the actor system's process group
+        self.watched: dict[int, tuple[str, int]] = {}  # exit fd -> (role, pid) of a process run.py watches
 
     def start(self) -> str:
         """Start everything and return the gateway's base URL once it accepts connections."""
@@ -38,10 +48,13 @@ class Service:
             except NodeError as exc:
                 raise ServiceError(str(exc)) from None
             self.gateway = self.system.createActor(GatewayActor)
-            reply = self.system.ask(self.gateway, StartGateway(s), s.startup_timeout_s)
+            reply = self.system.ask(self.gateway, StartGateway(s, os.getpid()), s.startup_timeout_s)
             if not isinstance(reply, GatewayStarted):
                 reason = getattr(reply, "reason", None) or f"no answer within {s.startup_timeout_s} s"
                 raise ServiceError(f"the gateway did not start: {reason}")
+            self.group = reply.group
+            for role, pid in ((GATEWAY, reply.pid), (ADMIN, reply.admin_pid)):
+                self.watched[exit_fd(pid)] = (role, pid)
         except BaseException:
             self.stop()
             raise
@@ -71,17 +84,36 @@ class Service:
             llm_max_tokens=s.embedded_max_tokens,
         )
 
+    def wait(self, wakeup: int) -> str | None:
+        """Block until ``wakeup`` is readable (a signal: None) or the gateway or the admin exits
+        (then: which one)."""
+        ready, _, _ = select.select([wakeup, *self.watched], [], [])
+        return next((f"{self.watched[fd][0]} (pid {self.watched[fd][1]})" for fd in ready if fd in self.watched), None)
+
+    def _exited(self) -> set[str]:
+        ready, _, _ = select.select(list(self.watched), [], [], 0)
+        return {self.watched[fd][0] for fd in ready}
+
     def stop(self) -> None:
         """Close connections (logs get written), then shut the actor system and every process down."""
         system, self.system = self.system, None
+        exited = self._exited()
         try:
-            if system is not None and self.gateway is not None and self.url is not None:
+            if system is not None and self.gateway is not None and self.url is not None and not exited:
                 reply = system.ask(self.gateway, StopGateway(), 20)
                 if not isinstance(reply, GatewayStopped):
                     logger.warning("the gateway did not confirm a clean stop")
         finally:
             if system is not None:
-                system.shutdown()
+                if ADMIN not in exited:
+                    system.shutdown()
+                # Without its admin nothing stops them: its logger and any other one are killed.
+                grace_s = 0 if ADMIN in exited else 5
+                if self.group is not None and end_group(self.group, grace_s):
+                    logger.warning("processes of the actor system outlived its shutdown and were killed")
                 logger.info("actor system stopped")
+            for fd in self.watched:
+                os.close(fd)
+            self.watched.clear()
             if self.embedded_model is not None:
                 self.embedded_model.stop()

@@ -1,5 +1,6 @@
-"""Reliability end to end: a worker killed mid-turn, a whole server killed and restarted, a
-reconnect, two sessions side by side, the limits, and idle agents deactivated and restored.
+"""Reliability end to end: a worker killed mid-turn, any other process of the service killed, a
+whole server killed and restarted, a reconnect, two sessions side by side, the limits, and idle
+agents deactivated and restored.
 
 Each test starts its own server (they kill processes or restart), with its own data directory;
 the scripted LLM is shared. History is checked where it matters: in the prompt the LLM receives.
@@ -13,6 +14,7 @@ import signal
 import time
 
 import aiohttp
+import psutil
 import pytest
 
 from tests.conftest import ServerProcess
@@ -114,6 +116,63 @@ async def test_a_killed_worker_is_replaced_and_only_its_agents_notice(fresh, llm
     remembered = await prompt_of_next_turn(godot, llm, "victim")
     assert "alpha beta" in remembered and "<say>word0" in remembered
     assert not [f for f in godot.frames[start:] if f["type"] == "error" and f["code"] != "worker_lost"]
+
+
+def service_processes(server: ServerProcess) -> dict[str, psutil.Process | list[psutil.Process]]:
+    """Each process of the service by its role, found from the gateway (the HTTP listener)."""
+    [gateway] = [
+        psutil.Process(c.pid)
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == server.port and c.pid
+    ]
+    admin = gateway.parent()
+    [pool] = gateway.children()
+    return {
+        "run.py": psutil.Process(server.process.proc.pid),
+        "admin": admin,
+        "gateway": gateway,
+        "pool": pool,
+        "workers": pool.children(),
+        "logger": [p for p in admin.children() if p.pid != gateway.pid],
+    }
+
+
+def running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for process in processes:
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.mark.parametrize("victim", ["pool", "gateway", "admin", "run.py"])
+async def test_any_process_of_the_service_killed_stops_it_all_and_run_py_says_so(fresh, victim):
+    """No orphan ever: a dead pool, gateway or admin stops the whole service and run.py exits 1 at
+    once (for a process manager to restart it); a dead run.py takes every actor with it."""
+    server = await fresh()
+    godot = await fresh.connect(server)
+    roles = service_processes(server)
+    assert len(roles["workers"]) == 2 and len(roles["logger"]) == 1
+    everything = server.processes()
+    assert len(everything) == 7  # run.py, admin, logger, gateway, pool, 2 workers
+    killed_at = time.monotonic()
+    roles[victim].kill()
+    code = await asyncio.to_thread(server.process.proc.wait, 30)
+    print(f"kill -9 of the {victim}: run.py exited {code} after {time.monotonic() - killed_at:.2f} s")
+    if victim == "run.py":
+        assert code == -signal.SIGKILL
+    else:
+        assert code == 1, server.server_log()
+        assert "exited: stopping the service" in server.server_log()
+    deadline = time.monotonic() + 15
+    while left := running(everything):
+        assert time.monotonic() < deadline, f"left running after kill -9 of the {victim}: {left}"
+        await asyncio.sleep(0.1)
+    print(f"every process gone {time.monotonic() - killed_at:.2f} s after the kill")
+    await asyncio.wait_for(godot.closed.wait(), 10)
 
 
 async def test_a_server_killed_and_restarted_has_every_confirmed_turn(fresh, llm, tmp_path):
