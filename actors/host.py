@@ -7,9 +7,8 @@ order. Frames leave serialised once, here, so the gateway forwards bytes without
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 from loguru import logger
@@ -33,7 +32,6 @@ from core.taleweave import TakeoverEnded, TurnPrompt
 from providers.client import ChatStreamer, LLMSettings
 from providers.grammar import tags_grammar
 
-GATEWAY = "gateway"
 GRAMMAR_MAX_TAGS, GRAMMAR_MAX_CHARS = 3, 200  # short, snappy turns from a grammar-bound model
 
 
@@ -64,10 +62,10 @@ def llm_settings(settings: Settings) -> LLMSettings:
 class AgentHost:
     """All agents of one worker, keyed by (session, agent_id)."""
 
-    def __init__(self, settings: Settings, index: int, post: Callable[[Hashable, Any], None]) -> None:
+    def __init__(self, settings: Settings, index: int, to_gateway: Callable[[tuple], None]) -> None:
         self.settings = settings
         self.index = index
-        self._post = post
+        self._to_gateway = to_gateway
         self.agents: dict[tuple[str, str], Agent] = {}
         self.llm = ChatStreamer(llm_settings(settings))
 
@@ -78,11 +76,11 @@ class AgentHost:
         return {"grammar": tags_grammar(spec.allowed_tags, max_tags=GRAMMAR_MAX_TAGS, max_chars=GRAMMAR_MAX_CHARS)}
 
     def emit(self, session: str, frame: dict) -> None:
-        self._post(GATEWAY, (FRAME, session, orjson.dumps(frame)))
+        self._to_gateway((FRAME, session, orjson.dumps(frame)))
 
     def report(self, session: str, report: TurnPrompt | TakeoverEnded) -> None:
         """Tell the session's /events feed what only the agent knows (queued in order with frames)."""
-        self._post(GATEWAY, (TO_FEED, session, report))
+        self._to_gateway((TO_FEED, session, report))
 
     def deliver(self, items: list[tuple]) -> None:
         """Handle one batch from the gateway, item by item, in order."""
@@ -98,9 +96,9 @@ class AgentHost:
                 elif op == CONNECTION_CLOSED:
                     self._connection_closed(*item[1:])
                 elif op == FLUSH:
-                    self._post(GATEWAY, (FLUSHED, item[1]))
+                    self._to_gateway((FLUSHED, item[1]))
                 elif op == NOTICE:
-                    self._post(GATEWAY, item[1])
+                    self._to_gateway(item[1])
                 else:
                     logger.error("unknown item {!r} from the gateway", op)
             except Exception:  # noqa: BLE001 - one item must not lose the rest of the batch

@@ -1,7 +1,8 @@
 """Messages between run.py, the gateway actor, the worker pool and the workers.
 
-Start-up and shut-down use one small class each. Everything on the hot path travels inside a
-``Batch`` as plain tuples (cheap to pickle), tagged by their first element:
+Start-up, shut-down and supervision use one small class each, as Thespian messages. Everything on
+the hot path travels on each worker's own stream (``actors/link.py``) as plain tuples (cheap to
+pickle), tagged by their first element:
 
 gateway -> worker
     (RESTORE, session, agent_id, facts)       the agent is placed here: rebuild it from these
@@ -19,7 +20,7 @@ worker -> gateway
     (FLUSHED, token)
     (WORKER_GONE, index)                      worker ``index`` is gone for good (its node left); the
                                               pool has a surviving worker pass this on
-pool -> worker
+pool -> worker (a ``Notice`` message)
     (NOTICE, item)                            pass ``item`` on to the gateway (the pool never sends
                                               to the gateway itself: see actors/pool.py)
 """
@@ -52,25 +53,10 @@ NOTICE = "notice"
 
 
 @dataclass
-class Batch:
-    """Everything one side queued for the other since its last send."""
+class Notice:
+    """From the pool, for a live worker to pass on to the gateway on its stream."""
 
-    origin: int  # worker index of the sender; -1 for the gateway
-    items: list[tuple]
-
-    def __repr__(self) -> str:  # Thespian formats every message it sends: keep that cheap
-        return f"Batch(origin={self.origin}, {len(self.items)} items)"
-
-
-@dataclass
-class ToWorkers:
-    """Batches from the gateway, ``((worker index, generation), items)`` each, carried by the pool
-    (see actors/pool.py); a batch for an older generation of a worker that was replaced is dropped."""
-
-    batches: list[tuple[tuple[int, int], list[tuple]]]
-
-    def __repr__(self) -> str:  # Thespian formats every message it sends: keep that cheap
-        return f"ToWorkers({sum(len(items) for _, items in self.batches)} items)"
+    item: tuple
 
 
 @dataclass
@@ -107,6 +93,7 @@ class GatewayStopped:
 class SpawnWorkers:
     settings: Settings
     gateway: ActorAddress
+    link_secret: bytes  # proves the gateway and its workers to each other on their streams
 
 
 @dataclass
@@ -116,6 +103,7 @@ class ConfigureWorker:
     index: int
     generation: int  # how many times worker ``index`` was replaced
     node: str
+    link_secret: bytes
 
 
 @dataclass
@@ -124,6 +112,7 @@ class WorkerReady:
     pid: int
     generation: int
     node: str
+    link: str  # where its stream listens: "unix:PATH" or "tcp:HOST:PORT"
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The worker pool: creates the worker actors and carries the gateway's batches to them.
+"""The worker pool: creates, places and supervises the worker actors.
 
 Two reasons for it to exist:
 - Workers must be forked from a process with a single thread: the gateway runs an asyncio
@@ -6,17 +6,17 @@ Two reasons for it to exist:
 - No two actors may send to each other. Thespian's TCP transport reuses one socket for both
   directions of a pair; when both ends send at once, neither gets its ACK and the retry waits up to
   attempts x 35 s, and later messages overtake (measured: reordered frames, multi-second stalls).
-  So traffic flows one way on every pair: gateway -> pool -> worker -> gateway.
+  So Thespian messages flow one way on every pair: gateway -> pool -> worker -> gateway. The NPC
+  traffic itself never passes here: it travels on each worker's stream (actors/link.py).
 
 Workers are placed by Thespian on a named node (capabilities ``NPC Host`` and ``NPC Node``): this
 node's at start, and a worker node's when it joins the leader's convention (the pool subscribes
 to convention updates; see actors/node.py and docs/deploy.md).
 
 It also supervises them: a worker that exits (even killed) is replaced under the same index
-with the next generation. The new worker's ``WorkerReady`` tells the gateway, which ends the lost
-turns for Godot and places the lost agents again (their history comes back from the journal);
-batches the gateway addressed to the old generation are dropped here, since their facts are
-already in the journal. When a whole node leaves the convention (stopped, or silent for about
+with the next generation. The gateway saw the dead worker's stream end and ended its turns for
+Godot; the new worker's ``WorkerReady`` lets it place the lost agents again (their history comes
+back from the journal). When a whole node leaves the convention (stopped, or silent for about
 three check-in periods), its workers are gone for good: a surviving worker passes that on to the
 gateway (``NOTICE``), which ends their turns and places their agents elsewhere.
 """
@@ -29,18 +29,15 @@ from dataclasses import dataclass
 from loguru import logger
 from thespian.actors import Actor, ActorExitRequest, ActorSystemConventionUpdate, ChildActorExited, WakeupMessage
 
-from actors.bridge import OneInFlight
 from actors.lifeline import die_with_parent
 from actors.messages import (
-    NOTICE,
     NPC_HOST,
     NPC_NODE,
     NPC_WORKERS,
     WORKER_GONE,
-    Batch,
     ConfigureWorker,
+    Notice,
     SpawnWorkers,
-    ToWorkers,
 )
 from actors.worker import WorkerActor
 from config.log import configure_logging
@@ -69,20 +66,12 @@ class WorkerPool(Actor):
         self.slots: list[Slot] = []
         self.nodes: set[str] = set()  # nodes in the convention, this one included
         self.spawn: SpawnWorkers | None = None
-        self.outbox: OneInFlight | None = None
         self.stopping = False
 
     def receiveMessage(self, message, sender):
         try:
-            if type(message) is ToWorkers:
-                for (index, generation), items in message.batches:
-                    if generation == self.slots[index].generation:
-                        self.outbox.add(index, items)
-            elif isinstance(message, WakeupMessage):
-                if type(message.payload) is int:
-                    self._start_worker(message.payload)
-                else:
-                    self.outbox.wakeup(message.payload)
+            if isinstance(message, WakeupMessage):
+                self._start_worker(message.payload)
             elif isinstance(message, ActorSystemConventionUpdate):
                 self._convention_update(message)
             elif isinstance(message, SpawnWorkers):
@@ -98,7 +87,6 @@ class WorkerPool(Actor):
         settings = message.settings
         configure_logging(settings.log_level, "pool")
         self.spawn = message
-        self.outbox = OneInFlight(self, self._batch_for, min_interval_s=settings.batch_interval_s)
         self._add_node(settings.node, settings.worker_count)
         self.notifyOnSystemRegistrationChanges(True)  # worker nodes joining or leaving
 
@@ -126,7 +114,6 @@ class WorkerPool(Actor):
             slot = self.slots[index]
             slot.gone, slot.address = True, None
             slot.generation += 1
-            self.outbox.discard(index)
             self._notice((WORKER_GONE, index))
 
     def _notice(self, item: tuple) -> None:
@@ -136,7 +123,7 @@ class WorkerPool(Actor):
         if not live:
             logger.error("no live worker to tell the gateway {!r}", item)
             return
-        self.outbox.add(min(live, key=lambda index: self.slots[index].node != local), [(NOTICE, item)])
+        self.send(self.slots[min(live, key=lambda index: self.slots[index].node != local)].address, Notice(item))
 
     def _start_worker(self, index: int) -> None:
         slot = self.slots[index]
@@ -145,7 +132,10 @@ class WorkerPool(Actor):
         slot.address = self.createActor(WorkerActor, targetActorRequirements={"node": slot.node})
         slot.started_at = time.monotonic()
         self.send(
-            slot.address, ConfigureWorker(self.spawn.settings, self.spawn.gateway, index, slot.generation, slot.node)
+            slot.address,
+            ConfigureWorker(
+                self.spawn.settings, self.spawn.gateway, index, slot.generation, slot.node, self.spawn.link_secret
+            ),
         )
 
     def _worker_exited(self, address) -> None:
@@ -157,7 +147,6 @@ class WorkerPool(Actor):
         slot = self.slots[index]
         slot.address = None
         slot.generation += 1
-        self.outbox.discard(index)
         lived = time.monotonic() - slot.started_at
         slot.quick_deaths = slot.quick_deaths + 1 if lived < QUICK_DEATH_S else 0
         delay = min(MAX_BACKOFF_S, 2.0**slot.quick_deaths) if slot.quick_deaths > 1 else 0.0
@@ -175,6 +164,3 @@ class WorkerPool(Actor):
             self.wakeupAfter(delay, payload=index)
         else:
             self._start_worker(index)
-
-    def _batch_for(self, index: int, items: list) -> tuple:
-        return self.slots[index].address, Batch(-1, items)

@@ -1,21 +1,28 @@
 """The worker actor: one process hosting many NPC agents on its own event loop.
 
-Thespian places it (capability ``NPC Host``) and carries its batches; the agents themselves live
-in ``AgentHost`` on the loop thread. This class only moves messages between the two.
+Thespian places it (capability ``NPC Host``), configures it and supervises it; the agents live in
+``AgentHost`` on the loop thread, and their traffic with the gateway travels on the worker's own
+stream (``actors/link.py``), never through this class. When that stream ends (the gateway is gone,
+or declared this worker lost) or no gateway connects in time, the worker stops itself: it is of
+no use to anyone, and its LLM streams must not go on costing tokens.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from loguru import logger
-from thespian.actors import Actor, ActorExitRequest, WakeupMessage, WatchMessage, requireCapability
+from thespian.actors import Actor, ActorExitRequest, WatchMessage, requireCapability
 
-from actors.bridge import LoopBridge, OneInFlight
+from actors.bridge import LoopBridge
 from actors.host import AgentHost
 from actors.lifeline import die_with_parent
-from actors.messages import NPC_HOST, NPC_NODE, Batch, ConfigureWorker, WorkerFailed, WorkerReady
+from actors.link import LinkListener
+from actors.messages import NOTICE, NPC_HOST, NPC_NODE, ConfigureWorker, Notice, WorkerFailed, WorkerReady
 from config.log import configure_logging
+
+EXIT = "exit"  # bridge destination: the loop asks the actor to stop this worker
 
 
 @requireCapability(NPC_HOST)
@@ -31,17 +38,16 @@ class WorkerActor(Actor):
         super().__init__()
         self.bridge: LoopBridge | None = None
         self.host: AgentHost | None = None
-        self.gateway = None
+        self.listener: LinkListener | None = None
         self.index = -1
 
     def receiveMessage(self, message, sender):
         try:
             if isinstance(message, WatchMessage):
-                self.outbox.watched(self.bridge.woken)
-            elif isinstance(message, WakeupMessage):
-                self.outbox.wakeup(message.payload)
-            elif isinstance(message, Batch):
-                self.bridge.call(self.host.deliver, message.items)
+                if EXIT in self.bridge.drain():
+                    self.send(self.myAddress, ActorExitRequest())
+            elif isinstance(message, Notice):
+                self.bridge.call(self.host.deliver, [(NOTICE, message.item)])
             elif isinstance(message, ConfigureWorker):
                 self._configure(message)
             elif isinstance(message, ActorExitRequest):
@@ -53,39 +59,57 @@ class WorkerActor(Actor):
         return self.bridge.watch if self.bridge is not None else None
 
     def _configure(self, message: ConfigureWorker) -> None:
-        configure_logging(message.settings.log_level, f"worker-{message.index}")
-        self.index, self.gateway = message.index, message.gateway
+        settings = message.settings
+        configure_logging(settings.log_level, f"worker-{message.index}")
+        self.index = message.index
         self.bridge = LoopBridge(f"worker-{self.index}-loop")
-        self.outbox = OneInFlight(
-            self,
-            lambda _, items: (self.gateway, Batch(self.index, items)),
-            self._flush,
-            message.settings.batch_interval_s,
-        )
+        bridge = self.bridge
+        # On the leader's machine a private Unix socket; on a worker node, the node's own address.
+        link_host = None if message.node == settings.node else self.myAddress.addressDetails.sockname[0]
 
-        async def make_host() -> AgentHost:
-            return AgentHost(message.settings, self.index, self.bridge.post)
+        def gateway_lost() -> None:
+            bridge.post(EXIT, None)
 
-        self.host = self.bridge.run(make_host(), timeout=30)
+        async def start() -> str:
+            self.host = AgentHost(settings, self.index, lambda item: self.listener.send(item))
+            self.listener = LinkListener(
+                message.link_secret, self.index, message.generation, self.host.deliver, gateway_lost
+            )
+            address = await self.listener.start(link_host)
+            asyncio.get_running_loop().create_task(self._await_gateway(settings.startup_timeout_s, gateway_lost))
+            return address
+
+        address = bridge.run(start(), timeout=30)
         logger.info(
-            "worker {} generation {} ready on node {} (pid {})",
+            "worker {} generation {} ready on node {} (pid {}), its stream at {}",
             self.index,
             message.generation,
             message.node,
             os.getpid(),
+            address,
         )
-        self.send(self.gateway, WorkerReady(self.index, os.getpid(), message.generation, message.node))
+        self.send(message.gateway, WorkerReady(self.index, os.getpid(), message.generation, message.node, address))
 
-    def _flush(self) -> None:
-        for destination, items in self.bridge.drain().items():
-            self.outbox.add(destination, items)
+    async def _await_gateway(self, timeout: float, gateway_lost) -> None:
+        try:
+            await asyncio.wait_for(self.listener.connected.wait(), timeout)
+        except TimeoutError:
+            logger.error("worker {}: no gateway connected within {:.0f} s: stopping", self.index, timeout)
+            gateway_lost()
 
     def _stop(self) -> None:
         if self.bridge is None:
             return
         try:
-            self.bridge.run(self.host.aclose(), timeout=5)
+            self.bridge.run(self._aclose(), timeout=5)
         except Exception as exc:  # noqa: BLE001
             logger.warning("worker {} did not close cleanly: {}", self.index, exc)
         self.bridge.stop()
+        self.bridge = None
         logger.complete()
+
+    async def _aclose(self) -> None:
+        if self.host is not None:
+            await self.host.aclose()
+        if self.listener is not None:
+            await self.listener.aclose()

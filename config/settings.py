@@ -48,7 +48,6 @@ class Settings:
     node_name: str
     node_check_s: int
     startup_timeout_s: float
-    batch_interval_s: float
     snapshot_timeout_s: float
     history_budget_chars: int
     history_max_entries: int
@@ -192,7 +191,6 @@ def _coerce(key: str, value: Any, default: Any, origin: str) -> Any:
 MAY_BE_ZERO = (
     "workers",
     "port",
-    "batch_interval_s",
     "llm_temperature",
     "llm_max_retries",
     "llm_max_concurrent",

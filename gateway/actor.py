@@ -1,9 +1,9 @@
 """The gateway actor: owns the aiohttp server (on its own event loop) and talks to the workers.
 
 Start-up: create the worker pool (before any thread exists in this process, see actors/pool.py),
-wait for every worker to report ready, then listen and tell run.py. Afterwards this class only
-moves batches between the loop (``GatewayServer``) and the workers (out through the pool, back
-directly: every actor pair carries traffic one way, see actors/pool.py), and stops on request.
+wait for every worker to report ready, connect to their streams, then listen and tell run.py.
+Afterwards this class passes workers' reports (ready, failed) to the loop (``GatewayServer``) and
+stops on request; the NPC traffic goes between the loop and the workers' streams directly.
 
 Supervision (actors/lifeline.py): it dies with the admin, and ends the whole actor system when
 run.py dies. When its pool dies it stops the service: a new pool cannot be forked from here (this
@@ -19,28 +19,26 @@ import os
 import signal
 
 from loguru import logger
-from thespian.actors import Actor, ActorExitRequest, ChildActorExited, WakeupMessage, WatchMessage
+from thespian.actors import Actor, ActorExitRequest, ChildActorExited, WatchMessage
 
-from actors.bridge import LoopBridge, OneInFlight
+from actors.bridge import LoopBridge
 from actors.lifeline import die_with_parent, exit_fd
 from actors.messages import (
-    Batch,
     GatewayStarted,
     GatewayStopped,
     SpawnWorkers,
     StartFailed,
     StartGateway,
     StopGateway,
-    ToWorkers,
     WorkerFailed,
     WorkerReady,
 )
 from actors.pool import WorkerPool
 from config.log import configure_logging
+from core.link import new_secret
 from gateway.app import GatewayServer
 
 REPLY = "reply"  # bridge destination: a message for whoever asked us to start or stop
-POOL = "pool"  # outbox destination: every worker's batches, carried by the pool
 
 
 class GatewayActor(Actor):
@@ -59,11 +57,8 @@ class GatewayActor(Actor):
     def receiveMessage(self, message, sender):
         try:
             if isinstance(message, WatchMessage):
-                self.outbox.watched(self.bridge.woken)
-            elif isinstance(message, WakeupMessage):
-                self.outbox.wakeup(message.payload)
-            elif isinstance(message, Batch):
-                self.bridge.call(self.server.router.deliver, message.items, message.origin)
+                for item in self.bridge.drain().get(REPLY, ()):
+                    self.send(self.requester, item)
             elif isinstance(message, WorkerReady):
                 self._worker_ready(message, sender)
             elif isinstance(message, WorkerFailed):
@@ -85,30 +80,19 @@ class GatewayActor(Actor):
                 self.send(self.requester or sender, StartFailed(repr(exc)))
         return self.bridge.watch if self.bridge is not None else None
 
-    def _send_queued(self) -> None:
-        for destination, items in self.bridge.drain().items():
-            if destination == REPLY:
-                for item in items:
-                    self.send(self.requester, item)
-            else:  # destination: (worker index, generation)
-                self.outbox.add(POOL, [(destination, items)])
-
     def _start(self, message: StartGateway, sender) -> None:
         self.settings = message.settings
         self.requester = sender
         configure_logging(self.settings.log_level, "gateway")
+        self.link_secret = new_secret()
         self.pool = self.createActor(WorkerPool)  # fork while this process has a single thread
-        self.send(self.pool, SpawnWorkers(self.settings, self.myAddress))
+        self.send(self.pool, SpawnWorkers(self.settings, self.myAddress, self.link_secret))
         self.bridge = LoopBridge("gateway-loop")
         self.bridge.call(self.bridge.loop.add_reader, exit_fd(message.starter_pid), _starter_died, message.starter_pid)
-        self.outbox = OneInFlight(
-            self, lambda _, batches: (self.pool, ToWorkers(batches)), self._send_queued, self.settings.batch_interval_s
-        )
         logger.info("starting {} workers", self.settings.worker_count)
 
     def _worker_ready(self, message: WorkerReady, sender) -> None:
         """A worker is ready: one of this node's at start, a new node's, or a replacement."""
-        known = message.index in self.workers
         self.workers[message.index] = message
         logger.debug(
             "worker {} generation {} ready on node {} (pid {})",
@@ -118,18 +102,14 @@ class GatewayActor(Actor):
             message.pid,
         )
         if self.started:
-            router = self.server.router
-            if known:
-                self.bridge.call(router.worker_replaced, message.index, message.generation, message.pid)
-            else:
-                self.bridge.call(router.add_worker, message.index, message.generation, message.pid, message.node)
+            self.bridge.call(self.bridge.loop.create_task, self.server.workers.ready(message))
             return
         if sum(ready.node == self.settings.node for ready in self.workers.values()) < self.settings.worker_count:
             return
 
         async def start_server() -> str:
-            self.server = GatewayServer(self.settings, list(self.workers.values()), self.bridge.post)
-            return await self.server.start()
+            self.server = GatewayServer(self.settings, self.link_secret)
+            return await self.server.start(list(self.workers.values()))
 
         url = self.bridge.run(start_server(), timeout=self.settings.startup_timeout_s)
         self.started = True

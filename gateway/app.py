@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Hashable
-from typing import Any
 
 from aiohttp import web
 from loguru import logger
@@ -21,22 +19,23 @@ from gateway.events import WEB_DIR, EventsEndpoint, index
 from gateway.godot import GodotEndpoint
 from gateway.journal import Journal
 from gateway.router import Router
+from gateway.workers import WorkerLinks
 
 IDLE_SWEEPS = 10  # idle agents are looked for this many times per agent_idle_s (at most once a second)
 
 
 class GatewayServer:
-    def __init__(self, settings: Settings, workers: list[WorkerReady], post: Callable[[Hashable, Any], None]) -> None:
+    def __init__(self, settings: Settings, link_secret: bytes) -> None:
         self.settings = settings
 
-        def release(items: list[tuple[Hashable, tuple]]) -> None:
+        def release(items: list) -> None:  # [((worker, generation), item)], in order
+            send = self.workers.send
             for destination, item in items:
-                post(destination, item)
+                send(destination, item)
 
         self.journal = Journal(settings.data_dir, settings.journal_fsync, 2 * settings.history_max_entries, release)
         self.router = Router(settings, self.journal)
-        for ready in workers:
-            self.router.add_worker(ready.index, ready.generation, ready.pid, ready.node)
+        self.workers = WorkerLinks(link_secret, self.router)
         self.events = EventsEndpoint(settings, self.router)
         self.router.observer = self.events
         self.godot = GodotEndpoint(self.router, settings, self.events)
@@ -80,8 +79,12 @@ class GatewayServer:
             status=503 if problems else 200,
         )
 
-    async def start(self) -> str:
-        """Open the journal, listen on the configured address; return the base URL."""
+    async def start(self, workers: list[WorkerReady]) -> str:
+        """Connect to the workers, open the journal, listen on the configured address; return the
+        base URL."""
+        for ready in workers:
+            if not await self.workers.ready(ready):
+                raise RuntimeError(f"worker {ready.index} cannot be reached at {ready.link}")
         await self.journal.open()
         self.router.journal_opened()
         if self.settings.agent_idle_s:

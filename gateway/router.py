@@ -232,11 +232,15 @@ class Router:
         self.alive[worker] = True
         logger.info("worker {} of node {} (pid {}) takes agents", worker, node, pid)
 
-    def worker_replaced(self, worker: int, generation: int, pid: int) -> None:
-        """Worker ``worker`` died and a new one took its place."""
+    def worker_lost(self, worker: int) -> None:
+        """Worker ``worker``'s stream ended: it died, and Thespian will replace it."""
         self._lose(
             worker, f"the worker process running this agent died (pid {self.worker_pids[worker]}); its turn is lost"
         )
+
+    def worker_replaced(self, worker: int, generation: int, pid: int) -> None:
+        """A new generation of worker ``worker`` took the place of the one that died."""
+        self.worker_lost(worker)  # nothing left to end when its stream's end was seen first
         self.generation[worker], self.worker_pids[worker] = generation, pid
 
     def worker_gone(self, worker: int) -> None:

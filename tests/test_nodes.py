@@ -106,8 +106,15 @@ async def spread_npcs(godot: GodotPeer, llm, count: int) -> dict[str, str]:
     return said
 
 
-async def lose_node_mid_turn(leader, godot, llm, said, lose) -> float:
-    """Every NPC streams, the node is lost; returns the seconds until every turn on it ended."""
+def ended_by_loss(frame: dict) -> bool:
+    """A turn ended because its node went: by the gateway (killed: ``worker_lost``) or by its
+    worker, told to stop (``shutdown``)."""
+    return frame["type"] in END_TYPES and frame.get("reason") in ("error", "shutdown")
+
+
+async def lose_node_mid_turn(leader, godot, llm, said, lose, reason: str) -> float:
+    """Every NPC streams, the node is lost; returns the seconds until every turn on it ended
+    (``reason``: how those turns end)."""
     agents = list(said)
     on_node = next(n["agents"] for n in (await health(leader))["nodes"] if n["name"] == "node-b")
     await llm.script(*[{**SLOW, "match": f"go on {agent_id}"} for agent_id in agents])
@@ -119,7 +126,7 @@ async def lose_node_mid_turn(leader, godot, llm, said, lose) -> float:
     lost_at = time.monotonic()
     lose()
     deadline = lost_at + 30
-    while sum(f["type"] == "error" and f["code"] == "worker_lost" for f in godot.frames[start:]) < on_node:
+    while sum(map(ended_by_loss, godot.frames[start:])) < on_node:
         assert time.monotonic() < deadline, "the lost node's turns did not end"
         await asyncio.sleep(0.02)
     recovered_s = time.monotonic() - lost_at
@@ -128,11 +135,12 @@ async def lose_node_mid_turn(leader, godot, llm, said, lose) -> float:
         ends[agent_id] = await godot.wait_for(
             lambda f, a=agent_id: f["type"] in END_TYPES and f["agent_id"] == a, 60, start
         )
-    errored = {a for a, end in ends.items() if end.get("reason") == "error"}
+    errored = {a for a, end in ends.items() if ended_by_loss(end)}
     assert len(errored) == on_node and errored != set(agents)
     for agent_id in errored:
+        assert ends[agent_id]["reason"] == reason
         check_turn_order(godot.turn_frames(ends[agent_id]["turn_id"]))
-        assert any(
+        assert reason != "error" or any(
             f["type"] == "error" and f["code"] == "worker_lost" and f["ref"]["agent_id"] == agent_id
             for f in godot.frames[start:]
         )
@@ -154,12 +162,13 @@ async def test_npcs_spread_over_both_nodes_and_survive_a_node_stopped_mid_turn(c
     nodes = {n["name"]: n for n in (await health(leader))["nodes"]}
     assert nodes["leader"]["workers"] == 1 and nodes["node-b"]["workers"] == 2
     assert nodes["leader"]["agents"] == 2 and nodes["node-b"]["agents"] == 4  # least-loaded worker first
-    seconds = await lose_node_mid_turn(leader, godot, llm, said, lambda: os.kill(node.process.proc.pid, signal.SIGTERM))
+    stop = lambda: os.kill(node.process.proc.pid, signal.SIGTERM)  # noqa: E731
+    seconds = await lose_node_mid_turn(leader, godot, llm, said, stop, "shutdown")
     print(f"node stopped: its turns ended within {seconds:.2f} s")
 
 
 async def test_a_killed_node_is_detected_and_its_npcs_recover(cluster, llm):
     leader, node, godot = cluster
     said = await spread_npcs(godot, llm, 3)
-    seconds = await lose_node_mid_turn(leader, godot, llm, said, node.kill)
+    seconds = await lose_node_mid_turn(leader, godot, llm, said, node.kill, "error")
     print(f"node killed: its turns ended within {seconds:.2f} s")
