@@ -55,6 +55,7 @@ def row(npcs: int, workers: int | None, report: dict) -> str:
     cells.append(f"{report['turn_ms']['mean']:.0f} / {report['ideal_turn_ms']:.0f}")
     server = report["server"]
     cells.append(f"{server['cpu_percent']['mean']:.0f}% / {server['rss_mb']['max']:.0f} MB")
+    cells.append(f"{server['cpu_percent']['mean'] * 1e4 / max(report['events_per_s'], 1):.0f}")
     integrity = sum(report[key] for key in ("lost_events", "duplicated_events", "out_of_order_events"))
     cells.append(str(integrity))
     return "| " + " | ".join(cells) + " |"
@@ -73,9 +74,9 @@ def main() -> int:
     )
     print(
         "| NPCs | workers | turns | frames/s | tokens/s | first tag ms p50 / p99 | chunk ms p50 / p99 "
-        "| interrupt ms p50 / p99 | turn ms mean / ideal | server CPU / RSS | lost+dup+reordered |"
+        "| interrupt ms p50 / p99 | turn ms mean / ideal | server CPU / RSS | CPU µs per frame | lost+dup+reordered |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for npcs in args.npcs:
         for workers in [*args.workers, None]:

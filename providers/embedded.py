@@ -39,6 +39,13 @@ class LocalModelProcess:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    @property
+    def log_file(self) -> Path:
+        """The running server's output (its log lines)."""
+        if self._log is None:
+            raise RuntimeError("the embedded model server is not started")
+        return self._log
+
     def start(self, timeout: float = 120) -> str:
         """Spawn the server and wait until it answers; return its base URL (``.../v1``)."""
         if self._process is not None:
