@@ -51,7 +51,7 @@ def row(npcs: int, workers: int | None, report: dict) -> str:
         return f"| {npcs} | {workers or 'baseline'} | failed |"
     cells = [str(npcs), "baseline" if workers is None else str(workers)]
     cells += [f"{report[key]:,.0f}" for key in COLUMNS]
-    cells += [f"{report[key]['p50']:.1f} / {report[key]['p99']:.1f}" for key in LATENCIES]
+    cells += [" / ".join(_ms(report[key][q]) for q in ("p50", "p99")) for key in LATENCIES]
     cells.append(f"{report['turn_ms']['mean']:.0f} / {report['ideal_turn_ms']:.0f}")
     server = report["server"]
     cells.append(f"{server['cpu_percent']['mean']:.0f}% / {server['rss_mb']['max']:.0f} MB")
@@ -59,6 +59,10 @@ def row(npcs: int, workers: int | None, report: dict) -> str:
     integrity = sum(report[key] for key in ("lost_events", "duplicated_events", "out_of_order_events"))
     cells.append(str(integrity))
     return "| " + " | ".join(cells) + " |"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"  # None: no such event in the run
 
 
 def main() -> int:
