@@ -16,7 +16,7 @@ from loguru import logger
 
 from actors.messages import WorkerReady
 from config.settings import Settings
-from gateway.auth import auth_middleware
+from gateway.auth import auth_middleware, has_token
 from gateway.events import WEB_DIR, EventsEndpoint, index
 from gateway.godot import GodotEndpoint
 from gateway.journal import Journal
@@ -44,6 +44,7 @@ class GatewayServer:
         self._flush_tokens = itertools.count(1)
         self._sweeper: asyncio.Task | None = None
         self.failure: str | None = None  # set by the gateway actor when the service cannot go on
+        self._token = settings.token.encode()
 
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[auth_middleware(self.settings)])  # token, Origin
@@ -62,23 +63,27 @@ class GatewayServer:
         return problems
 
     async def healthz(self, request: web.Request) -> web.Response:
-        """``ok`` (200) only when a turn can be served; else ``unavailable`` (503) and why."""
+        """``ok`` (200) only when a turn can be served; else ``unavailable`` (503) and why.
+
+        What a health checker needs is open to all; process ids and node names (by default
+        ``host:admin_port``: a Thespian port) only with the token, when one is set."""
         router = self.router
         live = router.live_workers()
         problems = self.problems()
-        return web.json_response(
-            {
-                "status": "unavailable" if problems else "ok",
-                "problems": problems,
-                "workers": len(live),
-                "agents": router.agent_count,
-                "worker_pids": [router.worker_pids[w] for w in live],
-                "worker_agents": [router.load[w] for w in live],
-                "known_agents": len(self.journal.known),
-                "nodes": router.nodes(),
-            },
-            status=503 if problems else 200,
-        )
+        details = bool(self._token) and has_token(request, self._token)
+        nodes = router.nodes()
+        body = {
+            "status": "unavailable" if problems else "ok",
+            "problems": problems,
+            "workers": len(live),
+            "agents": router.agent_count,
+            "worker_agents": [router.load[w] for w in live],
+            "known_agents": len(self.journal.known),
+            "nodes": nodes if details else [{k: v for k, v in node.items() if k != "name"} for node in nodes],
+        }
+        if details:
+            body["worker_pids"] = [router.worker_pids[w] for w in live]
+        return web.json_response(body, status=503 if problems else 200)
 
     async def start(self) -> str:
         """Open the journal, listen on the configured address; return the base URL."""

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import time
 
 import aiohttp
+import orjson
 import psutil
 import pytest
 
@@ -25,9 +27,11 @@ pytestmark = pytest.mark.timeout(120)
 SLOW = {"content": "<say>" + " ".join(f"word{n}" for n in range(200)) + "</say>", "tokens_per_s": 20}
 
 
+TOKEN = "tok-recovery-" + secrets.token_hex(8)  # every server here has one: /healthz shows pids with it
+
+
 async def health(server: ServerProcess) -> dict:
-    async with aiohttp.ClientSession() as http, http.get(server.url + "/healthz") as response:
-        return await response.json()
+    return await server.health()
 
 
 async def confirmed_turn(godot: GodotPeer, llm, agent_id: str, words: str) -> None:
@@ -56,12 +60,12 @@ async def fresh(tmp_path, llm):
     peers: list[GodotPeer] = []
 
     async def start(**env) -> ServerProcess:
-        server = await asyncio.to_thread(ServerProcess, tmp_path, llm.url, **env)
+        server = await asyncio.to_thread(ServerProcess, tmp_path, llm.url, **{"GAME_AGENT_TOKEN": TOKEN, **env})
         started.append(server)
         return server
 
     async def connect(server: ServerProcess, query: str = "") -> GodotPeer:
-        peer = await GodotPeer.connect(server.url, query)
+        peer = await GodotPeer.connect(server.url, server.query(query))
         peers.append(peer)
         return peer
 
@@ -173,6 +177,31 @@ async def test_any_process_of_the_service_killed_stops_it_all_and_run_py_says_so
         await asyncio.sleep(0.1)
     print(f"every process gone {time.monotonic() - killed_at:.2f} s after the kill")
     await asyncio.wait_for(godot.closed.wait(), 10)
+
+
+async def test_healthz_shows_no_port_or_pid_without_the_token(fresh):
+    """A health checker gets the status, why not ok, and counts; pids and node names (by default
+    host:admin_port) only with the token, and never when the server has none."""
+    with_token, without = await asyncio.gather(fresh(), fresh(GAME_AGENT_TOKEN=""))
+    async with aiohttp.ClientSession() as http:
+        for server, tries in (
+            (with_token, [{}, {"headers": {"Authorization": "Bearer wrong"}}, {"params": {"token": "wrong"}}]),
+            (without, [{}, {"headers": {"Authorization": f"Bearer {TOKEN}"}}]),
+        ):
+            secrets_of_server = [str(server.admin_port)] + [str(p.pid) for p in server.processes()]
+            for how in tries:
+                async with http.get(server.url + "/healthz", **how) as response:
+                    assert response.status == 200
+                    text = await response.text()
+                body = orjson.loads(text)
+                assert body["status"] == "ok" and body["problems"] == [] and body["workers"] == 2, body
+                assert "worker_pids" not in body
+                assert [set(node) for node in body["nodes"]] == [{"workers", "agents", "frames"}]
+                assert not [s for s in secrets_of_server if s in text], (how, text)
+    detailed = await with_token.health()
+    workers = service_processes(with_token)["workers"]
+    assert sorted(detailed["worker_pids"]) == sorted(w.pid for w in workers)
+    assert detailed["nodes"][0]["name"].endswith(f":{with_token.admin_port}")
 
 
 async def test_a_server_killed_and_restarted_has_every_confirmed_turn(fresh, llm, tmp_path):
