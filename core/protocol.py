@@ -93,6 +93,7 @@ LLM_ERROR = "llm_error"
 WORKER_LOST = "worker_lost"
 RATE_LIMITED = "rate_limited"
 TOO_MANY_AGENTS = "too_many_agents"
+JOURNAL_ERROR = "journal_error"
 
 TURN_STATUSES = ("completed", "interrupted")
 RECENT_TURNS = 64  # an agent's turns that agent_turn_result / tool_results may still name

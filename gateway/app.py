@@ -11,11 +11,13 @@ import itertools
 from collections.abc import Callable, Hashable
 from typing import Any
 
+import orjson
 from aiohttp import web
 from loguru import logger
 
 from actors.messages import WorkerReady
 from config.settings import Settings
+from core import protocol as p
 from gateway.auth import auth_middleware, has_token
 from gateway.events import WEB_DIR, EventsEndpoint, index
 from gateway.godot import GodotEndpoint
@@ -33,7 +35,9 @@ class GatewayServer:
             for destination, item in items:
                 post(destination, item)
 
-        self.journal = Journal(settings.data_dir, settings.journal_fsync, 2 * settings.history_max_entries, release)
+        self.journal = Journal(
+            settings.data_dir, settings.journal_fsync, 2 * settings.history_max_entries, release, self._not_saved
+        )
         self.router = Router(settings, self.journal)
         for ready in workers:
             self.router.add_worker(ready.index, ready.generation, ready.pid, ready.node)
@@ -60,7 +64,22 @@ class GatewayServer:
         problems = [self.failure] if self.failure else []
         if not self.router.live_workers():
             problems.append("no worker is running")
+        if self.journal.failure:
+            problems.append(f"the journal cannot write: {self.journal.failure}")
+            self.journal.probe()  # the next look tells whether it can again
         return problems
+
+    def _not_saved(self, facts: list[tuple[str, str, dict]], why: str) -> None:
+        """Tell each game whose facts the journal could not write (they reached the NPCs)."""
+        connections = self.router.connections
+        for session, agent_id, ref in facts:
+            conn = connections.get(session)
+            if conn is not None:
+                message = (
+                    f"history not saved: the journal cannot write ({why}); the NPC goes on, but forgets "
+                    f"this {ref['type']} if its worker or the server restarts"
+                )
+                conn.send(orjson.dumps(p.error(p.JOURNAL_ERROR, message, {**ref, "agent_id": agent_id})))
 
     async def healthz(self, request: web.Request) -> web.Response:
         """``ok`` (200) only when a turn can be served; else ``unavailable`` (503) and why.

@@ -9,9 +9,11 @@ the scripted LLM is shared. History is checked where it matters: in the prompt t
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import secrets
 import signal
+import subprocess
 import time
 
 import aiohttp
@@ -202,6 +204,60 @@ async def test_healthz_shows_no_port_or_pid_without_the_token(fresh):
     workers = service_processes(with_token)["workers"]
     assert sorted(detailed["worker_pids"]) == sorted(w.pid for w in workers)
     assert detailed["nodes"][0]["name"].endswith(f":{with_token.admin_port}")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MB filesystem (tmpfs), mounted for the test and unmounted after (needs root)."""
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs (root and CAP_SYS_ADMIN needed): {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def fill(disk) -> None:
+    """Write a file until the filesystem has no byte left."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        for chunk in (b"\0" * 65536, b"\0" * 4096, b"\0"):
+            try:
+                while True:
+                    os.write(fd, chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+
+
+async def test_a_full_disk_is_told_to_the_game_and_to_healthz_and_the_npc_goes_on(small_disk, fresh, llm):
+    server = await fresh(data_dir=small_disk)
+    godot = await fresh.connect(server)
+    godot.specs["scribe"] = {"name": "Scribe"}
+    await confirmed_turn(godot, llm, "scribe", "before the flood")
+    assert "before the flood" in await prompt_of_next_turn(godot, llm, "scribe")  # the NPC has it: it is durable
+    fill(small_disk)
+    start = len(godot.frames)
+    await godot.send({"type": "notification_event", "agent_id": "scribe", "event": {"text": "flood " + "x" * 5000}})
+    error = await godot.wait_type("error", 10, start, code="journal_error")
+    assert error["ref"] == {"type": "notification_event", "agent_id": "scribe"}, error
+    print("the game is told:", error["message"])
+    full = await health(server)
+    assert full["status"] == "unavailable" and full["problems"][0].startswith("the journal cannot write"), full
+    async with aiohttp.ClientSession() as http, http.get(server.url + "/healthz") as response:
+        assert response.status == 503
+
+    (small_disk / "filler").unlink()  # room again: the next looks at /healthz try a write
+    deadline = time.monotonic() + 10
+    while (state := await health(server))["status"] != "ok":
+        assert time.monotonic() < deadline, f"/healthz did not recover: {state}"
+        await asyncio.sleep(0.1)
+    # The NPC went on with the fact it was given, and with what was saved before.
+    remembered = await prompt_of_next_turn(godot, llm, "scribe")
+    assert "before the flood" in remembered and "flood xxx" in remembered
+    assert [f["code"] for f in godot.frames[start:] if f["type"] == "error"] == ["journal_error"]
 
 
 async def test_a_server_killed_and_restarted_has_every_confirmed_turn(fresh, llm, tmp_path):
