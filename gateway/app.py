@@ -47,7 +47,6 @@ class GatewayServer:
         self.runner: web.AppRunner | None = None
         self._flush_tokens = itertools.count(1)
         self._sweeper: asyncio.Task | None = None
-        self.failure: str | None = None  # set by the gateway actor when the service cannot go on
         self._token = settings.token.encode()
 
     def make_app(self) -> web.Application:
@@ -61,9 +60,7 @@ class GatewayServer:
 
     def problems(self) -> list[str]:
         """Why a turn cannot be served now (none: it can)."""
-        problems = [self.failure] if self.failure else []
-        if not self.router.live_workers():
-            problems.append("no worker is running")
+        problems = [] if self.router.live_workers() else ["no worker is running"]
         if self.journal.failure:
             problems.append(f"the journal cannot write: {self.journal.failure}")
             self.journal.probe()  # the next look tells whether it can again
@@ -121,7 +118,7 @@ class GatewayServer:
 
     async def stop(self, timeout: float | None) -> None:
         """Close every connection (agents write their logs), wait up to ``timeout`` for the workers
-        (None: not at all, they are gone), stop serving."""
+        to confirm (None: not at all, they are gone), stop serving."""
         await self.godot.close_all()
         await self.events.close_all()
         if timeout is not None:

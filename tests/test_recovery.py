@@ -132,14 +132,15 @@ def service_processes(server: ServerProcess) -> dict[str, psutil.Process | list[
         if c.status == psutil.CONN_LISTEN and c.laddr.port == server.port and c.pid
     ]
     admin = gateway.parent()
-    [pool] = gateway.children()
+    others = [process for process in admin.children() if process.pid != gateway.pid]
+    [pool] = [process for process in others + gateway.children() if process.children()]  # the logger has none
     return {
         "run.py": psutil.Process(server.process.proc.pid),
         "admin": admin,
         "gateway": gateway,
         "pool": pool,
         "workers": pool.children(),
-        "logger": [p for p in admin.children() if p.pid != gateway.pid],
+        "logger": [process for process in others if process.pid != pool.pid],
     }
 
 
@@ -154,10 +155,59 @@ def running(processes: list[psutil.Process]) -> list[psutil.Process]:
     return alive
 
 
-@pytest.mark.parametrize("victim", ["pool", "gateway", "admin", "run.py"])
-async def test_any_process_of_the_service_killed_stops_it_all_and_run_py_says_so(fresh, victim):
-    """No orphan ever: a dead pool, gateway or admin stops the whole service and run.py exits 1 at
-    once (for a process manager to restart it); a dead run.py takes every actor with it."""
+async def test_a_killed_pool_is_replaced_with_its_workers_and_a_crash_loop_stops_the_service(fresh, llm):
+    server = await fresh(workers=2)
+    godot = await fresh.connect(server)
+    godot.specs["victim"] = {"name": "Vic"}
+    await confirmed_turn(godot, llm, "victim", "gamma delta")
+    before = service_processes(server)
+    await llm.script({**SLOW, "match": "keep talking"})
+    start = len(godot.frames)
+    await godot.interact("victim", "keep talking")
+    await godot.wait_type("agent_tag_chunk", 10, start)
+    turn_id = next(f["turn_id"] for f in godot.frames[start:] if f["type"] == "agent_turn_started")
+    killed_at = time.monotonic()
+    before["pool"].kill()
+
+    # The running turn ends as on a lost worker; the old workers died with their pool.
+    finished = await godot.wait_type("agent_turn_finished", 15, start, turn_id=turn_id)
+    assert finished["reason"] == "error"
+    assert [f["ref"] for f in godot.frames[start:] if f["type"] == "error"] == [
+        {"agent_id": "victim", "turn_id": turn_id}
+    ]
+    print(f"kill -9 of the pool: the turn ended {time.monotonic() - killed_at:.2f} s later")
+    deadline = time.monotonic() + 10
+    while left := running([before["pool"], *before["workers"]]):
+        assert time.monotonic() < deadline, f"the dead pool's workers still run: {left}"
+        await asyncio.sleep(0.05)
+    after = service_processes(server)
+    assert after["gateway"].pid == before["gateway"].pid and server.process.proc.poll() is None
+    assert len(after["workers"]) == 2
+    state = await health(server)
+    assert state["status"] == "ok" and sorted(state["worker_pids"]) == sorted(w.pid for w in after["workers"])
+    # The NPC comes back with its history, on the same connection.
+    remembered = await prompt_of_next_turn(godot, llm, "victim")
+    assert "gamma delta" in remembered and "keep talking" in remembered
+
+    # A replacement that dies at once too: a crash loop, the service stops loudly and entirely.
+    everything = server.processes()
+    killed_at = time.monotonic()
+    after["pool"].kill()
+    code = await asyncio.to_thread(server.process.proc.wait, 30)
+    print(f"kill -9 of the new pool: run.py exited {code} after {time.monotonic() - killed_at:.2f} s")
+    log = server.server_log()
+    assert code == 1 and "after it replaced another: stopping the service" in log
+    assert "did not confirm their logs" not in log  # nobody waited for the dead pool's workers
+    deadline = time.monotonic() + 15
+    while left := running(everything):
+        assert time.monotonic() < deadline, f"left running: {left}"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("victim", ["gateway", "admin", "run.py"])
+async def test_the_gateway_admin_or_run_py_killed_stops_it_all_and_run_py_says_so(fresh, victim):
+    """No orphan ever: a dead gateway or admin stops the whole service and run.py exits 1 at once
+    (for a process manager to restart it); a dead run.py takes every actor with it."""
     server = await fresh()
     godot = await fresh.connect(server)
     roles = service_processes(server)
@@ -172,7 +222,7 @@ async def test_any_process_of_the_service_killed_stops_it_all_and_run_py_says_so
         assert code == -signal.SIGKILL
     else:
         assert code == 1, server.server_log()
-        assert "exited: stopping the service" in server.server_log()
+        assert "exited: stopping the service (exit status 1" in server.server_log()
     deadline = time.monotonic() + 15
     while left := running(everything):
         assert time.monotonic() < deadline, f"left running after kill -9 of the {victim}: {left}"
