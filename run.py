@@ -1,9 +1,9 @@
 """Command line of the NPC turn server.
 
 python run.py [--host H] [--port P] [--workers N] [--admin-port A] [--config FILE]
-    run the server until SIGINT/SIGTERM, then stop every process it started (exit 0); when a process
-    of the service dies (the gateway, Thespian's admin, the worker pool), stop all the others and
-    exit 1 at once, for a process manager to restart it (docs/deploy.md)
+    run the server until SIGINT/SIGTERM, then stop every process it started (exit 0); a dead worker
+    pool is replaced, but when the gateway or Thespian's admin dies (or a new pool at once), stop all
+    the others and exit 1 at once, for a process manager to restart it (docs/deploy.md)
 python run.py worker --leader HOST:PORT [--admin-port P] [--workers N] [--node NAME] [--config FILE]
     run a worker node that joins the leader's Thespian convention and hosts NPC workers
     (docs/deploy.md), until SIGINT/SIGTERM
@@ -58,7 +58,7 @@ def serve(argv: list[str]) -> int:
     try:
         died = service.wait(stop.fileno())
         if died:
-            logger.error("{} exited: stopping the service (exit status 1, for a process manager to restart it)", died)
+            logger.error("{}: stopping the service (exit status 1, for a process manager to restart it)", died)
         else:
             logger.info("stopping")
     finally:

@@ -63,6 +63,19 @@ class Notice:
 class StartGateway:
     settings: Settings
     starter_pid: int  # run.py: the gateway ends the actor system if it dies (actors/lifeline.py)
+    pool: ActorAddress  # the worker pool run.py created (the admin forked it: a single thread)
+
+
+@dataclass
+class ReplacePool:
+    """run.py to the gateway: the pool died, this new one is to start the workers again."""
+
+    pool: ActorAddress
+
+
+@dataclass
+class IdentifyPool:
+    """run.py to a new pool, which answers with its process id (an int), for run.py to watch."""
 
 
 @dataclass
@@ -81,7 +94,7 @@ class StartFailed:
 
 @dataclass
 class StopGateway:
-    pass
+    workers: bool = True  # False: the pool is dead, wait for no worker to confirm its logs
 
 
 @dataclass
@@ -94,6 +107,7 @@ class SpawnWorkers:
     settings: Settings
     gateway: ActorAddress
     link_secret: bytes  # proves the gateway and its workers to each other on their streams
+    first_generation: int = 0  # a replaced pool's workers are newer than any of the dead one's
 
 
 @dataclass

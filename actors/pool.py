@@ -1,8 +1,10 @@
 """The worker pool: creates, places and supervises the worker actors.
 
-Two reasons for it to exist:
+run.py creates it (so Thespian's admin forks it) and hands it to the gateway. Two reasons for it
+to exist:
 - Workers must be forked from a process with a single thread: the gateway runs an asyncio
-  thread, and forking a threaded process can copy a lock held by another thread into the child.
+  thread, and forking a threaded process can copy a lock held by another thread into the child
+  (and its listening socket and database handles).
 - No two actors may send to each other. Thespian's TCP transport reuses one socket for both
   directions of a pair; when both ends send at once, neither gets its ACK and the retry waits up to
   attempts x 35 s, and later messages overtake (measured: reordered frames, multi-second stalls).
@@ -23,6 +25,7 @@ gateway (``NOTICE``), which ends their turns and places their agents elsewhere.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -36,6 +39,7 @@ from actors.messages import (
     NPC_WORKERS,
     WORKER_GONE,
     ConfigureWorker,
+    IdentifyPool,
     Notice,
     SpawnWorkers,
 )
@@ -76,6 +80,8 @@ class WorkerPool(Actor):
                 self._convention_update(message)
             elif isinstance(message, SpawnWorkers):
                 self._spawn(message)
+            elif isinstance(message, IdentifyPool):
+                self.send(sender, os.getpid())
             elif isinstance(message, ActorExitRequest):
                 self.stopping = True
             elif isinstance(message, ChildActorExited) and not self.stopping:
@@ -95,7 +101,7 @@ class WorkerPool(Actor):
         if any(slot.node == node and not slot.gone for slot in self.slots):
             return  # a node that checked in again after a hiccup keeps its workers
         for _ in range(count):
-            self.slots.append(Slot(node))
+            self.slots.append(Slot(node, generation=self.spawn.first_generation))
             self._start_worker(len(self.slots) - 1)
 
     def _convention_update(self, update: ActorSystemConventionUpdate) -> None:

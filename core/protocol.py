@@ -94,6 +94,7 @@ WORKER_LOST = "worker_lost"
 RATE_LIMITED = "rate_limited"
 TOO_MANY_AGENTS = "too_many_agents"
 UNDECLARED_TOOL = "undeclared_tool"
+JOURNAL_ERROR = "journal_error"
 
 TURN_STATUSES = ("completed", "interrupted")
 RECENT_TURNS = 64  # an agent's turns that agent_turn_result / tool_results may still name

@@ -1,16 +1,16 @@
 """The gateway actor: owns the aiohttp server (on its own event loop) and talks to the workers.
 
-Start-up: create the worker pool (before any thread exists in this process, see actors/pool.py),
-wait for every worker to report ready, connect to their streams, then listen and tell run.py.
-Afterwards this class passes workers' reports (ready, failed) to the loop (``GatewayServer``) and
-stops on request; the NPC traffic goes between the loop and the workers' streams directly.
+Start-up: have the worker pool run.py created (see actors/pool.py) start the workers, wait for
+every worker to report ready, connect to their streams, then listen and tell run.py. Afterwards
+this class passes workers' reports (ready, failed) to the loop (``GatewayServer``) and stops on
+request; the NPC traffic goes between the loop and the workers' streams directly.
 
 Supervision (actors/lifeline.py): it dies with the admin, and ends the whole actor system when
-run.py dies. When its pool dies it stops the service: a new pool cannot be forked from here (this
-process has threads, and a fork would copy the listening socket and the journal's database into
-it), so it closes every connection, lets the journal write what is queued and exits; run.py sees
-that, stops the rest and exits 1, for a process manager to restart the service, which loses no
-history (the journal).
+run.py dies. When the pool dies (its workers die with it), run.py creates a new one and hands it
+over (``ReplacePool``): its workers start with newer generations, so they count as replacements
+of the lost ones, whose turns end with ``worker_lost`` and whose NPCs come back from the journal.
+Workers on worker nodes are not the pool's children and would outlive it: they are asked to exit
+(and would stop by themselves once their stream ends).
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ import os
 import signal
 
 from loguru import logger
-from thespian.actors import Actor, ActorExitRequest, ChildActorExited, WatchMessage
+from thespian.actors import Actor, ActorExitRequest, WatchMessage
 
 from actors.bridge import LoopBridge
 from actors.lifeline import die_with_parent, exit_fd
 from actors.messages import (
     GatewayStarted,
     GatewayStopped,
+    ReplacePool,
     SpawnWorkers,
     StartFailed,
     StartGateway,
@@ -33,7 +34,6 @@ from actors.messages import (
     WorkerFailed,
     WorkerReady,
 )
-from actors.pool import WorkerPool
 from config.log import configure_logging
 from core.link import new_secret
 from gateway.app import GatewayServer
@@ -49,6 +49,7 @@ class GatewayActor(Actor):
         self.server: GatewayServer | None = None
         self.pool = None
         self.workers: dict[int, WorkerReady] = {}  # worker index -> its latest generation's report
+        self.addresses: dict = {}  # worker index -> its latest generation's address
         self.requester = None
         self.settings = None
         self.started = False
@@ -66,14 +67,13 @@ class GatewayActor(Actor):
             elif isinstance(message, StartGateway):
                 self._start(message, sender)
             elif isinstance(message, StopGateway):
-                self._stop(sender)
+                self._stop(message, sender)
+            elif isinstance(message, ReplacePool):
+                self._replace_pool(message.pool)
             elif isinstance(message, ActorExitRequest):
                 if self.bridge is not None:
                     self.bridge.stop()
                 logger.complete()
-            elif isinstance(message, ChildActorExited):
-                if not self.stopping:
-                    self._pool_died()
         except Exception as exc:  # noqa: BLE001 - an actor must not die on one message
             logger.exception("gateway failed on {}", type(message).__name__)
             if not self.started and not self.stopping:  # run.py is waiting for the start
@@ -85,15 +85,26 @@ class GatewayActor(Actor):
         self.requester = sender
         configure_logging(self.settings.log_level, "gateway")
         self.link_secret = new_secret()
-        self.pool = self.createActor(WorkerPool)  # fork while this process has a single thread
+        self.pool = message.pool
         self.send(self.pool, SpawnWorkers(self.settings, self.myAddress, self.link_secret))
         self.bridge = LoopBridge("gateway-loop")
         self.bridge.call(self.bridge.loop.add_reader, exit_fd(message.starter_pid), _starter_died, message.starter_pid)
         logger.info("starting {} workers", self.settings.worker_count)
 
+    def _replace_pool(self, pool) -> None:
+        """The pool died and run.py made this one: its workers replace every worker of the old."""
+        first = 1 + max((ready.generation for ready in self.workers.values()), default=0)
+        remote = [index for index, ready in self.workers.items() if ready.node != self.settings.node]
+        logger.error("the worker pool was replaced: starting its workers again (generation {})", first)
+        for index in remote:
+            self.send(self.addresses[index], ActorExitRequest())
+        self.pool = pool
+        self.send(self.pool, SpawnWorkers(self.settings, self.myAddress, self.link_secret, first))
+
     def _worker_ready(self, message: WorkerReady, sender) -> None:
         """A worker is ready: one of this node's at start, a new node's, or a replacement."""
         self.workers[message.index] = message
+        self.addresses[message.index] = sender
         logger.debug(
             "worker {} generation {} ready on node {} (pid {})",
             message.index,
@@ -122,23 +133,7 @@ class GatewayActor(Actor):
         if not self.started:
             self.send(self.requester, StartFailed(f"worker {message.index} failed: {message.reason}"))
 
-    def _pool_died(self) -> None:
-        why = "the worker pool died"
-        logger.error("{}: the service stops (a new pool cannot be forked from the gateway)", why)
-        self.stopping = True
-        if not self.started:
-            self.send(self.requester, StartFailed(why))
-            return
-
-        async def fail() -> None:
-            self.server.failure = f"{why}; the service is stopping"
-            await self.server.stop(timeout=None)
-            logger.complete()
-            os._exit(1)
-
-        self.bridge.call(self.bridge.loop.create_task, fail())
-
-    def _stop(self, sender) -> None:
+    def _stop(self, message: StopGateway, sender) -> None:
         self.stopping = True
         self.requester = sender
         if self.server is None:
@@ -146,7 +141,7 @@ class GatewayActor(Actor):
             return
 
         async def stop_server() -> None:
-            await self.server.stop(timeout=10)
+            await self.server.stop(timeout=10 if message.workers else None)
             self.bridge.post(REPLY, GatewayStopped())
 
         self.bridge.call(self.bridge.loop.create_task, stop_server())

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+import orjson
 from aiohttp import web
 from loguru import logger
 
 from actors.messages import WorkerReady
 from config.settings import Settings
-from gateway.auth import auth_middleware
+from core import protocol as p
+from gateway.auth import auth_middleware, has_token
 from gateway.events import WEB_DIR, EventsEndpoint, index
 from gateway.godot import GodotEndpoint
 from gateway.journal import Journal
@@ -33,7 +35,9 @@ class GatewayServer:
             for destination, item in items:
                 send(destination, item)
 
-        self.journal = Journal(settings.data_dir, settings.journal_fsync, 2 * settings.history_max_entries, release)
+        self.journal = Journal(
+            settings.data_dir, settings.journal_fsync, 2 * settings.history_max_entries, release, self._not_saved
+        )
         self.router = Router(settings, self.journal)
         self.workers = WorkerLinks(link_secret, self.router)
         self.events = EventsEndpoint(settings, self.router)
@@ -42,7 +46,7 @@ class GatewayServer:
         self.runner: web.AppRunner | None = None
         self._flush_tokens = itertools.count(1)
         self._sweeper: asyncio.Task | None = None
-        self.failure: str | None = None  # set by the gateway actor when the service cannot go on
+        self._token = settings.token.encode()
 
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[auth_middleware(self.settings)])  # token, Origin
@@ -55,29 +59,46 @@ class GatewayServer:
 
     def problems(self) -> list[str]:
         """Why a turn cannot be served now (none: it can)."""
-        problems = [self.failure] if self.failure else []
-        if not self.router.live_workers():
-            problems.append("no worker is running")
+        problems = [] if self.router.live_workers() else ["no worker is running"]
+        if self.journal.failure:
+            problems.append(f"the journal cannot write: {self.journal.failure}")
+            self.journal.probe()  # the next look tells whether it can again
         return problems
 
+    def _not_saved(self, facts: list[tuple[str, str, dict]], why: str) -> None:
+        """Tell each game whose facts the journal could not write (they reached the NPCs)."""
+        connections = self.router.connections
+        for session, agent_id, ref in facts:
+            conn = connections.get(session)
+            if conn is not None:
+                message = (
+                    f"history not saved: the journal cannot write ({why}); the NPC goes on, but forgets "
+                    f"this {ref['type']} if its worker or the server restarts"
+                )
+                conn.send(orjson.dumps(p.error(p.JOURNAL_ERROR, message, {**ref, "agent_id": agent_id})))
+
     async def healthz(self, request: web.Request) -> web.Response:
-        """``ok`` (200) only when a turn can be served; else ``unavailable`` (503) and why."""
+        """``ok`` (200) only when a turn can be served; else ``unavailable`` (503) and why.
+
+        What a health checker needs is open to all; process ids and node names (by default
+        ``host:admin_port``: a Thespian port) only with the token, when one is set."""
         router = self.router
         live = router.live_workers()
         problems = self.problems()
-        return web.json_response(
-            {
-                "status": "unavailable" if problems else "ok",
-                "problems": problems,
-                "workers": len(live),
-                "agents": router.agent_count,
-                "worker_pids": [router.worker_pids[w] for w in live],
-                "worker_agents": [router.load[w] for w in live],
-                "known_agents": len(self.journal.known),
-                "nodes": router.nodes(),
-            },
-            status=503 if problems else 200,
-        )
+        details = bool(self._token) and has_token(request, self._token)
+        nodes = router.nodes()
+        body = {
+            "status": "unavailable" if problems else "ok",
+            "problems": problems,
+            "workers": len(live),
+            "agents": router.agent_count,
+            "worker_agents": [router.load[w] for w in live],
+            "known_agents": len(self.journal.known),
+            "nodes": nodes if details else [{k: v for k, v in node.items() if k != "name"} for node in nodes],
+        }
+        if details:
+            body["worker_pids"] = [router.worker_pids[w] for w in live]
+        return web.json_response(body, status=503 if problems else 200)
 
     async def start(self, workers: list[WorkerReady]) -> str:
         """Connect to the workers, open the journal, listen on the configured address; return the
@@ -100,7 +121,7 @@ class GatewayServer:
 
     async def stop(self, timeout: float | None) -> None:
         """Close every connection (agents write their logs), wait up to ``timeout`` for the workers
-        (None: not at all, they are gone), stop serving."""
+        to confirm (None: not at all, they are gone), stop serving."""
         await self.godot.close_all()
         await self.events.close_all()
         if timeout is not None:

@@ -2,7 +2,8 @@
 
 Checked in a middleware, so a refused client gets a plain HTTP 401/403 with a JSON body before
 any WebSocket upgrade: no socket, no actor work, nothing for a scanner to hold open.
-``/healthz``, ``/`` and the static files stay open: liveness probes need no secret, and the page
+``/healthz``, ``/`` and the static files stay open: liveness probes need no secret (``/healthz``
+shows process ids and node names only with the token), and the page
 holds no data (it needs the token itself, from its own ``?token=``, to connect to ``/events``).
 The Origin check stops another web site from opening ``/events`` from a visitor's browser.
 The token is never logged; refusals log the path without its query string (it may hold the token).
@@ -34,7 +35,7 @@ def auth_middleware(settings: Settings):
         path = resource.canonical if resource is not None else request.path
         if path not in PROTECTED:
             return await handler(request)
-        if expected and not _has_token(request, expected):
+        if expected and not has_token(request, expected):
             return _refuse(
                 request,
                 401,
@@ -50,7 +51,8 @@ def auth_middleware(settings: Settings):
     return middleware
 
 
-def _has_token(request: web.Request, expected: bytes) -> bool:
+def has_token(request: web.Request, expected: bytes) -> bool:
+    """The request carries ``expected`` (Authorization: Bearer, or ?token=)."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     candidates = [request.query.get("token", "")]
     if scheme.lower() == "bearer":

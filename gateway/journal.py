@@ -14,6 +14,11 @@ the facts of everything queued meanwhile in one transaction (group commit), fill
 and hands the items back to the loop, still in order, to go to the workers. An item that
 carries no fact skips the thread when nothing is queued before it, so the thread adds no
 latency to snapshots and nothing waits on a disk it does not need.
+
+A write that fails (the disk is full) loses no item: availability over durability, the items go
+on to the workers. But nobody is left unaware: each fact that is not durable is reported
+(``lost``: the gateway tells the game with a ``journal_error``), and ``failure`` says why until a
+write succeeds again (``probe`` tries one: /healthz asks while it fails).
 """
 
 from __future__ import annotations
@@ -47,20 +52,28 @@ create table if not exists agents (
     agent_id text not null,
     primary key (session, agent_id)
 ) without rowid;
+create table if not exists probe (id integer primary key, at real not null);
 """
 _STOP = object()
+_PROBE = object()
+REF_KEYS = ("turn_id", "event_id")  # of a fact, named in the error about it
 
 Release = Callable[[list[tuple[Hashable, tuple]]], None]
+Lost = Callable[[list[tuple[str, str, dict]], str], None]  # (session, agent_id, ref) each, and why
 
 
 class Journal:
     """Durable facts per (session, agent); ordered hand-over of items to the workers."""
 
-    def __init__(self, data_dir: str, fsync: bool, restore_limit: int, release: Release) -> None:
+    def __init__(
+        self, data_dir: str, fsync: bool, restore_limit: int, release: Release, lost: Lost = lambda facts, why: None
+    ) -> None:
         self.path = Path(data_dir) / FILE_NAME
         self._fsync = fsync
         self._restore_limit = restore_limit
         self._release = release
+        self._lost = lost
+        self.failure: str | None = None  # why the latest write failed; None once one succeeds (loop side)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._queued = 0  # items handed to the thread and not yet back (loop side)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -104,8 +117,15 @@ class Journal:
         self._queued += 1
         self._queue.put((destination, (RESTORE, session, agent_id, None), None))
 
-    def _released(self, items: list[tuple[Hashable, tuple]]) -> None:
+    def probe(self) -> None:
+        """Try a write in order with the rest; its outcome sets ``failure``."""
+        self._queue.put(_PROBE)
+
+    def _released(self, items: list[tuple[Hashable, tuple]], failure: str | None, lost: list) -> None:
         self._queued -= len(items)
+        self.failure = failure
+        if lost:
+            self._lost(lost, failure)
         self._release(items)
 
     # --- the thread --------------------------------------------------------------------------
@@ -130,8 +150,7 @@ class Journal:
                 batch.pop()
                 stopping = True
             if batch:
-                out = self._write(db, batch)
-                self._loop.call_soon_threadsafe(self._released, out)
+                self._loop.call_soon_threadsafe(self._released, *self._write(db, batch))
         db.close()
 
     def _connect(self) -> sqlite3.Connection:
@@ -155,13 +174,18 @@ class Journal:
         db.executescript(SCHEMA)
         return db
 
-    def _write(self, db: sqlite3.Connection, batch: list[tuple]) -> list[tuple[Hashable, tuple]]:
-        """One transaction for the batch's facts; restores read inside it, in order."""
+    def _write(self, db: sqlite3.Connection, batch: list) -> tuple[list[tuple[Hashable, tuple]], str | None, list]:
+        """One transaction for the batch's facts and probes; restores read inside it, in order.
+        Returns the items to hand on, why the write failed (None: it did not), and the facts
+        that are not durable."""
+        entries = [entry for entry in batch if entry is not _PROBE]
         out = []
         facts = 0
         try:
             db.execute("begin")
-            for destination, item, fact in batch:
+            if len(entries) < len(batch):
+                db.execute("insert or replace into probe values (1, ?)", (time.time(),))
+            for destination, item, fact in entries:
                 if fact is not None:
                     db.execute("insert into facts (session, agent_id, fact) values (?, ?, ?)", fact)
                     db.execute("insert or ignore into agents values (?, ?)", fact[:2])
@@ -172,20 +196,29 @@ class Journal:
             db.execute("commit")
             self.facts_written += facts
             self.commits += 1
+            return out, None, []
         except Exception as exc:  # noqa: BLE001 - the thread must live on, or every item would wait forever
-            # Availability over durability: the game goes on; the operator sees why.
-            logger.error("journal write failed ({} facts not durable): {!r}", facts, exc)
+            why = str(exc) or repr(exc)
+            lost = [(fact[0], fact[1], _ref(fact[2])) for _, _, fact in entries if fact is not None]
+            # Availability over durability: the game goes on, and is told (``lost``).
+            logger.error("journal write failed ({} facts not durable): {}", len(lost), why)
             if db.in_transaction:
                 try:
                     db.execute("rollback")
                 except sqlite3.Error:
                     pass
-            out += [(destination, item) for destination, item, _ in batch[len(out) :]]
-            out = [
-                (destination, (RESTORE, item[1], item[2], []) if item[0] == RESTORE and item[3] is None else item)
-                for destination, item in out
-            ]
-        return out
+            for destination, item, _ in entries[len(out) :]:
+                if item[0] == RESTORE and item[3] is None:  # a full disk still reads
+                    item = (RESTORE, item[1], item[2], self._read_or_nothing(db, item[1], item[2]))
+                out.append((destination, item))
+            return out, why, lost
+
+    def _read_or_nothing(self, db: sqlite3.Connection, session: str, agent_id: str) -> list[dict]:
+        try:
+            return self._read(db, session, agent_id)
+        except sqlite3.Error as exc:
+            logger.error("journal read failed: {} of session {} starts without history: {}", agent_id, session, exc)
+            return []
 
     def _read(self, db: sqlite3.Connection, session: str, agent_id: str) -> list[dict]:
         rows = db.execute(
@@ -202,3 +235,9 @@ class Journal:
 
     def stats(self) -> dict[str, Any]:
         return {"path": str(self.path), "known_agents": len(self.known), "facts_written": self.facts_written}
+
+
+def _ref(blob: bytes) -> dict:
+    """What an error about the fact ``blob`` names: its type and its turn or event id."""
+    fact = orjson.loads(blob)
+    return {"type": fact["type"], **{key: fact[key] for key in REF_KEYS if fact.get(key) is not None}}

@@ -2,25 +2,29 @@
 
 This is what ``run.py`` calls. It runs in the main process, outside any actor, and talks to the
 gateway with Thespian's ``ask``. It is the top of the supervision tree (actors/lifeline.py): it
-watches the gateway and Thespian's admin, and whatever ends the service, every process of the
-actor system is gone when ``stop`` returns.
+creates the worker pool (so that the admin, a single-threaded process, forks it) and replaces it
+when it dies; it watches the gateway and Thespian's admin, whose death ends the service; and
+whatever ends it, every process of the actor system is gone when ``stop`` returns.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import time
 
 from loguru import logger
 from thespian.actors import ActorSystem
 
 from actors.lifeline import end_group, exit_fd
-from actors.messages import GatewayStarted, GatewayStopped, StartGateway, StopGateway
+from actors.messages import GatewayStarted, GatewayStopped, IdentifyPool, ReplacePool, StartGateway, StopGateway
 from actors.node import SYSTEM_BASE, NodeError, start_system
+from actors.pool import WorkerPool
 from config.settings import Settings
 from gateway.actor import GatewayActor
 
-GATEWAY, ADMIN = "the gateway", "Thespian's admin"
+GATEWAY, ADMIN, POOL = "the gateway", "Thespian's admin", "the worker pool"
+POOL_CRASH_LOOP_S = 30.0  # a replaced pool that dies as soon as this stops the service
 
 
 class ServiceError(RuntimeError):
@@ -36,6 +40,7 @@ class Service:
         self.url: str | None = None
         self.group: int | None = None  # the actor system's process group
         self.watched: dict[int, tuple[str, int]] = {}  # exit fd -> (role, pid) of a process run.py watches
+        self.pool_replaced_at: float | None = None
 
     def start(self) -> str:
         """Start everything and return the gateway's base URL once it accepts connections."""
@@ -48,7 +53,8 @@ class Service:
             except NodeError as exc:
                 raise ServiceError(str(exc)) from None
             self.gateway = self.system.createActor(GatewayActor)
-            reply = self.system.ask(self.gateway, StartGateway(s, os.getpid()), s.startup_timeout_s)
+            pool = self._start_pool()
+            reply = self.system.ask(self.gateway, StartGateway(s, os.getpid(), pool), s.startup_timeout_s)
             if not isinstance(reply, GatewayStarted):
                 reason = getattr(reply, "reason", None) or f"no answer within {s.startup_timeout_s} s"
                 raise ServiceError(f"the gateway did not start: {reason}")
@@ -84,11 +90,37 @@ class Service:
             llm_max_tokens=s.embedded_max_tokens,
         )
 
+    def _start_pool(self):
+        """A new worker pool, watched; the gateway has it start the workers."""
+        pool = self.system.createActor(WorkerPool)
+        pid = self.system.ask(pool, IdentifyPool(), self.settings.startup_timeout_s)
+        if type(pid) is not int:
+            raise ServiceError(f"the worker pool did not start (answer: {pid!r})")
+        self.watched[exit_fd(pid)] = (POOL, pid)
+        return pool
+
     def wait(self, wakeup: int) -> str | None:
-        """Block until ``wakeup`` is readable (a signal: None) or the gateway or the admin exits
-        (then: which one)."""
-        ready, _, _ = select.select([wakeup, *self.watched], [], [])
-        return next((f"{self.watched[fd][0]} (pid {self.watched[fd][1]})" for fd in ready if fd in self.watched), None)
+        """Block until ``wakeup`` is readable (a signal: None) or the service cannot go on (then:
+        why). A dead pool is replaced, unless its replacement dies within POOL_CRASH_LOOP_S."""
+        while True:
+            ready, _, _ = select.select([wakeup, *self.watched], [], [])
+            died = [fd for fd in ready if fd in self.watched]
+            if not died:
+                return None
+            role, pid = self.watched[died[0]]
+            if role != POOL:
+                return f"{role} (pid {pid}) exited"
+            now = time.monotonic()
+            if self.pool_replaced_at is not None and now - self.pool_replaced_at < POOL_CRASH_LOOP_S:
+                return f"{POOL} (pid {pid}) exited {now - self.pool_replaced_at:.1f} s after it replaced another"
+            del self.watched[died[0]]
+            os.close(died[0])
+            logger.error("{} (pid {}) exited: starting a new one; its NPCs come back from the journal", POOL, pid)
+            self.pool_replaced_at = now
+            try:
+                self.system.tell(self.gateway, ReplacePool(self._start_pool()))
+            except ServiceError as exc:
+                return str(exc)
 
     def _exited(self) -> set[str]:
         ready, _, _ = select.select(list(self.watched), [], [], 0)
@@ -100,7 +132,7 @@ class Service:
         exited = self._exited()
         try:
             if system is not None and self.gateway is not None and self.url is not None and not exited:
-                reply = system.ask(self.gateway, StopGateway(), 20)
+                reply = system.ask(self.gateway, StopGateway(workers=POOL not in exited), 20)
                 if not isinstance(reply, GatewayStopped):
                     logger.warning("the gateway did not confirm a clean stop")
         finally:

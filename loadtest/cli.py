@@ -445,13 +445,14 @@ def _nodes(url: str) -> list[dict]:
 
 
 def _node_rates(before: list[dict], after: list[dict], seconds: float) -> list[dict]:
-    """Frames per second each node carried between two /healthz readings."""
-    start = {node["name"]: node["frames"] for node in before}
+    """Frames per second each node carried between two /healthz readings (nodes in the same order;
+    their names only when the server was given its token)."""
+    start = [node["frames"] for node in before]
     return [
         {
-            "name": node["name"],
+            "name": node.get("name") or f"node {i + 1}",
             "workers": node["workers"],
-            "frames_per_s": round((node["frames"] - start.get(node["name"], 0)) / seconds, 1),
+            "frames_per_s": round((node["frames"] - (start[i] if i < len(start) else 0)) / seconds, 1),
         }
-        for node in after
+        for i, node in enumerate(after)
     ]

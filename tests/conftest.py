@@ -106,7 +106,18 @@ class ServerProcess:
             admin_port=self.admin_port,
         )
         self.log = self.process.log
+        self.token = self.env.get("GAME_AGENT_TOKEN", "")
         self.process.wait_http(self.url + "/healthz")
+
+    async def health(self) -> dict:
+        """``GET /healthz``, with the token when the server has one (then with pids and node names)."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        async with aiohttp.ClientSession() as http, http.get(self.url + "/healthz", headers=headers) as response:
+            return await response.json()
+
+    def query(self, query: str = "") -> str:
+        """``query`` for /ws or /events, with the token when the server has one."""
+        return f"{query}{'&' if query else '?'}token={self.token}" if self.token else query
 
     def processes(self) -> list[psutil.Process]:
         """Every live process of this server: run.py, the admin, the gateway, pool and workers."""

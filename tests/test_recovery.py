@@ -9,11 +9,15 @@ the scripted LLM is shared. History is checked where it matters: in the prompt t
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import secrets
 import signal
+import subprocess
 import time
 
 import aiohttp
+import orjson
 import psutil
 import pytest
 
@@ -25,9 +29,11 @@ pytestmark = pytest.mark.timeout(120)
 SLOW = {"content": "<say>" + " ".join(f"word{n}" for n in range(200)) + "</say>", "tokens_per_s": 20}
 
 
+TOKEN = "tok-recovery-" + secrets.token_hex(8)  # every server here has one: /healthz shows pids with it
+
+
 async def health(server: ServerProcess) -> dict:
-    async with aiohttp.ClientSession() as http, http.get(server.url + "/healthz") as response:
-        return await response.json()
+    return await server.health()
 
 
 async def confirmed_turn(godot: GodotPeer, llm, agent_id: str, words: str) -> None:
@@ -56,12 +62,12 @@ async def fresh(tmp_path, llm):
     peers: list[GodotPeer] = []
 
     async def start(**env) -> ServerProcess:
-        server = await asyncio.to_thread(ServerProcess, tmp_path, llm.url, **env)
+        server = await asyncio.to_thread(ServerProcess, tmp_path, llm.url, **{"GAME_AGENT_TOKEN": TOKEN, **env})
         started.append(server)
         return server
 
     async def connect(server: ServerProcess, query: str = "") -> GodotPeer:
-        peer = await GodotPeer.connect(server.url, query)
+        peer = await GodotPeer.connect(server.url, server.query(query))
         peers.append(peer)
         return peer
 
@@ -126,14 +132,15 @@ def service_processes(server: ServerProcess) -> dict[str, psutil.Process | list[
         if c.status == psutil.CONN_LISTEN and c.laddr.port == server.port and c.pid
     ]
     admin = gateway.parent()
-    [pool] = gateway.children()
+    others = [process for process in admin.children() if process.pid != gateway.pid]
+    [pool] = [process for process in others + gateway.children() if process.children()]  # the logger has none
     return {
         "run.py": psutil.Process(server.process.proc.pid),
         "admin": admin,
         "gateway": gateway,
         "pool": pool,
         "workers": pool.children(),
-        "logger": [p for p in admin.children() if p.pid != gateway.pid],
+        "logger": [process for process in others if process.pid != pool.pid],
     }
 
 
@@ -148,10 +155,59 @@ def running(processes: list[psutil.Process]) -> list[psutil.Process]:
     return alive
 
 
-@pytest.mark.parametrize("victim", ["pool", "gateway", "admin", "run.py"])
-async def test_any_process_of_the_service_killed_stops_it_all_and_run_py_says_so(fresh, victim):
-    """No orphan ever: a dead pool, gateway or admin stops the whole service and run.py exits 1 at
-    once (for a process manager to restart it); a dead run.py takes every actor with it."""
+async def test_a_killed_pool_is_replaced_with_its_workers_and_a_crash_loop_stops_the_service(fresh, llm):
+    server = await fresh(workers=2)
+    godot = await fresh.connect(server)
+    godot.specs["victim"] = {"name": "Vic"}
+    await confirmed_turn(godot, llm, "victim", "gamma delta")
+    before = service_processes(server)
+    await llm.script({**SLOW, "match": "keep talking"})
+    start = len(godot.frames)
+    await godot.interact("victim", "keep talking")
+    await godot.wait_type("agent_tag_chunk", 10, start)
+    turn_id = next(f["turn_id"] for f in godot.frames[start:] if f["type"] == "agent_turn_started")
+    killed_at = time.monotonic()
+    before["pool"].kill()
+
+    # The running turn ends as on a lost worker; the old workers died with their pool.
+    finished = await godot.wait_type("agent_turn_finished", 15, start, turn_id=turn_id)
+    assert finished["reason"] == "error"
+    assert [f["ref"] for f in godot.frames[start:] if f["type"] == "error"] == [
+        {"agent_id": "victim", "turn_id": turn_id}
+    ]
+    print(f"kill -9 of the pool: the turn ended {time.monotonic() - killed_at:.2f} s later")
+    deadline = time.monotonic() + 10
+    while left := running([before["pool"], *before["workers"]]):
+        assert time.monotonic() < deadline, f"the dead pool's workers still run: {left}"
+        await asyncio.sleep(0.05)
+    after = service_processes(server)
+    assert after["gateway"].pid == before["gateway"].pid and server.process.proc.poll() is None
+    assert len(after["workers"]) == 2
+    state = await health(server)
+    assert state["status"] == "ok" and sorted(state["worker_pids"]) == sorted(w.pid for w in after["workers"])
+    # The NPC comes back with its history, on the same connection.
+    remembered = await prompt_of_next_turn(godot, llm, "victim")
+    assert "gamma delta" in remembered and "keep talking" in remembered
+
+    # A replacement that dies at once too: a crash loop, the service stops loudly and entirely.
+    everything = server.processes()
+    killed_at = time.monotonic()
+    after["pool"].kill()
+    code = await asyncio.to_thread(server.process.proc.wait, 30)
+    print(f"kill -9 of the new pool: run.py exited {code} after {time.monotonic() - killed_at:.2f} s")
+    log = server.server_log()
+    assert code == 1 and "after it replaced another: stopping the service" in log
+    assert "did not confirm their logs" not in log  # nobody waited for the dead pool's workers
+    deadline = time.monotonic() + 15
+    while left := running(everything):
+        assert time.monotonic() < deadline, f"left running: {left}"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("victim", ["gateway", "admin", "run.py"])
+async def test_the_gateway_admin_or_run_py_killed_stops_it_all_and_run_py_says_so(fresh, victim):
+    """No orphan ever: a dead gateway or admin stops the whole service and run.py exits 1 at once
+    (for a process manager to restart it); a dead run.py takes every actor with it."""
     server = await fresh()
     godot = await fresh.connect(server)
     roles = service_processes(server)
@@ -166,13 +222,92 @@ async def test_any_process_of_the_service_killed_stops_it_all_and_run_py_says_so
         assert code == -signal.SIGKILL
     else:
         assert code == 1, server.server_log()
-        assert "exited: stopping the service" in server.server_log()
+        assert "exited: stopping the service (exit status 1" in server.server_log()
     deadline = time.monotonic() + 15
     while left := running(everything):
         assert time.monotonic() < deadline, f"left running after kill -9 of the {victim}: {left}"
         await asyncio.sleep(0.1)
     print(f"every process gone {time.monotonic() - killed_at:.2f} s after the kill")
     await asyncio.wait_for(godot.closed.wait(), 10)
+
+
+async def test_healthz_shows_no_port_or_pid_without_the_token(fresh):
+    """A health checker gets the status, why not ok, and counts; pids and node names (by default
+    host:admin_port) only with the token, and never when the server has none."""
+    with_token, without = await asyncio.gather(fresh(), fresh(GAME_AGENT_TOKEN=""))
+    async with aiohttp.ClientSession() as http:
+        for server, tries in (
+            (with_token, [{}, {"headers": {"Authorization": "Bearer wrong"}}, {"params": {"token": "wrong"}}]),
+            (without, [{}, {"headers": {"Authorization": f"Bearer {TOKEN}"}}]),
+        ):
+            secrets_of_server = [str(server.admin_port)] + [str(p.pid) for p in server.processes()]
+            for how in tries:
+                async with http.get(server.url + "/healthz", **how) as response:
+                    assert response.status == 200
+                    text = await response.text()
+                body = orjson.loads(text)
+                assert body["status"] == "ok" and body["problems"] == [] and body["workers"] == 2, body
+                assert "worker_pids" not in body
+                assert [set(node) for node in body["nodes"]] == [{"workers", "agents", "frames"}]
+                assert not [s for s in secrets_of_server if s in text], (how, text)
+    detailed = await with_token.health()
+    workers = service_processes(with_token)["workers"]
+    assert sorted(detailed["worker_pids"]) == sorted(w.pid for w in workers)
+    assert detailed["nodes"][0]["name"].endswith(f":{with_token.admin_port}")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MB filesystem (tmpfs), mounted for the test and unmounted after (needs root)."""
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs (root and CAP_SYS_ADMIN needed): {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def fill(disk) -> None:
+    """Write a file until the filesystem has no byte left."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        for chunk in (b"\0" * 65536, b"\0" * 4096, b"\0"):
+            try:
+                while True:
+                    os.write(fd, chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+
+
+async def test_a_full_disk_is_told_to_the_game_and_to_healthz_and_the_npc_goes_on(small_disk, fresh, llm):
+    server = await fresh(data_dir=small_disk)
+    godot = await fresh.connect(server)
+    godot.specs["scribe"] = {"name": "Scribe"}
+    await confirmed_turn(godot, llm, "scribe", "before the flood")
+    assert "before the flood" in await prompt_of_next_turn(godot, llm, "scribe")  # the NPC has it: it is durable
+    fill(small_disk)
+    start = len(godot.frames)
+    await godot.send({"type": "notification_event", "agent_id": "scribe", "event": {"text": "flood " + "x" * 5000}})
+    error = await godot.wait_type("error", 10, start, code="journal_error")
+    assert error["ref"] == {"type": "notification_event", "agent_id": "scribe"}, error
+    print("the game is told:", error["message"])
+    full = await health(server)
+    assert full["status"] == "unavailable" and full["problems"][0].startswith("the journal cannot write"), full
+    async with aiohttp.ClientSession() as http, http.get(server.url + "/healthz") as response:
+        assert response.status == 503
+
+    (small_disk / "filler").unlink()  # room again: the next looks at /healthz try a write
+    deadline = time.monotonic() + 10
+    while (state := await health(server))["status"] != "ok":
+        assert time.monotonic() < deadline, f"/healthz did not recover: {state}"
+        await asyncio.sleep(0.1)
+    # The NPC went on with the fact it was given, and with what was saved before.
+    remembered = await prompt_of_next_turn(godot, llm, "scribe")
+    assert "before the flood" in remembered and "flood xxx" in remembered
+    assert [f["code"] for f in godot.frames[start:] if f["type"] == "error"] == ["journal_error"]
 
 
 async def test_a_server_killed_and_restarted_has_every_confirmed_turn(fresh, llm, tmp_path):

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import sqlite3
 import time
 
-import aiohttp
 import orjson
 import pytest
 
@@ -86,19 +86,21 @@ class Game:
         }
 
 
+TOKEN = "tok-soak-" + secrets.token_hex(8)  # /healthz gives the worker pids with it
+
+
 async def worker_pids(server: ServerProcess) -> list[int]:
-    async with aiohttp.ClientSession() as http, http.get(server.url + "/healthz") as response:
-        return (await response.json())["worker_pids"]
+    return (await server.health())["worker_pids"]  # given with the token only
 
 
 @pytest.mark.timeout(600)
 async def test_no_confirmed_turn_is_lost_to_crashes(tmp_path, llm, request):
     seconds = request.config.getoption("--soak-seconds")
     data = tmp_path / "data"
-    server = await asyncio.to_thread(ServerProcess, tmp_path, llm.url, data_dir=data)
+    server = await asyncio.to_thread(ServerProcess, tmp_path, llm.url, data_dir=data, GAME_AGENT_TOKEN=TOKEN)
     crashes = 0
     try:
-        godot = await GodotPeer.connect(server.url, "?session=soak")
+        godot = await GodotPeer.connect(server.url, server.query("?session=soak"))
         game = Game(godot)
         agents = [f"npc{n}" for n in range(NPCS)]
         for agent_id in agents:
