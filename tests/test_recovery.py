@@ -180,10 +180,14 @@ async def test_a_killed_pool_is_replaced_with_its_workers_and_a_crash_loop_stops
     while left := running([before["pool"], *before["workers"]]):
         assert time.monotonic() < deadline, f"the dead pool's workers still run: {left}"
         await asyncio.sleep(0.05)
+    old_pids = {w.pid for w in before["workers"]}
+    deadline = time.monotonic() + 30
+    while len(set((state := await health(server)).get("worker_pids") or ()) - old_pids) < 2:
+        assert time.monotonic() < deadline, f"the new pool's workers did not come up: {state}"
+        await asyncio.sleep(0.05)
     after = service_processes(server)
     assert after["gateway"].pid == before["gateway"].pid and server.process.proc.poll() is None
     assert len(after["workers"]) == 2
-    state = await health(server)
     assert state["status"] == "ok" and sorted(state["worker_pids"]) == sorted(w.pid for w in after["workers"])
     # The NPC comes back with its history, on the same connection.
     remembered = await prompt_of_next_turn(godot, llm, "victim")
