@@ -178,7 +178,7 @@ class TurnMachine:
         if markup is None:
             self.phase = Phase.STREAMING
             return [Stream(self._spec)]
-        outputs: list[Output] = list(p.tag_frames(self.agent_id, self.turn_id, self._parser.feed(markup)))
+        outputs: list[Output] = [*p.tag_frames(self.agent_id, self.turn_id, self._parser.feed(markup))]
         outputs += self._end(p.turn_finished(self.agent_id, self.turn_id, "completed"), stop=False)
         return outputs
 
@@ -187,7 +187,7 @@ class TurnMachine:
         parser = self._parser
         if self.phase is not Phase.STREAMING or parser is None:
             return []
-        return list(p.tag_frames(self.agent_id, self.turn_id, parser.feed(text)))
+        return p.tag_frames(self.agent_id, self.turn_id, parser.feed(text))
 
     def llm_usage(self, usage: dict) -> None:
         if self.phase is Phase.STREAMING:
