@@ -32,19 +32,23 @@ from core.spec import AgentSpec
 from core.tagstream import TagStreamParser
 
 __all__ = [
+    "END_TYPES",
     "Output",
     "Phase",
     "Prompt",
     "RecordAnswer",
     "RequestState",
+    "SeenTurn",
     "Stream",
     "TurnEnded",
     "TurnMachine",
+    "error_end",
     "state_request_id",
     "turn_of_request",
 ]
 
 _STATE_SUFFIX = ".state"
+END_TYPES = ("agent_turn_finished", "agent_turn_interrupted")  # the frames that end a turn
 
 
 def state_request_id(turn_id: str) -> str:
@@ -179,7 +183,7 @@ class TurnMachine:
             self.phase = Phase.STREAMING
             return [Stream(self._spec)]
         outputs: list[Output] = [*p.tag_frames(self.agent_id, self.turn_id, self._parser.feed(markup))]
-        outputs += self._end(p.turn_finished(self.agent_id, self.turn_id, "completed"), stop=False)
+        outputs += self._end([p.turn_finished(self.agent_id, self.turn_id, "completed")], stop=False)
         return outputs
 
     def llm_text(self, text: str) -> list[dict]:
@@ -196,7 +200,7 @@ class TurnMachine:
     def llm_finished(self) -> list[Output]:
         if self.phase is not Phase.STREAMING:
             return []
-        return self._end(p.turn_finished(self.agent_id, self.turn_id, "completed", self._usage), stop=False)
+        return self._end([p.turn_finished(self.agent_id, self.turn_id, "completed", self._usage)], stop=False)
 
     def llm_failed(self, message: str) -> list[Output]:
         return self._end_error(p.LLM_ERROR, message)
@@ -220,21 +224,61 @@ class TurnMachine:
     def _end_interrupted(self, reason: str, by_event_id: str | None, *, stop: bool) -> list[Output]:
         if self.phase is Phase.ENDED or self.phase is Phase.NEW:
             return []
-        return self._end(p.turn_interrupted(self.agent_id, self.turn_id, reason, by_event_id), stop=stop)
+        return self._end([p.turn_interrupted(self.agent_id, self.turn_id, reason, by_event_id)], stop=stop)
 
     def _end_error(self, code: str, message: str) -> list[Output]:
         if self.phase is Phase.ENDED or self.phase is Phase.NEW:
             return []
-        error = p.error(code, message, {"agent_id": self.agent_id, "turn_id": self.turn_id})
-        return self._end(p.turn_finished(self.agent_id, self.turn_id, "error"), stop=False, error=error)
+        return self._end(error_end(self.agent_id, self.turn_id, code, message), stop=False)
 
-    def _end(self, last: dict, *, stop: bool, error: dict | None = None) -> list[Output]:
+    def _end(self, ending: list[dict], *, stop: bool) -> list[Output]:
+        """``ending``: the end frame, after the ``error`` frame of an end by error."""
         outputs: list[Output] = [RecordAnswer(self._usage)] if self.phase is Phase.STREAMING else []
         self.phase = Phase.ENDED
         if self._parser is not None:
             outputs += p.tag_frames(self.agent_id, self.turn_id, self._parser.close())
             self._parser = None
-        if error is not None:
-            outputs.append(error)
-        outputs += (last, TurnEnded(last["reason"], stop))
+        outputs += ending
+        outputs.append(TurnEnded(ending[-1]["reason"], stop))
         return outputs
+
+
+def error_end(agent_id: str, turn_id: str, code: str, message: str) -> list[dict]:
+    """How a turn ends in error: an ``error`` frame saying why, then ``agent_turn_finished`` with
+    reason ``error``."""
+    return [
+        p.error(code, message, {"agent_id": agent_id, "turn_id": turn_id}),
+        p.turn_finished(agent_id, turn_id, "error"),
+    ]
+
+
+@dataclass(slots=True)
+class SeenTurn:
+    """A turn as its frames show it, to one who forwards them without running it (the gateway,
+    while the turn's machine runs in an agent on a worker). If that worker is lost, ``lost`` ends
+    the turn as its machine would have ended it in error, keeping the contract's promises."""
+
+    agent_id: str
+    turn_id: str
+    event_id: str | None
+    started: bool = False  # agent_turn_started went out
+    tag: tuple[int, str] | None = None  # the open tag: (index, name)
+
+    def seen(self, frame: dict) -> bool:
+        """Note one frame of this turn; True when it was the turn's end."""
+        kind = frame["type"]
+        if kind == "agent_turn_started":
+            self.started = True
+        elif kind == "agent_tag_open":
+            self.tag = (frame["index"], frame["tag"])
+        elif kind == "agent_tag_close":
+            self.tag = None
+        return kind in END_TYPES
+
+    def lost(self, code: str, why: str) -> list[dict]:
+        """The frames that end this turn now: its start, if it never started (the event that
+        asked for it gets its answer), its open tag's close, then its end in error."""
+        frames = [] if self.started else [p.turn_started(self.agent_id, self.turn_id, self.event_id)]
+        if self.tag is not None:
+            frames.append(p.tag_close(self.agent_id, self.turn_id, *self.tag))
+        return frames + error_end(self.agent_id, self.turn_id, code, why)

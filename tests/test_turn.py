@@ -16,11 +16,22 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from core import protocol as p
 from core.spec import TagSpec, parse_spec
 from core.tagstream import TagChunk, TagClose, TagOpen, TagStreamParser
-from core.turn import Phase, Prompt, RecordAnswer, RequestState, Stream, TurnEnded, TurnMachine, turn_of_request
+from core.turn import (
+    END_TYPES,
+    Phase,
+    Prompt,
+    RecordAnswer,
+    RequestState,
+    SeenTurn,
+    Stream,
+    TurnEnded,
+    TurnMachine,
+    error_end,
+    turn_of_request,
+)
 
 SPEC = parse_spec({"name": "Bram"})
 USAGE = {"prompt_tokens": 3, "completion_tokens": 4}
-END_TYPES = ("agent_turn_finished", "agent_turn_interrupted")
 STEPS = (RequestState, Prompt, Stream)
 
 Event = Callable[[TurnMachine], list]
@@ -116,25 +127,15 @@ def expected_tags(fed: tuple[str, ...], closed: bool) -> list[tuple]:
     return [tuple(t) for t in tags.values()]
 
 
-def check(trace: Trace) -> None:
-    """The contract's per-turn ordering and the machine's own promises, on one whole trace."""
-    outputs, machine = trace.outputs, trace.machine
-    frames = [o for o in outputs if type(o) is dict]
-    commands = [o for o in outputs if type(o) is not dict]
-    # started before anything else; the state is asked for right after
+def check_frames(frames: list[dict], ended: bool) -> None:
+    """The contract's per-turn ordering: started first; tags 0, 1, 2..., chunks of the open one
+    only, never empty; every open tag closed before the end; one end, if ended, and last; ``error``
+    frames right before, and only before, a finish with reason error."""
     assert frames[0] == p.turn_started("bram", "t1", "ev-1")
-    assert outputs[1] == RequestState(p.get_agent_state("t1.state", "bram", "ev-1"))
-    # exactly one end once ended, and nothing after it: the end frame, then TurnEnded, last
-    ends = [f for f in frames if f["type"] in END_TYPES]
-    assert len(ends) == (1 if machine.ended else 0), ends
-    assert sum(type(c) is TurnEnded for c in commands) == len(ends)
-    if machine.ended:
-        assert outputs[-2] is ends[0] and type(outputs[-1]) is TurnEnded
-        assert outputs[-1].reason == ends[0]["reason"]
-        assert outputs[-1].stop == (trace.ended_by in ("interrupt", "disconnect")), trace.ended_by
-    # tags: indexes 0, 1, 2..., chunks of the open one only, never empty, every open closed by the end
+    ends = [i for i, f in enumerate(frames) if f["type"] in END_TYPES]
+    assert ends == ([len(frames) - 1] if ended else []), ends
     open_index, next_index = None, 0
-    for f in frames[1:]:
+    for i, f in enumerate(frames[1:], 1):
         assert f.get("turn_id", f.get("ref", {}).get("turn_id")) == "t1"
         if f["type"] == "agent_tag_open":
             assert open_index is None and f["index"] == next_index, f
@@ -146,14 +147,26 @@ def check(trace: Trace) -> None:
             open_index = None
         elif f["type"] in END_TYPES:
             assert open_index is None, f"tag {open_index} left open at the end"
+            assert (frames[i - 1]["type"] == "error") == (f.get("reason") == "error"), frames[i - 1 :]
         else:
-            assert f["type"] == "error", f
-    # an error frame comes right before, and only before, a finish with reason error
-    for i, f in enumerate(frames):
-        if f["type"] == "error":
-            assert frames[i + 1]["type"] == "agent_turn_finished" and frames[i + 1]["reason"] == "error"
-    if ends and ends[0].get("reason") == "error":
-        assert frames[-2]["type"] == "error"
+            assert f["type"] == "error" and frames[i + 1]["type"] in ("error", "agent_turn_finished"), f
+
+
+def check(trace: Trace) -> None:
+    """The contract's per-turn ordering and the machine's own promises, on one whole trace."""
+    outputs, machine = trace.outputs, trace.machine
+    frames = [o for o in outputs if type(o) is dict]
+    commands = [o for o in outputs if type(o) is not dict]
+    check_frames(frames, machine.ended)
+    # the state is asked for right after the start
+    assert outputs[1] == RequestState(p.get_agent_state("t1.state", "bram", "ev-1"))
+    # after the end frame, TurnEnded, last
+    ends = [f for f in frames if f["type"] in END_TYPES]
+    assert sum(type(c) is TurnEnded for c in commands) == len(ends)
+    if machine.ended:
+        assert outputs[-2] is ends[0] and type(outputs[-1]) is TurnEnded
+        assert outputs[-1].reason == ends[0]["reason"]
+        assert outputs[-1].stop == (trace.ended_by in ("interrupt", "disconnect")), trace.ended_by
     # the steps go in order, each once at most; the LLM input is recorded once, iff it was asked
     steps = [type(c) for c in commands if type(c) in STEPS]
     assert steps == list(STEPS[: len(steps)]), steps
@@ -182,6 +195,25 @@ def test_every_permutation_of_the_racing_events_after_each_phase():
             trace = Trace().run(prefix + names)
             check(trace)
             assert trace.machine.ended
+
+
+def test_a_turn_lost_after_any_of_its_frames_still_ends_by_the_contract():
+    """The gateway follows a turn by its frames (SeenTurn) and ends it when its worker is lost:
+    after any prefix of any trace of the machine, the frames it adds keep the contract."""
+    for prefix in PREFIXES.values():
+        for names in itertools.permutations(ENDINGS):
+            frames = [o for o in Trace().run(prefix + names).outputs if type(o) is dict]
+            for cut in range(len(frames)):
+                seen = SeenTurn("bram", "t1", "ev-1")
+                if not any(seen.seen(f) for f in frames[:cut]):
+                    check_frames(frames[:cut] + seen.lost(p.WORKER_LOST, "gone"), ended=True)
+
+
+def test_a_turn_lost_before_it_started_starts_then_ends():
+    assert SeenTurn("bram", "t1", "ev-1").lost(p.WORKER_LOST, "gone") == [
+        p.turn_started("bram", "t1", "ev-1"),
+        *error_end("bram", "t1", p.WORKER_LOST, "gone"),
+    ]
 
 
 # --- each way a turn ends, frame by frame ----------------------------------------------------
