@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from core import protocol as p
 from core.spec import TagSpec, parse_spec
-from core.tagstream import TagChunk, TagClose, TagOpen, TagStreamParser
+from core.tagstream import TagStreamParser
 from core.turn import (
     END_TYPES,
     Phase,
@@ -79,7 +79,7 @@ class Trace:
         self.fed: list[str] = []  # the text the machine parsed
         self.ended_by: str | None = None
 
-    def send(self, name: str, event: Event, text: tuple[Phase, str] | None = None) -> list:
+    def send(self, name: str, event: Event, text: tuple[Phase, str] | None = None) -> None:
         """Send one event; ``text`` is the text it carries and the phase in which it is parsed."""
         before = self.machine.phase
         out = event(self.machine)
@@ -90,7 +90,6 @@ class Trace:
         if self.ended_by is None and self.machine.ended:
             self.ended_by = name
         self.outputs += out
-        return out
 
     def run(self, names: tuple[str, ...]) -> Trace:
         for name in names:
@@ -116,15 +115,7 @@ def expected_tags(fed: tuple[str, ...], closed: bool) -> list[tuple]:
     """What a parser fed the same text, and closed if the turn ended, says of each tag."""
     parser = TagStreamParser(SPEC.allowed_tags)
     events = [e for text in fed for e in parser.feed(text)] + (parser.close() if closed else [])
-    tags: dict[int, list] = {}
-    for e in events:
-        if type(e) is TagOpen:
-            tags[e.index] = [e.index, e.tag, e.attrs, "", False]
-        elif type(e) is TagChunk:
-            tags[e.index][3] += e.text
-        elif type(e) is TagClose:
-            tags[e.index][4] = True
-    return [tuple(t) for t in tags.values()]
+    return tags_of(p.tag_frames("bram", "t1", events))
 
 
 def check_frames(frames: list[dict], ended: bool) -> None:
@@ -352,4 +343,4 @@ class TurnRun(RuleBasedStateMachine):
 
 
 TestTurnRun = TurnRun.TestCase
-TestTurnRun.settings = settings(max_examples=150, stateful_step_count=20, deadline=None)
+TestTurnRun.settings = settings(max_examples=100, stateful_step_count=20, deadline=None)
