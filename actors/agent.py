@@ -8,7 +8,7 @@ the agent runs the machine's steps as a task, carries each await's outcome back 
 and sends what comes out (``_do``).
 
 A person on ``/events`` may play the NPC (``Takeover``): its turns then wait for that person's
-input instead of calling the LLM, and go through the same parser and the same ``_end``, so Godot
+input instead of calling the LLM, and go through the same machine (its parser, its end), so Godot
 sees the same lifecycle. When nobody answers in time, the LLM takes the turn and the NPC back.
 """
 
