@@ -136,11 +136,6 @@ class TurnMachine:
     def ended(self) -> bool:
         return self.phase is Phase.ENDED
 
-    @property
-    def open_tag(self) -> str | None:
-        """The tag open now, if any."""
-        return None if self._parser is None else self._parser.open_tag
-
     # --- events from the turn's own task -------------------------------------------------------
 
     def start(self) -> list[Output]:
