@@ -13,11 +13,12 @@ A turn goes through its phases in order, each ended by the event named::
     person_answered(None)   ->  STREAMING  stream the LLM's answer (Stream), llm_text per delta
     llm_finished()          ->  ENDED
 
-and ends early on ``state_timed_out`` with no spec to fall back on, ``person_answered(markup)``,
-``llm_failed``, ``failed``, ``cancelled`` or ``interrupt``. Every end gives, in order: the LLM input
-to record (``RecordAnswer``, when the LLM was asked), the open tag's close, the ``error`` frame of an
-end by error, the one end frame, and ``TurnEnded``. An event its phase does not expect is stale: it
-raced the turn's end (an await that finished while the turn was interrupted) and gives nothing.
+and ends early on ``state_timed_out`` with no spec to fall back on, a spec whose tags the parser
+refuses, ``person_answered(markup)``, ``llm_failed``, ``failed``, ``cancelled`` or ``interrupt``.
+Every end gives, in order: the LLM input to record (``RecordAnswer``, when the LLM was asked), the
+open tag's close, the ``error`` frame of an end by error, the one end frame, and ``TurnEnded``. An
+event its phase does not expect is stale: it raced the turn's end (an await that finished while
+the turn was interrupted) and gives nothing; so does any event before ``start``.
 
 Outputs are frame dicts (``core.protocol``, to send to Godot in order) and the commands below.
 """
@@ -136,7 +137,7 @@ class TurnMachine:
     def ended(self) -> bool:
         return self.phase is Phase.ENDED
 
-    # --- events from the turn's own task -------------------------------------------------------
+    # --- the turn's start, and the outcomes of its steps ----------------------------------------
 
     def start(self) -> list[Output]:
         if self.phase is not Phase.NEW:
