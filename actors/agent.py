@@ -2,12 +2,13 @@
 
 An agent is a small in-process actor (``pykka``-style): messages reach ``receive`` one at a time in
 arrival order and are handled without awaiting, so a new ``interaction_event`` can always cut into
-a streaming turn. The turn itself is a task the agent owns; ending it (finish, error, interruption,
-disconnect) goes through ``_end`` alone, which closes the open tag, sends the one final frame and
-makes sure nothing of that turn follows it.
+a streaming turn. The turn's lifecycle is ``core.turn.TurnMachine``: it decides what each event
+means and what goes out (which frames, when the turn ends, that nothing of it follows its end);
+the agent runs the machine's steps as a task, carries each await's outcome back in as an event
+and sends what comes out (``_do``).
 
 A person on ``/events`` may play the NPC (``Takeover``): its turns then wait for that person's
-input instead of calling the LLM, and go through the same parser and the same ``_end``, so Godot
+input instead of calling the LLM, and go through the same machine (its parser, its end), so Godot
 sees the same lifecycle. When nobody answers in time, the LLM takes the turn and the NPC back.
 """
 
@@ -25,32 +26,27 @@ from core import protocol as p
 from core.history import History
 from core.prompt import build_messages
 from core.spec import AgentSpec, SpecError, parse_spec
-from core.tagstream import TagStreamParser
 from core.taleweave import PlayerInput, Takeover, TakeoverEnded, TurnPrompt, actions_of
+from core.turn import Output, Prompt, RecordAnswer, RequestState, Stream, TurnEnded, TurnMachine, turn_of_request
 from providers.client import LLMError
 
 if TYPE_CHECKING:
     from actors.host import AgentHost
 
-REQUEST_SUFFIX = ".state"  # request_id of a turn's get_agent_state: "<turn_id>.state"
-
-
-def _request_turn(request_id: str) -> str:
-    return request_id.removesuffix(REQUEST_SUFFIX)
+Step = RequestState | Prompt | Stream
 
 
 @dataclass(eq=False)
 class Turn:
-    turn_id: str
-    event_id: str | None
-    request_id: str
+    """The I/O side of one turn: what its task awaits, and what the machine's steps need."""
+
+    machine: TurnMachine
     spec_waiter: asyncio.Future
     task: asyncio.Task | None = None
-    parser: TagStreamParser | None = None
     input_waiter: asyncio.Future | None = None  # a person's markup, when a person plays this turn
+    messages: list[dict] = field(default_factory=list)  # the prompt, built once the spec is known
     llm_input: dict | None = None  # the LLM request's record, logged when the turn ends
     answer: list[str] = field(default_factory=list)  # the raw text the model sent back
-    ended: bool = False
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -112,7 +108,7 @@ class Agent:
     def _on_snapshot(self, msg: p.AgentStateSnapshot) -> None:
         """The spec a turn waits for; a late answer to the latest request still updates the spec."""
         if msg.request_id != self.last_request_id:
-            if _request_turn(msg.request_id) not in self.history.recent:
+            if turn_of_request(msg.request_id) not in self.history.recent:
                 self._error(
                     p.UNKNOWN_REQUEST,
                     f"no get_agent_state with request_id {msg.request_id!r} was sent for agent {self.agent_id!r}",
@@ -127,7 +123,7 @@ class Agent:
             return
         self.spec = spec
         turn = self.turn
-        if turn is not None and turn.request_id == msg.request_id and not turn.spec_waiter.done():
+        if turn is not None and turn.machine.request_id == msg.request_id and not turn.spec_waiter.done():
             turn.spec_waiter.set_result(spec)
 
     def _on_takeover(self, msg: Takeover) -> None:
@@ -167,83 +163,77 @@ class Agent:
 
     def _start_turn(self, turn_id: str, event_id: str | None) -> None:
         """Run the turn the gateway assigned (its pending history entry is already in place)."""
-        turn = Turn(
-            turn_id, event_id, f"{turn_id}{REQUEST_SUFFIX}", spec_waiter=asyncio.get_running_loop().create_future()
+        machine = TurnMachine(
+            self.agent_id, turn_id, event_id, speak_untagged=self.host.settings.untagged_text == "say"
         )
+        turn = Turn(machine, spec_waiter=asyncio.get_running_loop().create_future())
         self.turn = turn
-        self.last_request_id = turn.request_id
-        self._emit(p.turn_started(self.agent_id, turn_id, event_id))
-        turn.task = asyncio.get_running_loop().create_task(self._run_turn(turn))
+        self.last_request_id = machine.request_id
+        step = self._do(turn, machine.start())
+        turn.task = asyncio.get_running_loop().create_task(self._run_turn(turn, step))
 
-    async def _run_turn(self, turn: Turn) -> None:
-        log = self.log.bind(turn_id=turn.turn_id)
+    async def _run_turn(self, turn: Turn, step: Step | None) -> None:
+        """Carry out the machine's steps, one after another, until it gives none."""
+        machine = turn.machine
         try:
-            spec = await self._fetch_spec(turn)
-            if turn.ended:  # ended while its answer arrived (wait_for may swallow that cancel)
-                return
-            if spec is None:
-                self._end(
-                    turn,
-                    "finished",
-                    "error",
-                    error=(
-                        p.SNAPSHOT_TIMEOUT,
-                        f"no valid agent_state_snapshot within {self.host.settings.snapshot_timeout_s} s "
-                        f"and no earlier spec for agent {self.agent_id!r}",
-                    ),
-                )
-                return
-            messages = build_messages(spec, self.history.entries, budget_chars=self.host.settings.history_budget_chars)
-            turn.parser = parser = TagStreamParser(
-                spec.allowed_tags,
-                untagged=spec.speech_tag if self.host.settings.untagged_text == "say" else None,
-                tools=spec.tool_names,
-            )
-            markup = await self._ask_player(turn, spec, messages[-1]["content"])
-            if turn.ended:
-                return
-            if markup is not None:
-                self._emit_tags(turn, parser.feed(markup))
-                self._end(turn, "finished", "completed")
-                log.debug("turn played by a person in {:.3f} s", time.monotonic() - turn.started_at)
-                return
-            turn.llm_input = record = {
-                "turn_id": turn.turn_id,
-                "time": time.time(),
-                "model": self.host.settings.turn_model,
-                "messages": messages,
-                "answer": None,
-                "finish_reason": None,
-                "usage": None,
-            }
-            async for delta in self.host.llm.stream(messages, extra_body=self.host.extra_body(spec)):
-                if delta.content and not turn.ended:
-                    turn.answer.append(delta.content)
-                    self._emit_tags(turn, parser.feed(delta.content))
-                if delta.finish_reason:
-                    record["finish_reason"] = delta.finish_reason
-                if delta.usage:
-                    record["usage"] = delta.usage
-            self._end(turn, "finished", "completed", usage=record["usage"])
-            log.debug("turn completed in {:.3f} s", time.monotonic() - turn.started_at)
+            while step is not None:
+                match step:
+                    case RequestState():
+                        outputs = await self._request_state(turn, step)
+                    case Prompt():
+                        outputs = await self._prompt(turn, step)
+                    case Stream():
+                        outputs = await self._stream(turn, step)
+                step = self._do(turn, outputs)
         except asyncio.CancelledError:
-            self._end(turn, "interrupted", "cancelled")  # no-op when the interrupter ended it
+            self._do(turn, machine.cancelled())  # nothing when the interrupter ended the turn
             raise
         except LLMError as exc:
-            log.warning("LLM failed: {} {}", exc.code, exc)
-            self._end(turn, "finished", "error", error=(p.LLM_ERROR, str(exc)))
+            self.log.bind(turn_id=machine.turn_id).warning("LLM failed: {} {}", exc.code, exc)
+            self._do(turn, machine.llm_failed(str(exc)))
         except Exception as exc:  # noqa: BLE001 - the turn ends cleanly whatever went wrong
-            log.exception("turn failed")
-            self._end(turn, "finished", "error", error=(p.TURN_ERROR, f"turn failed: {exc}"))
+            self.log.bind(turn_id=machine.turn_id).exception("turn failed")
+            self._do(turn, machine.failed(f"turn failed: {exc}"))
 
-    async def _fetch_spec(self, turn: Turn) -> AgentSpec | None:
-        """Ask Godot for the latest spec; after the timeout fall back to the last one known."""
-        self._emit(p.get_agent_state(turn.request_id, self.agent_id, turn.event_id))
+    async def _request_state(self, turn: Turn, step: RequestState) -> list[Output]:
+        """Ask Godot for the latest spec; after the timeout the machine falls back to the last one known."""
+        self._emit(step.frame)
+        timeout = self.host.settings.snapshot_timeout_s
         try:
-            return await asyncio.wait_for(turn.spec_waiter, self.host.settings.snapshot_timeout_s)
+            spec = await asyncio.wait_for(turn.spec_waiter, timeout)
         except TimeoutError:
-            self.log.bind(turn_id=turn.turn_id).warning("no agent_state_snapshot in time; using last spec")
-            return self.spec
+            self.log.bind(turn_id=turn.machine.turn_id).warning("no agent_state_snapshot in time; using last spec")
+            return turn.machine.state_timed_out(self.spec, timeout)
+        return turn.machine.state_received(spec)
+
+    async def _prompt(self, turn: Turn, step: Prompt) -> list[Output]:
+        turn.messages = build_messages(
+            step.spec, self.history.entries, budget_chars=self.host.settings.history_budget_chars
+        )
+        markup = await self._ask_player(turn, step.spec, turn.messages[-1]["content"])
+        return turn.machine.person_answered(markup)
+
+    async def _stream(self, turn: Turn, step: Stream) -> list[Output]:
+        machine = turn.machine
+        turn.llm_input = record = {
+            "turn_id": machine.turn_id,
+            "time": time.time(),
+            "model": self.host.settings.turn_model,
+            "messages": turn.messages,
+            "answer": None,
+            "finish_reason": None,
+            "usage": None,
+        }
+        async for delta in self.host.llm.stream(turn.messages, extra_body=self.host.extra_body(step.spec)):
+            if delta.content:
+                turn.answer.append(delta.content)
+                for frame in machine.llm_text(delta.content):
+                    self._emit(frame)
+            if delta.finish_reason:
+                record["finish_reason"] = delta.finish_reason
+            if delta.usage:
+                machine.llm_usage(delta.usage)
+        return machine.llm_finished()
 
     async def _ask_player(self, turn: Turn, spec: AgentSpec, prompt: str) -> str | None:
         """Tell the gateway the turn needs an answer; when a person plays the NPC, wait for theirs.
@@ -251,74 +241,64 @@ class Agent:
         None means the LLM answers: nobody plays the NPC, the person left, or did not answer
         within the takeover timeout (then the LLM keeps the NPC, and the gateway is told).
         """
+        turn_id = turn.machine.turn_id
         takeover = self.takeover
         if takeover is None:
-            self.host.report(self.session, TurnPrompt(self.agent_id, turn.turn_id, None, prompt, []))
+            self.host.report(self.session, TurnPrompt(self.agent_id, turn_id, None, prompt, []))
             return None
         client = takeover.client
-        self.host.report(self.session, TurnPrompt(self.agent_id, turn.turn_id, client, prompt, actions_of(spec)))
+        self.host.report(self.session, TurnPrompt(self.agent_id, turn_id, client, prompt, actions_of(spec)))
         turn.input_waiter = asyncio.get_running_loop().create_future()
         timeout = self.host.settings.events_takeover_timeout_s
         try:
             return await asyncio.wait_for(turn.input_waiter, timeout)
         except TimeoutError:
             if self.takeover is takeover:  # not already replaced by a newer takeover
-                self.log.bind(turn_id=turn.turn_id).info(
+                self.log.bind(turn_id=turn_id).info(
                     "{} did not answer within {} s: the LLM plays again", client, timeout
                 )
                 self.takeover = None
                 self.host.report(self.session, TakeoverEnded(self.agent_id, client, takeover.grant))
             return None
 
-    def _emit_tags(self, turn: Turn, events: list) -> None:
-        for frame in p.tag_frames(self.agent_id, turn.turn_id, events):
-            self._emit(frame)
-
     def _interrupt(self, reason: str, by_event_id: str | None) -> None:
-        turn = self.turn
-        if turn is not None and not turn.ended:
-            self._end(turn, "interrupted", reason, by_event_id=by_event_id)
+        if self.turn is not None:
+            self._do(self.turn, self.turn.machine.interrupt(reason, by_event_id))
 
-    def _end(
-        self,
-        turn: Turn,
-        how: str,
-        reason: str,
-        *,
-        usage: dict | None = None,
-        error: tuple[str, str] | None = None,
-        by_event_id: str | None = None,
-    ) -> None:
-        """The single way a turn ends: close its tag, send its last frame, stop its task."""
-        if turn.ended:
-            return
-        turn.ended = True
-        if turn.llm_input is not None:
-            self._log_answer(turn, turn.llm_input, reason)
-        turn.llm_input = None
-        if turn.parser is not None:
-            self._emit_tags(turn, turn.parser.close())
-        if error is not None:
-            self._error(error[0], error[1], turn_id=turn.turn_id)
-        if how == "interrupted":
-            self._emit(p.turn_interrupted(self.agent_id, turn.turn_id, reason, by_event_id))
-        else:
-            self._emit(p.turn_finished(self.agent_id, turn.turn_id, reason, usage))
-        if self.turn is turn:
-            self.turn = None
-        if turn.task is not None and turn.task is not asyncio.current_task():
-            turn.task.cancel()  # closes the LLM HTTP stream at once
+    def _do(self, turn: Turn, outputs: list[Output]) -> Step | None:
+        """Send the machine's frames and carry out its commands, in order; return the next step of
+        the turn's task, if any."""
+        step = None
+        for out in outputs:
+            if isinstance(out, dict):
+                self._emit(out)
+            elif isinstance(out, RecordAnswer):
+                if turn.llm_input is not None:
+                    turn.llm_input["usage"] = out.usage
+                    self._log_answer(turn, turn.llm_input)
+                turn.llm_input = None
+            elif isinstance(out, TurnEnded):
+                self.log.bind(turn_id=turn.machine.turn_id).debug(
+                    "turn ended ({}) in {:.3f} s", out.reason, time.monotonic() - turn.started_at
+                )
+                if self.turn is turn:
+                    self.turn = None
+                if out.stop and turn.task is not None:
+                    turn.task.cancel()  # closes the LLM HTTP stream at once
+            else:
+                step = out
+        return step
 
-    def _log_answer(self, turn: Turn, record: dict, reason: str) -> None:
+    def _log_answer(self, turn: Turn, record: dict) -> None:
         """What the model sent back, as it sent it: shown at DEBUG now, kept in the LLM-input log.
 
-        Here, not after the stream: a turn ended from outside (interrupted, disconnected) is
-        logged now, before a disconnect log is written, not when its task next runs.
+        At the turn's end (``RecordAnswer``), not after the stream: a turn ended from outside
+        (interrupted, disconnected) is logged now, before a disconnect log is written, not when
+        its task next runs.
         """
         record["answer"] = "".join(turn.answer)
-        self.log.bind(turn_id=turn.turn_id).debug(
-            "LLM answer ({}, finish_reason {}, usage {}): {!r}",
-            reason,
+        self.log.bind(turn_id=turn.machine.turn_id).debug(
+            "LLM answer (finish_reason {}, usage {}): {!r}",
             record["finish_reason"],
             record["usage"],
             record["answer"],

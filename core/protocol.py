@@ -7,7 +7,7 @@ are the only place outbound frames are shaped. See docs/protocol.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, overload
 
@@ -331,28 +331,33 @@ def tag_close(agent_id: str, turn_id: str, index: int, tag: str) -> dict:
     return {"type": "agent_tag_close", "agent_id": agent_id, "turn_id": turn_id, "index": index, "tag": tag}
 
 
-def tag_frames(agent_id: str, turn_id: str, events: list) -> Iterator[dict]:
+def tag_frames(agent_id: str, turn_id: str, events: list) -> list[dict]:
     """The frames of the tag parser's events (core.tagstream); a ``tool`` tag without a
     ``call_id`` gets ``<turn_id>.<index>``, so its results can name it, and a refused tool is
-    an ``error`` frame instead, so the game never runs a tool it did not declare."""
+    an ``error`` frame instead, so the game never runs a tool it did not declare. A list, not a
+    generator: called per streamed token, and cheaper so."""
+    frames = []
     for ev in events:
         kind = type(ev)
         if kind is TagChunk:
-            yield tag_chunk(agent_id, turn_id, ev.index, ev.tag, ev.text)
+            frames.append(tag_chunk(agent_id, turn_id, ev.index, ev.tag, ev.text))
         elif kind is TagOpen:
             attrs = ev.attrs
             if ev.tag == "tool" and "call_id" not in attrs:
                 attrs = {**attrs, "call_id": f"{turn_id}.{ev.index}"}
-            yield tag_open(agent_id, turn_id, ev.index, ev.tag, attrs)
+            frames.append(tag_open(agent_id, turn_id, ev.index, ev.tag, attrs))
         elif kind is TagClose:
-            yield tag_close(agent_id, turn_id, ev.index, ev.tag)
+            frames.append(tag_close(agent_id, turn_id, ev.index, ev.tag))
         elif kind is TagRefused:
             name = ev.attrs.get("name")
-            yield error(
-                UNDECLARED_TOOL,
-                f"the model called tool {name!r}, which the agent's spec does not declare; the call was dropped",
-                {"agent_id": agent_id, "turn_id": turn_id, "tool": name},
+            frames.append(
+                error(
+                    UNDECLARED_TOOL,
+                    f"the model called tool {name!r}, which the agent's spec does not declare; the call was dropped",
+                    {"agent_id": agent_id, "turn_id": turn_id, "tool": name},
+                )
             )
+    return frames
 
 
 def turn_interrupted(agent_id: str, turn_id: str, reason: str, by_event_id: str | None) -> dict:
