@@ -113,7 +113,7 @@ def tags_of(frames: list[dict]) -> list[tuple]:
 @cache
 def expected_tags(fed: tuple[str, ...], closed: bool) -> list[tuple]:
     """What a parser fed the same text, and closed if the turn ended, says of each tag."""
-    parser = TagStreamParser(SPEC.allowed_tags)
+    parser = TagStreamParser(SPEC.allowed_tags, untagged=SPEC.speech_tag, tools=SPEC.tool_names)
     events = [e for text in fed for e in parser.feed(text)] + (parser.close() if closed else [])
     return tags_of(p.tag_frames("bram", "t1", events))
 
