@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,25 @@ def assistant_texts(request: dict) -> list[str]:
     return [m["content"] for m in history(request) if m["role"] == "assistant"]
 
 
+def last_user_texts(requests: list[dict]) -> list[str]:
+    """The text of each request's newest event, without its ``[speech from player]`` label."""
+    return [history(request)[-1]["content"].split("] ", 1)[1] for request in requests]
+
+
+async def conversation(server, session: str, agent_id: str, timeout: float = 10) -> dict:
+    """The agent's history as the server wrote it when the session's connection closed."""
+    folder = server.log_dir / session
+    deadline = time.monotonic() + timeout
+    while not list(folder.glob(f"*/{agent_id}.llm_input.json")):
+        assert time.monotonic() < deadline, f"no conversation log of {agent_id} in {folder}"
+        await asyncio.sleep(0.1)
+    return json.loads(next(folder.glob(f"*/{agent_id}.conversation.json")).read_text())
+
+
+def turns(conversation: dict) -> list[dict]:
+    return [entry for entry in conversation["history"] if entry["kind"] == "turn"]
+
+
 # --- the Godot 3 addon in a real engine ---
 
 
@@ -292,7 +312,8 @@ class Proxy:
                         sink.write(data)
                         await sink.drain()
             finally:
-                sink.close()
+                if not link["frozen"]:  # a dead link carries nothing, not even a close
+                    sink.close()
 
         await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False), return_exceptions=True)
 
@@ -349,6 +370,50 @@ async def test_a_wrong_turn_fails_the_checks(server, llm, project):
     assert any(line.startswith("RESULT fail full_turn tags") for line in run.lines), run.output()
     with pytest.raises(AssertionError, match="checks failed in godot"):
         run.assert_ok("full_turn")
+
+
+# --- what running the Godot 4 addon in a Godot 4 engine found (issue 16), in the Godot 3 addon ---
+
+
+async def test_disconnecting_from_turn_finished_keeps_the_turn_completed(server, llm, project):
+    await llm.reset()
+    await llm.script({"content": "<say>Farewell, traveller.</say>"})
+    run = await play(project, "disconnect_on_finish", ws_url(server))
+    run.assert_ok("disconnect_on_finish")
+    # The server got the result before the close: the turn is confirmed as played, not pending.
+    assert turns(await conversation(server, "g3-quit", "g3_quinn")) == [
+        {
+            "kind": "turn",
+            "turn_id": run.info("turn_id"),
+            "status": "completed",
+            "tags": [{"tag": "say", "attrs": {}, "text": "Farewell, traveller."}],
+        }
+    ]
+
+
+async def test_disconnecting_from_turn_interrupted_confirms_the_cut_turn(server, llm, project):
+    await llm.reset()
+    await llm.script(
+        {"content": "<say>" + "word " * 400 + "</say>", "chunk_size": 5, "chunk_delay_s": 0.03},
+        {"content": "<say>Yes?</say>"},
+    )
+    run = await play(project, "disconnect_on_interrupt", ws_url(server))
+    run.assert_ok("disconnect_on_interrupt")
+    cut = turns(await conversation(server, "g3-cut-quit", "g3_cora"))[0]
+    assert cut["status"] == "interrupted"
+    assert cut["tags"] == [{"tag": "say", "attrs": {}, "text": run.info("played_so_far")}]
+
+
+async def test_frames_queued_for_one_session_never_reach_another(server, llm, project):
+    await llm.reset()
+    await llm.script(
+        {"match": "long story", "content": "<say>" + "word " * 400 + "</say>", "chunk_size": 5, "chunk_delay_s": 0.03},
+        {"content": "<say>Hello there.</say>"},
+    )
+    run = await play(project, "switch_session", ws_url(server))
+    run.assert_ok("switch_session")
+    assert any("not sent to another session" in line for line in run.lines), run.output()
+    assert last_user_texts(await llm.requests()) == ["Tell me a long story", "Hello"]
 
 
 # --- the Godot 4 addon and demo: no engine here, so gdtoolkit parses and lints them ---
