@@ -8,6 +8,9 @@ requests and the conversation logs.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from config.ports import free_port
@@ -18,6 +21,7 @@ from tests.godot_scenarios import (
     RECONNECT_REPLIES,
     SCENARIOS,
     Proxy,
+    history,
     play_reconnect,
     verify_reconnect,
     ws_url,
@@ -86,3 +90,40 @@ async def test_a_wrong_turn_fails_the_checks(server, llm, godot, test_pack):
     assert any(line.startswith("RESULT fail full_turn tags") for line in run.lines), run.output()
     with pytest.raises(AssertionError, match="checks failed in godot"):
         run.assert_ok("full_turn")
+
+
+def demo_pack() -> dict[str, bytes]:
+    files = project_files((GODOT4 / "demo", "demo/"), (GODOT4 / "addons", "addons/"))
+    files["project.godot"] = (GODOT4 / "project.godot").read_bytes()
+    return files
+
+
+async def test_the_demo_plays_a_turn_with_a_tool(server, llm, godot, tmp_path):
+    """The demo as shipped: the player types to Mira, who hands over a potion with her tool."""
+    await llm.reset()
+    await llm.script(
+        {
+            "match": "healing potion",
+            "content": '<say>Here.</say><tool name="give_item">{"item": "healing potion"}</tool>',
+        },
+        {"content": "<say>Drink it slowly.</say>"},
+    )
+    run = await godot.start(demo_pack(), server=ws_url(server))
+    deadline = time.monotonic() + 60
+    while "session=demo connection=" not in server.server_log():
+        assert time.monotonic() < deadline, f"the demo never connected:\n{run.output()}"
+        await asyncio.sleep(0.1)
+    await run.page.focus("#canvas")
+    await run.page.keyboard.type("@mira May I have a healing potion?")
+    await run.page.keyboard.press("Enter")
+    deadline = time.monotonic() + 30
+    while len(await llm.requests()) < 2:
+        assert time.monotonic() < deadline, f"no continuation turn:\n{run.output()}"
+        await asyncio.sleep(0.1)
+    first, continuation = await llm.requests()
+    system = first["body"]["messages"][0]["content"]
+    assert "# Mira" in system and "give_item" in system
+    assert history(first)[-1]["content"].endswith("May I have a healing potion?")
+    results = history(continuation)[-1]["content"]
+    assert "tool=give_item ok=true] the player now holds the healing potion" in results, results
+    await run.page.screenshot(path=str(tmp_path / "demo.png"))  # to look at by hand
