@@ -285,12 +285,16 @@ class Proxy:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for link in self.links:  # frozen links were left open
+            for writer in link["writers"]:
+                writer.close()
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._tasks.add(asyncio.current_task())
-        link = {"frozen": False}
+        link = {"frozen": False, "writers": [writer]}
         self.links.append(link)
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        link["writers"].append(up_writer)
 
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, first: bool) -> None:
             try:

@@ -73,7 +73,7 @@ var _tools := {}  # tool name -> FuncRef(agent_id, args) -> Variant
 var _turns := {}  # turn_id -> Turn, until it has ended and been confirmed
 var _ended := []  # ids of turns already confirmed and ended, oldest first
 var _outbox := []  # frames sent while not connected: {"to": _target(), "frame"}
-var _unsettled := {}  # turn_id -> {"frame", "refused"}: results of turns cut by a lost link
+var _unsettled := {}  # turn_id -> {"frame", "refused"}: results of turns cut_by_link
 
 
 # One turn's buffer: the tags as received and what the game reported about playing them.
@@ -88,7 +88,7 @@ class Turn:
 	var held := false
 	var status := ""  # "completed" or "interrupted" once the turn ended (set before its end signal)
 	var confirmed := false
-	var cut_by_link := false  # ended by the client on a lost link: the server may still run it
+	var cut_by_link := false  # ended by the client as its socket closed: the server may run it on
 
 
 func _ready() -> void:
