@@ -1,5 +1,5 @@
 """The Godot 4 addon in a real Godot 4 engine: Godot 4.6's official web export template runs the
-scenarios of ``clients/godot/test_project/test_main.gd`` (tests/godot_scenarios.py, the same as the
+scenarios of ``clients/godot4_test_project/test_main.gd`` (tests/godot_scenarios.py, the same as the
 Godot 3 addon's), packed with the one copy of the addon by tests/godot_pack.py, in Debian's Chromium,
 headless, against the real server and the scripted LLM (tests/godot_web.py). The scenario prints
 ``RESULT ok|fail <check>`` lines that are asserted here, next to what the server recorded: the LLM's
@@ -29,7 +29,7 @@ from tests.godot_scenarios import (
 from tests.godot_web import CHROMIUM, CHROMIUM_ARGS, ENGINE_PACKAGE, WebGodot, engine_installed
 
 GODOT4 = ROOT / "clients" / "godot"
-TEST_PROJECT = GODOT4 / "test_project"
+TEST_PROJECT = ROOT / "clients" / "godot4_test_project"  # outside the demo: the editor skips nested projects
 
 async_playwright = pytest.importorskip("playwright.async_api", reason="pip install playwright").async_playwright
 pytestmark = pytest.mark.skipif(

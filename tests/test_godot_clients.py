@@ -177,12 +177,19 @@ async def test_a_wrong_turn_fails_the_checks(server, llm, project):
 
 # --- the Godot 4 addon and demo: gdtoolkit parses and lints them too ---
 
-GODOT4_SCRIPTS = sorted(CLIENTS.joinpath("godot").rglob("*.gd"))
+GODOT4_SCRIPTS = sorted(
+    [*CLIENTS.joinpath("godot").rglob("*.gd"), *CLIENTS.joinpath("godot4_test_project").glob("*.gd")]
+)
 
 
 def test_godot4_scripts_exist():
-    names = {path.relative_to(CLIENTS / "godot").as_posix() for path in GODOT4_SCRIPTS}
-    assert {"addons/npc_turns/npc_turns.gd", "addons/npc_turns/plugin.gd", "demo/demo.gd"} <= names
+    names = {path.relative_to(CLIENTS).as_posix() for path in GODOT4_SCRIPTS}
+    assert {
+        "godot/addons/npc_turns/npc_turns.gd",
+        "godot/addons/npc_turns/plugin.gd",
+        "godot/demo/demo.gd",
+        "godot4_test_project/test_main.gd",
+    } <= names
 
 
 def test_godot4_demo_resources_resolve():
