@@ -193,6 +193,12 @@ async def _disconnect_on_interrupt(run, llm, server, engine: str) -> None:
     assert cut["tags"] == [{"tag": "say", "attrs": {}, "text": run.info("played_so_far")}]
 
 
+async def _send_on_finish(run, llm, server, engine: str) -> None:
+    # send_result() from turn_finished sees the turn as completed (its status is set before the signal).
+    [turn] = await recorded_turns(server, f"{engine}-send", f"{engine}_sela")
+    assert (turn["status"], turn["tags"]) == ("completed", [{"tag": "say", "attrs": {}, "text": "Morning."}])
+
+
 async def _switch_session(run, llm, server, engine: str) -> None:
     assert any("not sent to another session" in line for line in run.lines), run.output()
     # The old session's queued event never ran in the new one.
@@ -233,6 +239,7 @@ SCENARIOS = {
     "disconnect_on_interrupt": Scenario(
         (LONG_STORY, {"content": "<say>Yes?</say>"}), ("disconnect_on_interrupt",), _disconnect_on_interrupt
     ),
+    "send_on_finish": Scenario(({"content": "<say>Morning.</say>"},), ("send_on_finish",), _send_on_finish),
     "switch_session": Scenario(
         ({"match": "long story", **LONG_STORY}, {"content": "<say>Hello there.</say>"}),
         ("switch_session",),

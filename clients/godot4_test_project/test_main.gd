@@ -33,6 +33,7 @@ var hold_turns_of := ""  # the agent whose turns the game holds back (played sce
 var report_on_say_close := false  # report_played() when a say tag closes (played scenario)
 var disconnect_on_finish := false  # disconnect_from_server() from turn_finished
 var disconnect_on_interrupt := false  # disconnect_from_server() from turn_interrupted
+var send_on_finish := false  # send_result() from turn_finished
 
 
 func _ready() -> void:
@@ -306,6 +307,22 @@ func scenario_disconnect_on_interrupt() -> void:
 	report("disconnect_on_interrupt")
 
 
+## The game holds a turn and confirms it from its turn_finished handler: completed, as played.
+func scenario_send_on_finish() -> void:
+	await open_session("g4-send")
+	client.register_agent("g4_sela", state_of)
+	hold_turns_of = "g4_sela"
+	send_on_finish = true
+	var start := events.size()
+	client.interact("g4_sela", speech("Good morning"))
+	var finished: Variant = await wait_for("turn_finished", {"agent_id": "g4_sela"}, start)
+	send_on_finish = false
+	hold_turns_of = ""
+	expect(finished != null and finished["reason"] == "completed", "the turn did not complete")
+	client.disconnect_from_server()  # the server writes the conversation log
+	report("send_on_finish")
+
+
 ## Frames queued for one session are dropped when the game connects to another one.
 func scenario_switch_session() -> void:
 	await open_session("g4-first")
@@ -519,6 +536,8 @@ func _on_turn_finished(
 	}
 	event["usage"] = usage
 	events.append(event)
+	if send_on_finish:
+		expect(client.send_result(agent_id, turn_id), "send_result refused the finished turn")
 	if disconnect_on_finish:
 		client.disconnect_from_server()
 

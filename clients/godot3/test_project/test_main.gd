@@ -26,6 +26,7 @@ var hold_turns_of := ""  # the agent whose turns the game holds back (played sce
 var report_on_say_close := false  # report_played() when a say tag closes (played scenario)
 var disconnect_on_finish := false  # disconnect_from_server() from turn_finished
 var disconnect_on_interrupt := false  # disconnect_from_server() from turn_interrupted
+var send_on_finish := false  # send_result() from turn_finished
 
 
 func _ready() -> void:
@@ -248,6 +249,22 @@ func scenario_disconnect_on_interrupt():
 	report("disconnect_on_interrupt")
 
 
+# The game holds a turn and confirms it from its turn_finished handler: completed, as played.
+func scenario_send_on_finish():
+	yield(open_session("g3-send"), "completed")
+	client.register_agent("g3_sela", funcref(self, "state_of"))
+	hold_turns_of = "g3_sela"
+	send_on_finish = true
+	var start := events.size()
+	client.interact("g3_sela", {"kind": "speech", "source": "player", "text": "Good morning"})
+	var finished = yield(wait_for("turn_finished", {"agent_id": "g3_sela"}, start), "completed")
+	send_on_finish = false
+	hold_turns_of = ""
+	expect(finished != null and finished["reason"] == "completed", "the turn did not complete")
+	client.disconnect_from_server()  # the server writes the conversation log
+	report("send_on_finish")
+
+
 # Frames queued for one session are dropped when the game connects to another one.
 func scenario_switch_session():
 	yield(open_session("g3-first"), "completed")
@@ -435,6 +452,8 @@ func _on_tag_closed(agent_id: String, turn_id: String, index: int, tag: String) 
 func _on_turn_finished(agent_id: String, turn_id: String, reason: String, usage: Dictionary) -> void:
 	events.append({"signal": "turn_finished", "agent_id": agent_id, "turn_id": turn_id, "reason": reason,
 			"usage": usage})
+	if send_on_finish:
+		expect(client.send_result(agent_id, turn_id), "send_result refused the finished turn")
 	if disconnect_on_finish:
 		client.disconnect_from_server()
 
