@@ -53,10 +53,11 @@ new Engine({executable: "index", mainPack: "game.pck", canvas: document.getEleme
 
 
 class EngineServer:
-    """The engine files, our page and one pack on a loopback port, cross-origin isolated."""
+    """The engine files, our page and the pack of the current run on a loopback port, cross-origin
+    isolated. One origin for all runs, so that the browser compiles the engine once."""
 
-    def __init__(self, pack: bytes) -> None:
-        self.pack = pack
+    def __init__(self) -> None:
+        self.pack = b""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._runner: web.AppRunner | None = None
@@ -75,10 +76,10 @@ class EngineServer:
             await self._runner.cleanup()
 
     async def _page(self, _request: web.Request) -> web.Response:
-        return web.Response(text=PAGE, content_type="text/html")
+        return web.Response(text=PAGE, content_type="text/html", headers={"Cache-Control": "no-store"})
 
     async def _pack(self, _request: web.Request) -> web.Response:
-        return web.Response(body=self.pack)
+        return web.Response(body=self.pack, headers={"Cache-Control": "no-store"})
 
     @web.middleware
     async def _isolated(self, request: web.Request, handler) -> web.StreamResponse:
@@ -114,21 +115,19 @@ class GodotPage(PrintedLines):
 
 
 class WebGodot:
-    """Runs packs in the browser: one page per run, each served by its own engine server."""
+    """Runs packs in the browser, one page per run, one run at a time (they share the server)."""
 
-    def __init__(self, browser) -> None:
+    def __init__(self, browser, server: EngineServer) -> None:
         self.browser = browser
-        self._servers: list[EngineServer] = []
+        self.server = server
         self._pages: list = []
 
     async def start(self, files: Mapping[str, bytes], **query: str) -> GodotPage:
-        server = EngineServer(write_pack(files))
-        await server.start()
-        self._servers.append(server)
+        self.server.pack = write_pack(files)
         page = await self.browser.new_page()
         self._pages.append(page)
         run = GodotPage(page)
-        await page.goto(f"{server.url}/?{urlencode(query, quote_via=quote)}")
+        await page.goto(f"{self.server.url}/?{urlencode(query, quote_via=quote)}")
         return run
 
     async def play(self, files: Mapping[str, bytes], timeout: float = 90, **query: str) -> GodotPage:
@@ -140,8 +139,6 @@ class WebGodot:
     async def close(self) -> None:
         for page in self._pages:
             await page.close()
-        for server in self._servers:
-            await server.stop()
 
 
 def engine_installed() -> bool:

