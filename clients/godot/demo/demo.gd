@@ -4,7 +4,8 @@ extends MarginContainer
 ## Type into the line at the bottom: both NPCs hear it, or "@bram ..." / "@mira ..." speaks to
 ## one while the other overhears it (a notification, no turn). Each panel fills as the NPC's
 ## tags stream in: thoughts grey, speech white, actions yellow. Mira can hand the player a
-## potion with the tool [code]give_item[/code].
+## potion with the tool [code]give_item[/code]. A web export connects to the server named by
+## [code]?server=ws://host:port/ws[/code] in the page's address, if any.
 
 const SERVER_URL := "ws://127.0.0.1:8000/ws"
 const SESSION := "demo"
@@ -69,8 +70,18 @@ func _ready() -> void:
 	NpcTurns.turn_interrupted.connect(_on_turn_interrupted)
 	NpcTurns.server_error.connect(_on_server_error)
 	_input.text_submitted.connect(_on_input_submitted)
-	NpcTurns.connect_to_server(SERVER_URL, "", SESSION)
+	_input.grab_focus()
+	NpcTurns.connect_to_server(_server_url(), "", SESSION)
 	_show_status()
+
+
+func _server_url() -> String:
+	if OS.has_feature("web"):
+		var query := "new URLSearchParams(location.search).get('server') || ''"
+		var from_page := str(JavaScriptBridge.eval(query, true))
+		if from_page != "":
+			return from_page
+	return SERVER_URL
 
 
 func _state_of(agent_id: String) -> Dictionary:
@@ -144,4 +155,4 @@ func _on_server_error(code: String, message: String, _ref: Dictionary) -> void:
 func _show_status() -> void:
 	var state := "Connected to" if NpcTurns.is_connected_to_server() else "Connecting to"
 	var items := ", ".join(player_items) if not player_items.is_empty() else "nothing"
-	_status.text = "%s %s. You carry %s." % [state, SERVER_URL, items]
+	_status.text = "%s %s. You carry %s." % [state, NpcTurns.url, items]

@@ -24,6 +24,9 @@ var state_requests := {}  # agent_id -> how often its state provider was called
 var tool_calls := []
 var hold_turns_of := ""  # the agent whose turns the game holds back (played scenario)
 var report_on_say_close := false  # report_played() when a say tag closes (played scenario)
+var disconnect_on_finish := false  # disconnect_from_server() from turn_finished
+var disconnect_on_interrupt := false  # disconnect_from_server() from turn_interrupted
+var send_on_finish := false  # send_result() from turn_finished
 
 
 func _ready() -> void:
@@ -205,6 +208,87 @@ func scenario_reconnect():
 	report("take_over")
 
 
+# The game disconnects from its turn_finished handler: the turn completed, and stays so.
+func scenario_disconnect_on_finish():
+	yield(open_session("g3-quit"), "completed")
+	client.register_agent("g3_quinn", funcref(self, "state_of"))
+	disconnect_on_finish = true
+	var start := events.size()
+	client.interact("g3_quinn", {"kind": "speech", "source": "player", "text": "Goodbye"})
+	var finished = yield(wait_for("turn_finished", {"agent_id": "g3_quinn"}, start), "completed")
+	var down = yield(wait_for("disconnected", {}, start), "completed")
+	disconnect_on_finish = false
+	if expect(finished != null and down != null, "no turn_finished and disconnected"):
+		var cut = find("turn_interrupted", {"turn_id": finished["turn_id"]}, start)
+		expect(cut == null, "the finished turn was also interrupted: %s" % to_json(cut))
+		expect(not down["reconnecting"], "reconnecting after disconnect_from_server()")
+		print("INFO turn_id ", to_json(finished["turn_id"]))
+	report("disconnect_on_finish")
+
+
+# The game disconnects from its turn_interrupted handler (cut by a new event): one interruption.
+func scenario_disconnect_on_interrupt():
+	yield(open_session("g3-cut-quit"), "completed")
+	client.register_agent("g3_cora", funcref(self, "state_of"))
+	var start := events.size()
+	client.interact("g3_cora", {"kind": "speech", "source": "player", "text": "Tell me a long story"})
+	var chunk = yield(wait_for("tag_chunk", {"agent_id": "g3_cora"}, start), "completed")
+	disconnect_on_interrupt = true
+	client.interact("g3_cora", {"kind": "speech", "source": "player", "text": "Stop!"})
+	var down = yield(wait_for("disconnected", {}, start), "completed")
+	disconnect_on_interrupt = false
+	if expect(chunk != null and down != null, "no chunk and disconnected"):
+		var cuts := []
+		for index in range(start, events.size()):
+			if events[index]["signal"] == "turn_interrupted":
+				cuts.append(events[index])
+		expect(cuts.size() == 1 and cuts[0]["reason"] == "new_event", "interruptions %s" % to_json(cuts))
+		var tags := played(chunk["turn_id"], start)
+		if expect(tags.size() == 1, "played %s" % to_json(tags)):
+			print("INFO played_so_far ", to_json(tags[0]["text"]))
+	report("disconnect_on_interrupt")
+
+
+# The game holds a turn and confirms it from its turn_finished handler: completed, as played.
+func scenario_send_on_finish():
+	yield(open_session("g3-send"), "completed")
+	client.register_agent("g3_sela", funcref(self, "state_of"))
+	hold_turns_of = "g3_sela"
+	send_on_finish = true
+	var start := events.size()
+	client.interact("g3_sela", {"kind": "speech", "source": "player", "text": "Good morning"})
+	var finished = yield(wait_for("turn_finished", {"agent_id": "g3_sela"}, start), "completed")
+	send_on_finish = false
+	hold_turns_of = ""
+	expect(finished != null and finished["reason"] == "completed", "the turn did not complete")
+	client.disconnect_from_server()  # the server writes the conversation log
+	report("send_on_finish")
+
+
+# Frames queued for one session are dropped when the game connects to another one.
+func scenario_switch_session():
+	yield(open_session("g3-first"), "completed")
+	client.register_agent("g3_old", funcref(self, "state_of"))
+	client.register_agent("g3_new", funcref(self, "state_of"))
+	var start := events.size()
+	client.interact("g3_old", {"kind": "speech", "source": "player", "text": "Tell me a long story"})
+	yield(wait_for("tag_chunk", {"agent_id": "g3_old"}, start), "completed")
+	client.disconnect_from_server()  # the streaming turn's result is queued
+	client.interact("g3_old", {"kind": "speech", "source": "player", "text": "Are you still there?"})
+	start = events.size()
+	client.connect_to_server(OS.get_environment("NPC_TURNS_URL"), "", "g3-second")
+	var up = yield(wait_for("connected", {}, start), "completed")
+	expect(up != null, "never connected to the second session")
+	var turn_start := events.size()
+	client.interact("g3_new", {"kind": "speech", "source": "player", "text": "Hello"})
+	var finished = yield(wait_for("turn_finished", {"agent_id": "g3_new"}, turn_start), "completed")
+	expect(finished != null and finished["reason"] == "completed", "the second session's turn did not complete")
+	var error = find("server_error", {}, start)
+	expect(error == null, "the second session got %s" % to_json(error))
+	expect(find("turn_started", {"agent_id": "g3_old"}, start) == null, "the old agent's event ran")
+	report("switch_session")
+
+
 # --- the game side: state providers and tools ---
 
 
@@ -368,11 +452,17 @@ func _on_tag_closed(agent_id: String, turn_id: String, index: int, tag: String) 
 func _on_turn_finished(agent_id: String, turn_id: String, reason: String, usage: Dictionary) -> void:
 	events.append({"signal": "turn_finished", "agent_id": agent_id, "turn_id": turn_id, "reason": reason,
 			"usage": usage})
+	if send_on_finish:
+		expect(client.send_result(agent_id, turn_id), "send_result refused the finished turn")
+	if disconnect_on_finish:
+		client.disconnect_from_server()
 
 
 func _on_turn_interrupted(agent_id: String, turn_id: String, reason: String, by_event_id: String) -> void:
 	events.append({"signal": "turn_interrupted", "agent_id": agent_id, "turn_id": turn_id, "reason": reason,
 			"by_event_id": by_event_id})
+	if disconnect_on_interrupt:
+		client.disconnect_from_server()
 
 
 func _on_server_error(code: String, message: String, ref: Dictionary) -> void:

@@ -72,7 +72,8 @@ var _agents := {}  # agent_id -> FuncRef(agent_id) -> Dictionary
 var _tools := {}  # tool name -> FuncRef(agent_id, args) -> Variant
 var _turns := {}  # turn_id -> Turn, until it has ended and been confirmed
 var _ended := []  # ids of turns already confirmed and ended, oldest first
-var _outbox := []  # frames sent while not connected
+var _outbox := []  # frames sent while not connected: {"to": _target(), "frame"}
+var _unsettled := {}  # turn_id -> {"frame", "refused"}: results of turns cut_by_link
 
 
 # One turn's buffer: the tags as received and what the game reported about playing them.
@@ -85,8 +86,9 @@ class Turn:
 	var cut_index := -1  # set_played_text(): tag shown up to cut_text, nothing after it
 	var cut_text := ""
 	var held := false
-	var status := ""  # "completed" or "interrupted" once the server ended the turn
+	var status := ""  # "completed" or "interrupted" once the turn ended (set before its end signal)
 	var confirmed := false
+	var cut_by_link := false  # ended by the client as its socket closed: the server may run it on
 
 
 func _ready() -> void:
@@ -295,13 +297,23 @@ func _on_open() -> void:
 	_next_ping_ms = now + int(ping_interval_s * 1000)
 	var queued := _outbox
 	_outbox = []
-	for frame in queued:
-		_send(frame)
+	var stale := 0
+	for entry in queued:
+		if entry["to"] == _target():
+			_send(entry["frame"])
+		else:
+			stale += 1
+	if stale > 0:
+		push_warning("npc_turns: %d frames queued earlier were not sent to another session" % stale)
 	emit_signal("connected")
 
 
 func _lost(code: int) -> void:
 	var was_open := _open
+	if was_open:
+		_confirm_ended_turns()
+		if _ws == null:  # a tool the results ran closed the socket already
+			return
 	_close_socket()
 	if code == TAKEN_OVER_CODE:  # another connection took the session over: do not fight it
 		_wanted = false
@@ -314,16 +326,26 @@ func _lost(code: int) -> void:
 		emit_signal("disconnected", code, _wanted)
 
 
+# A turn whose end the game is hearing of (a handler of its end signal closed the socket) is
+# confirmed on this socket, as it would have been right after the handlers.
+func _confirm_ended_turns() -> void:
+	for turn in _turns.values():
+		if turn.status != "" and not turn.confirmed and not turn.held:
+			_confirm(turn, turn.status)
+
+
 # The server ends every streaming turn of a lost connection: so does the client, at once.
 func _interrupt_streaming_turns() -> void:
 	for turn in _turns.values():
 		if turn.status != "":
 			continue
+		turn.status = "interrupted"
+		turn.cut_by_link = true
 		if turn.open_index >= 0:  # every open tag closes before its turn ends
 			var tag: String = turn.tags[turn.open_index]["tag"]
 			emit_signal("tag_closed", turn.agent_id, turn.turn_id, turn.open_index, tag)
 		emit_signal("turn_interrupted", turn.agent_id, turn.turn_id, "disconnected", "")
-		_end_turn(turn, "interrupted")
+		_end_turn(turn)
 
 
 func _send_ping(now: int) -> void:
@@ -341,7 +363,12 @@ func _send(frame: Dictionary) -> void:
 		if _outbox.size() >= MAX_OUTBOX:
 			push_warning("npc_turns: not connected, dropping the oldest queued frame")
 			_outbox.pop_front()
-		_outbox.append(frame)
+		_outbox.append({"to": _target(), "frame": frame})
+
+
+# Where queued frames belong: they are never sent to another server or session.
+func _target() -> String:
+	return url + " " + session
 
 
 # --- server frames ---
@@ -360,7 +387,12 @@ func _on_text(text: String) -> void:
 		_answer_state(_str(msg, "agent_id"), _str(msg, "request_id"))
 	elif kind == "error":
 		var ref = msg.get("ref", {})
-		emit_signal("server_error", _str(msg, "code"), _str(msg, "message"), ref if ref is Dictionary else {})
+		ref = ref if ref is Dictionary else {}
+		var unsettled = _unsettled.get(_str(ref, "turn_id"))
+		if _str(msg, "code") == "turn_not_ended" and unsettled != null:
+			unsettled["refused"] = true  # sent again when the server ends that turn
+		else:
+			emit_signal("server_error", _str(msg, "code"), _str(msg, "message"), ref)
 	elif kind.begins_with("agent_"):
 		_on_turn_frame(kind, msg)
 
@@ -371,6 +403,8 @@ func _on_turn_frame(kind: String, msg: Dictionary) -> void:
 	var turn: Turn = _turns.get(turn_id)
 	if turn == null:
 		if turn_id in _ended:
+			if kind == "agent_turn_finished" or kind == "agent_turn_interrupted":
+				_settle_cut_turn(turn_id)
 			return  # a late frame of a turn already over
 		turn = Turn.new()
 		turn.agent_id = agent_id
@@ -402,11 +436,13 @@ func _on_turn_frame(kind: String, msg: Dictionary) -> void:
 		"agent_turn_finished":
 			var reason := _str(msg, "reason")
 			var usage = msg.get("usage", {})
+			turn.status = "completed" if reason == "completed" else "interrupted"
 			emit_signal("turn_finished", agent_id, turn_id, reason, usage if usage is Dictionary else {})
-			_end_turn(turn, "completed" if reason == "completed" else "interrupted")
+			_end_turn(turn)
 		"agent_turn_interrupted":
+			turn.status = "interrupted"
 			emit_signal("turn_interrupted", agent_id, turn_id, _str(msg, "reason"), _str(msg, "by_event_id"))
-			_end_turn(turn, "interrupted")
+			_end_turn(turn)
 
 
 func _answer_state(agent_id: String, request_id: String) -> void:
@@ -424,18 +460,23 @@ func _answer_state(agent_id: String, request_id: String) -> void:
 # --- turn results and tools ---
 
 
-func _end_turn(turn: Turn, status: String) -> void:
-	turn.status = status
+# After the end signal's handlers: the result goes out unless the game holds it or sent it.
+func _end_turn(turn: Turn) -> void:
 	if turn.confirmed:
 		_forget(turn)
 	elif not turn.held:
-		_confirm(turn, status)
+		_confirm(turn, turn.status)
 
 
 func _confirm(turn: Turn, status: String) -> void:
 	turn.confirmed = true
-	_send({"type": "agent_turn_result", "agent_id": turn.agent_id, "turn_id": turn.turn_id,
-			"status": status, "tags": _played_tags(turn, status)})
+	var frame := {"type": "agent_turn_result", "agent_id": turn.agent_id, "turn_id": turn.turn_id,
+			"status": status, "tags": _played_tags(turn, status)}
+	if turn.cut_by_link:
+		_unsettled[turn.turn_id] = {"frame": frame, "refused": false}
+		if _unsettled.size() > MAX_ENDED:
+			_unsettled.erase(_unsettled.keys()[0])
+	_send(frame)
 	if status == "completed":
 		_run_tools(turn)
 	if turn.status != "":
@@ -500,7 +541,18 @@ func _find_turn(agent_id: String, turn_id: String) -> Turn:
 	return turn
 
 
+# A turn cut by a lost link that the server went on running (a reconnect took the session
+# over): a result it refused as too early is sent again now that the server ended the turn.
+func _settle_cut_turn(turn_id: String) -> void:
+	var unsettled = _unsettled.get(turn_id)
+	_unsettled.erase(turn_id)
+	if unsettled != null and unsettled["refused"]:
+		_send(unsettled["frame"])
+
+
 func _forget(turn: Turn) -> void:
+	if not _turns.has(turn.turn_id):
+		return
 	_turns.erase(turn.turn_id)
 	_ended.append(turn.turn_id)
 	if _ended.size() > MAX_ENDED:
