@@ -19,6 +19,8 @@ worker -> gateway
     (FLUSHED, token)
     (WORKER_GONE, index)                      worker ``index`` is gone for good (its node left); the
                                               pool has a surviving worker pass this on
+    (NODE_REFUSED, node, reason)              the pool refuses node ``node`` (it kept being lost), passed on
+                                              the same way
 pool -> worker
     (NOTICE, item)                            pass ``item`` on to the gateway (the pool never sends
                                               to the gateway itself: see actors/pool.py)
@@ -48,6 +50,7 @@ FRAME = "frame"
 TO_FEED = "feed"
 FLUSHED = "flushed"
 WORKER_GONE = "gone"
+NODE_REFUSED = "refused"
 NOTICE = "notice"
 
 
@@ -57,6 +60,7 @@ class Batch:
 
     origin: int  # worker index of the sender; -1 for the gateway
     items: list[tuple]
+    generation: int = 0  # of the sending worker: the gateway takes nothing from one it replaced
 
     def __repr__(self) -> str:  # Thespian formats every message it sends: keep that cheap
         return f"Batch(origin={self.origin}, {len(self.items)} items)"

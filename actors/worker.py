@@ -1,7 +1,8 @@
 """The worker actor: one process hosting many NPC agents on its own event loop.
 
 Thespian places it (capability ``NPC Host``) and carries its batches; the agents themselves live
-in ``AgentHost`` on the loop thread. This class only moves messages between the two.
+in ``AgentHost`` on the loop thread. This class only moves messages between the two, and stops
+its worker when its gateway stays out of reach (actors/lease.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from thespian.actors import Actor, ActorExitRequest, WakeupMessage, WatchMessage
 
 from actors.bridge import LoopBridge, OneInFlight
 from actors.host import AgentHost
+from actors.lease import GatewayLease
 from actors.messages import NPC_HOST, NPC_NODE, Batch, ConfigureWorker, WorkerFailed, WorkerReady
 from config.log import configure_logging
 
@@ -31,13 +33,17 @@ class WorkerActor(Actor):
         self.host: AgentHost | None = None
         self.gateway = None
         self.index = -1
+        self.lease: GatewayLease | None = None
 
     def receiveMessage(self, message, sender):
         try:
             if isinstance(message, WatchMessage):
                 self.outbox.watched(self.bridge.woken)
             elif isinstance(message, WakeupMessage):
-                self.outbox.wakeup(message.payload)
+                if message.payload is GatewayLease:
+                    self._check_lease()
+                else:
+                    self.outbox.wakeup(message.payload)
             elif isinstance(message, Batch):
                 self.bridge.call(self.host.deliver, message.items)
             elif isinstance(message, ConfigureWorker):
@@ -56,7 +62,7 @@ class WorkerActor(Actor):
         self.bridge = LoopBridge(f"worker-{self.index}-loop")
         self.outbox = OneInFlight(
             self,
-            lambda _, items: (self.gateway, Batch(self.index, items)),
+            lambda _, items: (self.gateway, Batch(self.index, items, message.generation)),
             self._flush,
             message.settings.batch_interval_s,
         )
@@ -73,12 +79,29 @@ class WorkerActor(Actor):
             os.getpid(),
         )
         self.send(self.gateway, WorkerReady(self.index, os.getpid(), message.generation, message.node))
+        self.lease = GatewayLease(self.gateway.addressDetails.sockname, message.settings.node_check_s)
+        self.wakeupAfter(self.lease.check_s, payload=GatewayLease)
+
+    def _check_lease(self) -> None:
+        if self.lease.check():
+            self.wakeupAfter(self.lease.check_s, payload=GatewayLease)
+            return
+        logger.error(
+            "worker {} stops: its gateway {} was unreachable for {:.0f} s, so the leader declared its node lost "
+            "or was restarted (its agents and turns live on elsewhere)",
+            self.index,
+            self.lease.address,
+            self.lease.unreachable_s(),
+        )
+        self.send(self.myAddress, ActorExitRequest())
 
     def _flush(self) -> None:
         for destination, items in self.bridge.drain().items():
             self.outbox.add(destination, items)
 
     def _stop(self) -> None:
+        if self.lease is not None:
+            self.lease.close()
         if self.bridge is None:
             return
         try:

@@ -51,7 +51,7 @@ class GatewayActor(Actor):
             elif isinstance(message, WakeupMessage):
                 self.outbox.wakeup(message.payload)
             elif isinstance(message, Batch):
-                self.bridge.call(self.server.router.deliver, message.items, message.origin)
+                self.bridge.call(self.server.router.deliver, message.items, message.origin, message.generation)
             elif isinstance(message, WorkerReady):
                 self._worker_ready(message, sender)
             elif isinstance(message, WorkerFailed):

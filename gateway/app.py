@@ -65,6 +65,7 @@ class GatewayServer:
                 "worker_agents": [router.load[w] for w in live],
                 "known_agents": len(self.journal.known),
                 "nodes": router.nodes(),
+                "refused_nodes": [{"name": node, "reason": why} for node, why in router.refused_nodes.items()],
             }
         )
 

@@ -17,6 +17,7 @@ import pytest
 from loadtest.processes import ServerProcesses, free_port, tail
 from tests.conftest import ServerProcess
 from tests.godot_peer import END_TYPES, GodotPeer
+from tests.netns import NetworkHost
 from tests.test_turns import check_turn_order, user_text
 
 pytestmark = pytest.mark.timeout(180)
@@ -27,25 +28,37 @@ SLOW = {"content": "<say>" + " ".join(f"word{n}" for n in range(100)) + "</say>"
 class WorkerNode:
     """``python run.py worker`` joining ``leader``; every process found by its admin port."""
 
-    def __init__(self, tmp: Path, leader: ServerProcess, name: str, workers: int = 1) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        leader: ServerProcess,
+        name: str,
+        workers: int = 1,
+        leader_address: str = "127.0.0.1",
+        on: NetworkHost | None = None,
+        extra: tuple[str, ...] = (),
+        **env: str,
+    ) -> None:
         self.name, self.admin_port = name, free_port()
+        argv = [
+            sys.executable,
+            "run.py",
+            "worker",
+            "--leader",
+            f"{leader_address}:{leader.admin_port}",
+            "--admin-port",
+            str(self.admin_port),
+            "--workers",
+            str(workers),
+            "--node",
+            name,
+            *extra,
+        ]
         self.process = ServerProcesses(
             name,
-            [
-                sys.executable,
-                "run.py",
-                "worker",
-                "--leader",
-                f"127.0.0.1:{leader.admin_port}",
-                "--admin-port",
-                str(self.admin_port),
-                "--workers",
-                str(workers),
-                "--node",
-                name,
-            ],
+            argv if on is None else on.command(argv),
             tmp / f"node-{name}.log",
-            leader.env,
+            {**{k: v for k, v in leader.env.items() if k != "GAME_AGENT_ADVERTISE"}, **env},  # not the leader's own
             admin_port=self.admin_port,
         )
 
@@ -106,8 +119,9 @@ async def spread_npcs(godot: GodotPeer, llm, count: int) -> dict[str, str]:
     return said
 
 
-async def lose_node_mid_turn(leader, godot, llm, said, lose) -> float:
-    """Every NPC streams, the node is lost; returns the seconds until every turn on it ended."""
+async def lose_node_mid_turn(leader, godot, llm, said, lose) -> tuple[float, float]:
+    """Every NPC streams, the node is lost; returns the seconds until every turn on it ended for
+    Godot, and until every NPC it had completed a new turn (on the leader, with its history)."""
     agents = list(said)
     on_node = next(n["agents"] for n in (await health(leader))["nodes"] if n["name"] == "node-b")
     await llm.script(*[{**SLOW, "match": f"go on {agent_id}"} for agent_id in agents])
@@ -138,14 +152,17 @@ async def lose_node_mid_turn(leader, godot, llm, said, lose) -> float:
         )
     state = await wait_nodes(leader, 1)
     assert state["nodes"][0]["name"] == "leader"
-    # Every NPC keeps working, with its whole history, now on the leader.
-    for agent_id, words in said.items():
+    # Every NPC keeps working, with its whole history, now on the leader: the lost node's first.
+    playing_s = 0.0
+    for agent_id in sorted(said, key=lambda a: a not in errored):
         await llm.script({"content": "<say>still here</say>", "match": f"remember {agent_id}"})
         frames = await godot.turn(agent_id, f"remember {agent_id}")
         assert frames[-1].get("reason") == "completed"
         prompt = user_text(next(r for r in reversed(await llm.requests()) if f"remember {agent_id}" in user_text(r)))
-        assert words in prompt, (agent_id, prompt)
-    return recovered_s
+        assert said[agent_id] in prompt, (agent_id, prompt)
+        if agent_id in errored:
+            playing_s = time.monotonic() - lost_at
+    return recovered_s, playing_s
 
 
 async def test_npcs_spread_over_both_nodes_and_survive_a_node_stopped_mid_turn(cluster, llm):
@@ -154,12 +171,14 @@ async def test_npcs_spread_over_both_nodes_and_survive_a_node_stopped_mid_turn(c
     nodes = {n["name"]: n for n in (await health(leader))["nodes"]}
     assert nodes["leader"]["workers"] == 1 and nodes["node-b"]["workers"] == 2
     assert nodes["leader"]["agents"] == 2 and nodes["node-b"]["agents"] == 4  # least-loaded worker first
-    seconds = await lose_node_mid_turn(leader, godot, llm, said, lambda: os.kill(node.process.proc.pid, signal.SIGTERM))
+    seconds, _ = await lose_node_mid_turn(
+        leader, godot, llm, said, lambda: os.kill(node.process.proc.pid, signal.SIGTERM)
+    )
     print(f"node stopped: its turns ended within {seconds:.2f} s")
 
 
 async def test_a_killed_node_is_detected_and_its_npcs_recover(cluster, llm):
     leader, node, godot = cluster
     said = await spread_npcs(godot, llm, 3)
-    seconds = await lose_node_mid_turn(leader, godot, llm, said, node.kill)
+    seconds, _ = await lose_node_mid_turn(leader, godot, llm, said, node.kill)
     print(f"node killed: its turns ended within {seconds:.2f} s")
