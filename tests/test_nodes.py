@@ -137,31 +137,33 @@ async def lose_node_mid_turn(leader, godot, llm, said, lose) -> tuple[float, flo
         assert time.monotonic() < deadline, "the lost node's turns did not end"
         await asyncio.sleep(0.02)
     recovered_s = time.monotonic() - lost_at
-    ends = {}
-    for agent_id in agents:
-        ends[agent_id] = await godot.wait_for(
-            lambda f, a=agent_id: f["type"] in END_TYPES and f["agent_id"] == a, 60, start
-        )
-    errored = {a for a, end in ends.items() if end.get("reason") == "error"}
+    errored = {
+        f["ref"]["agent_id"] for f in godot.frames[start:] if f["type"] == "error" and f["code"] == "worker_lost"
+    }
     assert len(errored) == on_node and errored != set(agents)
-    for agent_id in errored:
-        check_turn_order(godot.turn_frames(ends[agent_id]["turn_id"]))
-        assert any(
-            f["type"] == "error" and f["code"] == "worker_lost" and f["ref"]["agent_id"] == agent_id
-            for f in godot.frames[start:]
-        )
-    state = await wait_nodes(leader, 1)
-    assert state["nodes"][0]["name"] == "leader"
-    # Every NPC keeps working, with its whole history, now on the leader: the lost node's first.
-    playing_s = 0.0
-    for agent_id in sorted(said, key=lambda a: a not in errored):
+
+    async def remember(agent_id: str) -> None:  # with its whole history, now on the leader
         await llm.script({"content": "<say>still here</say>", "match": f"remember {agent_id}"})
         frames = await godot.turn(agent_id, f"remember {agent_id}")
         assert frames[-1].get("reason") == "completed"
         prompt = user_text(next(r for r in reversed(await llm.requests()) if f"remember {agent_id}" in user_text(r)))
         assert said[agent_id] in prompt, (agent_id, prompt)
-        if agent_id in errored:
-            playing_s = time.monotonic() - lost_at
+
+    for agent_id in sorted(errored):  # the lost node's NPCs play again at once
+        await remember(agent_id)
+    playing_s = time.monotonic() - lost_at
+    ends = {}
+    for agent_id in agents:
+        ends[agent_id] = await godot.wait_for(
+            lambda f, a=agent_id: f["type"] in END_TYPES and f["agent_id"] == a, 60, start
+        )
+    assert {a for a, end in ends.items() if end.get("reason") == "error"} == errored
+    for agent_id in errored:
+        check_turn_order(godot.turn_frames(ends[agent_id]["turn_id"]))
+    state = await wait_nodes(leader, 1)
+    assert state["nodes"][0]["name"] == "leader"
+    for agent_id in set(agents) - errored:  # and the others keep working
+        await remember(agent_id)
     return recovered_s, playing_s
 
 
