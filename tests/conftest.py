@@ -19,6 +19,7 @@ import pytest
 from config.settings import ENV_PREFIX, STANDARD_ENV
 from loadtest.processes import Managed, ServerProcesses, free_port, tail
 from tests.godot_peer import GodotPeer
+from tests.netns import NetworkHost
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_API_KEY = "sk-test-SECRET-do-not-log-4242"
@@ -145,6 +146,14 @@ async def godot(server, llm) -> GodotPeer:
     peer = await GodotPeer.connect(server.url)
     yield peer
     await peer.close()
+
+
+@pytest.fixture(scope="module")
+def far_host() -> NetworkHost:
+    """Another host: a network namespace linked to this one (tests/netns.py); skips without root."""
+    host = NetworkHost.create()
+    yield host
+    host.remove()
 
 
 def pytest_addoption(parser) -> None:

@@ -18,18 +18,16 @@ import pytest
 from loadtest.processes import tail
 from tests.conftest import ScriptedLLM, ServerProcess
 from tests.godot_peer import END_TYPES, GodotPeer
-from tests.netns import NetworkHost
-from tests.test_nodes import CHECK_S, SLOW, WorkerNode, health, lose_node_mid_turn, spread_npcs, wait_nodes
+from tests.test_nodes import CHECK_S, WorkerNode, health, lose_node_mid_turn, spread_npcs, start_slow_turns, wait_nodes
 from tests.test_turns import check_turn_order, user_text
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
-def far():
-    host = NetworkHost.create()
-    yield host
-    host.remove()
+def far(far_host):
+    """The worker node's host."""
+    return far_host
 
 
 @pytest.fixture(scope="module")
@@ -151,12 +149,7 @@ async def test_a_short_cut_mid_turn_the_leader_retires_the_old_generation_and_ta
     said = await spread_npcs(godot, llm, 3)
     before = pids(hosts.node)
     on_node = [a for a, n in zip(said, range(3)) if n > 0]  # npc1, npc2: placed on node-b's two workers
-    await llm.script(*[{**SLOW, "match": f"go on {agent_id}"} for agent_id in on_node])
-    start = len(godot.frames)
-    for agent_id in on_node:
-        await godot.interact(agent_id, f"go on {agent_id}")
-    for agent_id in on_node:
-        await godot.wait_type("agent_tag_chunk", 15, start, agent_id=agent_id)
+    start = await start_slow_turns(godot, llm, on_node)
     cut_at = time.monotonic()
     hosts.far.cut()
     ends = [

@@ -12,16 +12,8 @@ import psutil
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.netns import NetworkHost
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def other_host():
-    host = NetworkHost.create()
-    yield host
-    host.remove()
 
 
 def listening(server: ServerProcess) -> list[tuple[str, str, int]]:
@@ -43,8 +35,8 @@ def test_every_listener_of_every_server_process_is_on_loopback(server):
     assert not exposed, f"listening beyond loopback: {exposed}"
 
 
-def test_another_host_is_refused_at_the_admin_port_and_every_actor_port(server, other_host):
+def test_anfar_host_is_refused_at_the_admin_port_and_every_actor_port(server, far_host):
     # Before: all accepted from the other host (Thespian bound them to 0.0.0.0).
     ports = sorted({port for _, _, port in listening(server)})
-    answers = {port: other_host.connect(other_host.near, port) for port in ports}
+    answers = {port: far_host.connect(far_host.near, port) for port in ports}
     assert all(answer == "refused" for answer in answers.values()), answers

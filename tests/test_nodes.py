@@ -119,17 +119,23 @@ async def spread_npcs(godot: GodotPeer, llm, count: int) -> dict[str, str]:
     return said
 
 
-async def lose_node_mid_turn(leader, godot, llm, said, lose) -> tuple[float, float]:
-    """Every NPC streams, the node is lost; returns the seconds until every turn on it ended for
-    Godot, and until every NPC it had completed a new turn (on the leader, with its history)."""
-    agents = list(said)
-    on_node = next(n["agents"] for n in (await health(leader))["nodes"] if n["name"] == "node-b")
+async def start_slow_turns(godot: GodotPeer, llm, agents: list[str]) -> int:
+    """Each of ``agents`` streams a long turn, its first chunk seen; returns the frame index before."""
     await llm.script(*[{**SLOW, "match": f"go on {agent_id}"} for agent_id in agents])
     start = len(godot.frames)
     for agent_id in agents:
         await godot.interact(agent_id, f"go on {agent_id}")
     for agent_id in agents:
         await godot.wait_type("agent_tag_chunk", 15, start, agent_id=agent_id)
+    return start
+
+
+async def lose_node_mid_turn(leader, godot, llm, said, lose) -> tuple[float, float]:
+    """Every NPC streams, the node is lost; returns the seconds until every turn on it ended for
+    Godot, and until every NPC it had completed a new turn (on the leader, with its history)."""
+    agents = list(said)
+    on_node = next(n["agents"] for n in (await health(leader))["nodes"] if n["name"] == "node-b")
+    start = await start_slow_turns(godot, llm, agents)
     lost_at = time.monotonic()
     lose()
     deadline = lost_at + 30
