@@ -22,6 +22,7 @@ from tests.test_nodes import CHECK_S, WorkerNode, health, lose_node_mid_turn, sp
 from tests.test_turns import check_turn_order, user_text
 
 pytestmark = pytest.mark.timeout(240)
+ENDLESS = {"content": "<say>" + " ".join(f"word{n}" for n in range(1000)) + "</say>", "tokens_per_s": 20}  # 50 s
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ async def test_a_short_cut_mid_turn_the_leader_retires_the_old_generation_and_ta
     said = await spread_npcs(godot, llm, 3)
     before = pids(hosts.node)
     on_node = [a for a, n in zip(said, range(3)) if n > 0]  # npc1, npc2: placed on node-b's two workers
-    start = await start_slow_turns(godot, llm, on_node)
+    start = await start_slow_turns(godot, llm, on_node, reply=ENDLESS)
     cut_at = time.monotonic()
     hosts.far.cut()
     ends = [
@@ -163,6 +164,15 @@ async def test_a_short_cut_mid_turn_the_leader_retires_the_old_generation_and_ta
     await old_workers_stopped(hosts, before)
     for end in ends:  # nothing the old generation sent after the cut reached Godot
         check_turn_order(godot.turn_frames(end["turn_id"]))
+
+    async def streams_cancelled() -> bool:  # the old workers' LLM streams, cut short by their end
+        records = [r for r in await llm.requests() if any(f"go on {a}" in user_text(r) for a in on_node)]
+        return len(records) == len(on_node) and all(r["end"] == "client_closed" for r in records)
+
+    deadline = time.monotonic() + 30  # the streams would run for 50 s more
+    while not await streams_cancelled():
+        assert time.monotonic() < deadline, [r["end"] for r in await llm.requests()]
+        await asyncio.sleep(0.2)
     for agent_id in on_node:
         await llm.script({"content": "<say>here again</say>", "match": f"after {agent_id}"})
         frames = await godot.turn(agent_id, f"after {agent_id}")

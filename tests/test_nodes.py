@@ -119,9 +119,9 @@ async def spread_npcs(godot: GodotPeer, llm, count: int) -> dict[str, str]:
     return said
 
 
-async def start_slow_turns(godot: GodotPeer, llm, agents: list[str]) -> int:
+async def start_slow_turns(godot: GodotPeer, llm, agents: list[str], reply: dict = SLOW) -> int:
     """Each of ``agents`` streams a long turn, its first chunk seen; returns the frame index before."""
-    await llm.script(*[{**SLOW, "match": f"go on {agent_id}"} for agent_id in agents])
+    await llm.script(*[{**reply, "match": f"go on {agent_id}"} for agent_id in agents])
     start = len(godot.frames)
     for agent_id in agents:
         await godot.interact(agent_id, f"go on {agent_id}")
