@@ -19,17 +19,22 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import struct
 
 LOOPBACK = "127.0.0.1"
 ADDRESS_VARIABLE = "THESPIAN_BASE_IPADDR"  # what Thespian advertises (read by thespian.system.transport.IPBase)
 
 
-def check_address(address: str) -> str:
-    """``address`` if it is an IPv4 address this host can bind; ValueError saying why not."""
+def check_address(spec: str) -> str:
+    """The IPv4 address ``spec`` names (an address, or an interface such as ``wg0``) if this host can
+    bind it; ValueError saying why not."""
+    address = interface_address(spec) if spec in dict(socket.if_nameindex()).values() else spec
     try:
         ip = ipaddress.IPv4Address(address)
     except ValueError:
-        raise ValueError(f"{address!r} is not an IPv4 address (Thespian's TCP transport is IPv4 only)") from None
+        raise ValueError(
+            f"{address!r} is neither an IPv4 address nor an interface of this host (Thespian's TCP is IPv4 only)"
+        ) from None
     if ip.is_unspecified or ip.is_multicast:
         raise ValueError(f"{address} cannot be advertised: name the one address peers should reach")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -38,6 +43,18 @@ def check_address(address: str) -> str:
         except OSError as exc:
             raise ValueError(f"{address} is not an address of this host ({exc.strerror})") from None
     return address
+
+
+def interface_address(name: str) -> str:
+    """The IPv4 address of network interface ``name`` (Linux: the SIOCGIFADDR ioctl)."""
+    import fcntl
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            answer = fcntl.ioctl(sock.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+        except OSError as exc:
+            raise ValueError(f"interface {name} has no IPv4 address ({exc.strerror})") from None
+    return socket.inet_ntoa(answer[20:24])
 
 
 def route_address(host: str, port: int) -> str:
