@@ -32,7 +32,9 @@ def serve(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, help="worker processes (default: one per CPU)")
     parser.add_argument("--admin-port", type=int, help="Thespian admin port (default 1900)")
     parser.add_argument(
-        "--advertise", metavar="ADDRESS", help="Thespian's only address or interface: 127.0.0.1 unless worker nodes join (deploy.md)"
+        "--advertise",
+        metavar="ADDRESS",
+        help="Thespian's only address or interface: 127.0.0.1 unless worker nodes join (deploy.md)",
     )
     parser.add_argument("--config", help="TOML file of settings (see config/defaults.toml)")
     args = parser.parse_args(argv)
