@@ -1,10 +1,10 @@
 """Command line of the NPC turn server.
 
-python run.py [--host H] [--port P] [--workers N] [--admin-port A] [--config FILE]
+python run.py [--host H] [--port P] [--workers N] [--admin-port A] [--advertise ADDRESS] [--config FILE]
     run the server until SIGINT/SIGTERM, then stop every process it started (exit 0); a dead worker
     pool is replaced, but when the gateway or Thespian's admin dies (or a new pool at once), stop all
     the others and exit 1 at once, for a process manager to restart it (docs/deploy.md)
-python run.py worker --leader HOST:PORT [--admin-port P] [--workers N] [--node NAME] [--config FILE]
+python run.py worker --leader HOST:PORT [--advertise ADDRESS] [--admin-port P] [--workers N] [--node NAME] ...
     run a worker node that joins the leader's Thespian convention and hosts NPC workers
     (docs/deploy.md), until SIGINT/SIGTERM
 python run.py llm-server [--port P] ...
@@ -33,12 +33,23 @@ def serve(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, help="HTTP/WebSocket port (default 8000)")
     parser.add_argument("--workers", type=int, help="worker processes (default: one per CPU)")
     parser.add_argument("--admin-port", type=int, help="Thespian admin port (default 1900)")
+    parser.add_argument(
+        "--advertise",
+        metavar="ADDRESS",
+        help="Thespian's only address or interface: 127.0.0.1 unless worker nodes join (deploy.md)",
+    )
     parser.add_argument("--config", help="TOML file of settings (see config/defaults.toml)")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(
             args.config,
-            overrides={"host": args.host, "port": args.port, "workers": args.workers, "admin_port": args.admin_port},
+            overrides={
+                "host": args.host,
+                "port": args.port,
+                "workers": args.workers,
+                "admin_port": args.admin_port,
+                "advertise": args.advertise,
+            },
         )
     except SettingsError as exc:
         parser.error(str(exc))
@@ -70,6 +81,9 @@ def serve(argv: list[str]) -> int:
 def worker(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="run.py worker", description="Run a worker node of the NPC turn server.")
     parser.add_argument("--leader", required=True, metavar="HOST:PORT", help="the leader's Thespian admin address")
+    parser.add_argument(
+        "--advertise", metavar="ADDRESS", help="this node's only Thespian address (default: its route to --leader)"
+    )
     parser.add_argument("--admin-port", type=int, help="this node's Thespian admin port (default 1900)")
     parser.add_argument("--workers", type=int, help="worker processes on this node (default: one per CPU)")
     parser.add_argument("--node", help="this node's name (default host:admin-port); unique in the convention")
@@ -80,7 +94,13 @@ def worker(argv: list[str]) -> int:
         parser.error(f"--leader must be HOST:PORT, got {args.leader!r}")
     try:
         settings = load_settings(
-            args.config, overrides={"admin_port": args.admin_port, "workers": args.workers, "node_name": args.node}
+            args.config,
+            overrides={
+                "admin_port": args.admin_port,
+                "workers": args.workers,
+                "node_name": args.node,
+                "advertise": args.advertise,
+            },
         )
     except SettingsError as exc:
         parser.error(str(exc))

@@ -20,6 +20,8 @@ worker -> gateway
     (FLUSHED, token)
     (WORKER_GONE, index)                      worker ``index`` is gone for good (its node left); the
                                               pool has a surviving worker pass this on
+    (NODE_REFUSED, node, reason)              the pool refuses node ``node`` (it kept being lost), passed on
+                                              the same way
 pool -> worker (a ``Notice`` message)
     (NOTICE, item)                            pass ``item`` on to the gateway (the pool never sends
                                               to the gateway itself: see actors/pool.py)
@@ -49,6 +51,7 @@ FRAME = "frame"
 TO_FEED = "feed"
 FLUSHED = "flushed"
 WORKER_GONE = "gone"
+NODE_REFUSED = "refused"
 NOTICE = "notice"
 
 

@@ -21,19 +21,28 @@ Godot; the new worker's ``WorkerReady`` lets it place the lost agents again (the
 back from the journal). When a whole node leaves the convention (stopped, or silent for about
 three check-in periods), its workers are gone for good: a surviving worker passes that on to the
 gateway (``NOTICE``), which ends their turns and places their agents elsewhere.
+
+A lost node's workers may still run (a partition, not a death). Each slot's generation is the
+leader's: when the node comes back its slots are started again under a newer generation, the
+workers of the lost one are told to exit, and the gateway takes nothing from an older generation.
+Workers that never hear it stop themselves once their gateway is unreachable (actors/lease.py).
+A node the leader cannot reach when it joins (a wrong advertised address), or lost again and again
+soon after joining (core/membership.py), is refused, loudly (the log, /healthz), instead of flapping.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loguru import logger
 from thespian.actors import Actor, ActorExitRequest, ActorSystemConventionUpdate, ChildActorExited, WakeupMessage
 
 from actors.lifeline import die_with_parent
 from actors.messages import (
+    NODE_REFUSED,
     NPC_HOST,
     NPC_NODE,
     NPC_WORKERS,
@@ -45,10 +54,12 @@ from actors.messages import (
 )
 from actors.worker import WorkerActor
 from config.log import configure_logging
+from core.membership import Membership
 
 QUICK_DEATH_S = 5.0  # a worker that dies sooner than this after starting died "quickly"
 MAX_BACKOFF_S = 30.0
 REMOTE_RESTART_S = 1.0  # a remote worker is restarted after this, if its node is still there
+REACH_TIMEOUT_S = 2.0  # a joining node's admin port must accept a connection from here within this
 
 
 @dataclass
@@ -60,7 +71,8 @@ class Slot:
     generation: int = 0
     started_at: float = 0.0
     quick_deaths: int = 0
-    gone: bool = False  # its node left: never restarted
+    gone: bool = False  # its node left: restarted only if it comes back
+    lost: list = field(default_factory=list)  # workers of generations declared lost, maybe still running
 
 
 class WorkerPool(Actor):
@@ -93,6 +105,7 @@ class WorkerPool(Actor):
         settings = message.settings
         configure_logging(settings.log_level, "pool")
         self.spawn = message
+        self.members = Membership(settings.node_check_s)
         self._add_node(settings.node, settings.worker_count)
         self.notifyOnSystemRegistrationChanges(True)  # worker nodes joining or leaving
 
@@ -100,7 +113,17 @@ class WorkerPool(Actor):
         self.nodes.add(node)
         if any(slot.node == node and not slot.gone for slot in self.slots):
             return  # a node that checked in again after a hiccup keeps its workers
-        for _ in range(count):
+        back = [index for index, slot in enumerate(self.slots) if slot.node == node][:count]
+        if back:
+            logger.warning("node {} is back: its workers of a lost generation are told to exit, new ones start", node)
+        for index in back:  # a node that was lost: its slots again, under a newer generation
+            slot = self.slots[index]
+            for old in slot.lost:
+                self.send(old, ActorExitRequest())  # if that generation still runs, it learns it was lost
+            slot.lost.clear()
+            slot.gone = False
+            self._start_worker(index)
+        for _ in range(count - len(back)):
             self.slots.append(Slot(node, generation=self.spawn.first_generation))
             self._start_worker(len(self.slots) - 1)
 
@@ -109,18 +132,38 @@ class WorkerPool(Actor):
         node = capabilities.get(NPC_NODE)
         if not capabilities.get(NPC_HOST) or node is None or node == self.spawn.settings.node:
             return
+        address = str(update.remoteAdminAddress)
         if update.remoteAdded:
-            logger.info("node {} joined with {} workers", node, capabilities.get(NPC_WORKERS, 1))
+            if not self.members.admits(node, address, time.monotonic()):
+                logger.debug("refused node {} checked in again from {}", node, address)
+                return
+            unreachable = _unreachable(update.remoteAdminAddress)
+            if unreachable:
+                self._refuse(node, f"the leader cannot reach its admin port at {address}: {unreachable}")
+                return
+            logger.info("node {} joined from {} with {} workers", node, address, capabilities.get(NPC_WORKERS, 1))
             self._add_node(node, max(1, int(capabilities.get(NPC_WORKERS) or 1)))
             return
+        if node not in self.nodes:
+            return  # a refused node leaving again
         self.nodes.discard(node)
         lost = [index for index, slot in enumerate(self.slots) if slot.node == node and not slot.gone]
         logger.error("node {} left the convention: its {} workers are gone", node, len(lost))
         for index in lost:
             slot = self.slots[index]
+            if slot.address is not None:
+                slot.lost.append(slot.address)
+                self.send(slot.address, ActorExitRequest())  # reaches a node that is alive but missed check-ins
             slot.gone, slot.address = True, None
             slot.generation += 1
             self._notice((WORKER_GONE, index))
+        reason = self.members.lost(node, address, time.monotonic())
+        if reason:
+            self._refuse(node, reason)
+
+    def _refuse(self, node: str, reason: str) -> None:
+        logger.error("node {} refused: {}. Fix that and restart the node (docs/deploy.md)", node, reason)
+        self._notice((NODE_REFUSED, node, reason))
 
     def _notice(self, item: tuple) -> None:
         """Have a live worker (this node's first) pass ``item`` on to the gateway."""
@@ -170,3 +213,13 @@ class WorkerPool(Actor):
             self.wakeupAfter(delay, payload=index)
         else:
             self._start_worker(index)
+
+
+def _unreachable(admin) -> str:
+    """Why a joining node's admin port does not accept a connection from here ("" if it does). A
+    node that advertises an address the leader cannot reach would join and be lost in a loop."""
+    try:
+        socket.create_connection(admin.addressDetails.sockname, timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return ""

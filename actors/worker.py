@@ -3,8 +3,9 @@
 Thespian places it (capability ``NPC Host``), configures it and supervises it; the agents live in
 ``AgentHost`` on the loop thread, and their traffic with the gateway travels on the worker's own
 stream (``actors/link.py``), never through this class. When that stream ends (the gateway is gone,
-or declared this worker lost) or no gateway connects in time, the worker stops itself: it is of
-no use to anyone, and its LLM streams must not go on costing tokens.
+or declared this worker lost), when no gateway connects in time, or when its gateway stays out of
+reach (a partition: actors/lease.py), the worker stops itself: it is of no use to anyone, and its
+LLM streams must not go on costing tokens.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import asyncio
 import os
 
 from loguru import logger
-from thespian.actors import Actor, ActorExitRequest, WatchMessage, requireCapability
+from thespian.actors import Actor, ActorExitRequest, WakeupMessage, WatchMessage, requireCapability
 
 from actors.bridge import LoopBridge
 from actors.host import AgentHost
+from actors.lease import GatewayLease
 from actors.lifeline import die_with_parent
 from actors.link import LinkListener
 from actors.messages import NOTICE, NPC_HOST, NPC_NODE, ConfigureWorker, Notice, WorkerFailed, WorkerReady
@@ -40,12 +42,16 @@ class WorkerActor(Actor):
         self.host: AgentHost | None = None
         self.listener: LinkListener | None = None
         self.index = -1
+        self.lease: GatewayLease | None = None
 
     def receiveMessage(self, message, sender):
         try:
             if isinstance(message, WatchMessage):
                 if EXIT in self.bridge.drain():
                     self.send(self.myAddress, ActorExitRequest())
+            elif isinstance(message, WakeupMessage):
+                if message.payload is GatewayLease:
+                    self._check_lease()
             elif isinstance(message, Notice):
                 self.bridge.call(self.host.deliver, [(NOTICE, message.item)])
             elif isinstance(message, ConfigureWorker):
@@ -89,6 +95,21 @@ class WorkerActor(Actor):
             address,
         )
         self.send(message.gateway, WorkerReady(self.index, os.getpid(), message.generation, message.node, address))
+        self.lease = GatewayLease(message.gateway.addressDetails.sockname, settings.node_check_s)
+        self.wakeupAfter(self.lease.check_s, payload=GatewayLease)
+
+    def _check_lease(self) -> None:
+        if self.lease.check():
+            self.wakeupAfter(self.lease.check_s, payload=GatewayLease)
+            return
+        logger.error(
+            "worker {} stops: its gateway {} was unreachable for {:.0f} s, so the leader declared its node lost "
+            "or was restarted (its agents and turns live on elsewhere)",
+            self.index,
+            self.lease.address,
+            self.lease.unreachable_s(),
+        )
+        self.send(self.myAddress, ActorExitRequest())
 
     async def _await_gateway(self, timeout: float, gateway_lost) -> None:
         try:
@@ -98,6 +119,8 @@ class WorkerActor(Actor):
             gateway_lost()
 
     def _stop(self) -> None:
+        if self.lease is not None:
+            self.lease.close()
         if self.bridge is None:
             return
         try:

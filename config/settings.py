@@ -45,6 +45,7 @@ class Settings:
     max_frame_bytes: int
     workers: int
     admin_port: int
+    advertise: str
     node_name: str
     node_check_s: int
     startup_timeout_s: float

@@ -96,8 +96,9 @@ class GatewayServer:
             "known_agents": len(self.journal.known),
             "nodes": nodes if details else [{k: v for k, v in node.items() if k != "name"} for node in nodes],
         }
-        if details:
+        if details:  # names and reasons carry hosts and ports
             body["worker_pids"] = [router.worker_pids[w] for w in live]
+            body["refused_nodes"] = [{"name": node, "reason": why} for node, why in router.refused_nodes.items()]
         return web.json_response(body, status=503 if problems else 200)
 
     async def start(self, workers: list[WorkerReady]) -> str:

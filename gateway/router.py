@@ -22,7 +22,17 @@ from typing import Any, Protocol
 import orjson
 from loguru import logger
 
-from actors.messages import CONNECTION_CLOSED, DEACTIVATE, FLUSH, FLUSHED, FRAME, TO_AGENT, TO_FEED, WORKER_GONE
+from actors.messages import (
+    CONNECTION_CLOSED,
+    DEACTIVATE,
+    FLUSH,
+    FLUSHED,
+    FRAME,
+    NODE_REFUSED,
+    TO_AGENT,
+    TO_FEED,
+    WORKER_GONE,
+)
 from config.settings import Settings
 from core import protocol as p
 from core.history import fact_of, starts_turn
@@ -59,6 +69,8 @@ class Router:
         self.worker_nodes: list[str | None] = []
         self.alive: list[bool] = []
         self.relayed: list[int] = []  # items received from each worker (frames, mostly)
+        self.refused_nodes: dict[str, str] = {}  # node -> why the pool refuses it (actors/pool.py, Flaps)
+        self._ignored: set[tuple[int, int]] = set()  # (worker, generation) whose batches were dropped
         self.last_seen: dict[Key, float] = {}  # placed agents: when Godot or a player last addressed them
         self.pinned: set[Key] = set()  # taken over by a person on /events: kept active
         self.open = OpenTurns()
@@ -166,9 +178,11 @@ class Router:
 
     # --- worker side -----------------------------------------------------------------------
 
-    def deliver(self, items: list[tuple], origin: int | None = None) -> None:
-        """Forward one batch from worker ``origin``."""
+    def deliver(self, items: list[tuple], origin: int | None = None, generation: int = 0) -> None:
+        """Forward one batch from worker ``origin``; nothing from one that was lost or replaced."""
         if origin is not None:
+            if not self._current(origin, generation):
+                return
             self.relayed[origin] += len(items)
         connections = self.connections
         note = self.open.frame
@@ -186,6 +200,9 @@ class Router:
                 observed.append(item)
             elif item[0] == WORKER_GONE:
                 self.worker_gone(item[1])
+            elif item[0] == NODE_REFUSED:
+                self.refused_nodes[item[1]] = item[2]
+                logger.error("node {} is refused: {}", item[1], item[2])
             elif item[0] == FLUSHED:
                 waiter = self._flush_waiters.get(item[1])
                 if waiter is not None:
@@ -194,6 +211,15 @@ class Router:
                 logger.error("unknown item {!r} from a worker", item[0])
         if observed and self.observer is not None:
             self.observer.worker_items(observed)
+
+    def _current(self, worker: int, generation: int) -> bool:
+        """Whether ``worker`` of ``generation`` is the live one; said once per stale generation."""
+        if worker < len(self.alive) and self.alive[worker] and self.generation[worker] == generation:
+            return True
+        if (worker, generation) not in self._ignored:
+            self._ignored.add((worker, generation))
+            logger.warning("ignoring worker {} of generation {}: it was lost or replaced", worker, generation)
+        return False
 
     def flush(self, token: int, done: Callable[[int], None]) -> None:
         """Ask every worker to report once all it was sent so far is handled."""
@@ -230,6 +256,7 @@ class Router:
             self.relayed += [0] * missing
         self.generation[worker], self.worker_pids[worker], self.worker_nodes[worker] = generation, pid, node
         self.alive[worker] = True
+        self.refused_nodes.pop(node, None)
         logger.info("worker {} of node {} (pid {}) takes agents", worker, node, pid)
 
     def worker_lost(self, worker: int) -> None:
@@ -242,9 +269,14 @@ class Router:
         """A new generation of worker ``worker`` took the place of the one that died."""
         self.worker_lost(worker)  # nothing left to end when its stream's end was seen first
         self.generation[worker], self.worker_pids[worker] = generation, pid
+        self.alive[worker] = True  # also a lost node's worker, started again when the node came back
+        self.refused_nodes.pop(self.worker_nodes[worker], None)
 
     def worker_gone(self, worker: int) -> None:
         """Worker ``worker``'s node left the convention: it takes no more agents."""
+        if worker >= len(self.alive) or not self.alive[worker]:
+            logger.info("worker {} is gone before it took agents (its node left as it joined)", worker)
+            return
         self.alive[worker] = False
         self._lose(worker, f"the node running this agent ({self.worker_nodes[worker]}) was lost; its turn is lost")
 

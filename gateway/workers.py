@@ -32,7 +32,7 @@ class WorkerLinks:
                 self._secret,
                 index,
                 generation,
-                lambda items: self._router.deliver(items, index),
+                lambda items: self._router.deliver(items, index, generation),
                 lambda: self._lost(index, generation),
             )
         except (OSError, TimeoutError, EOFError, ValueError, LinkRefused) as exc:

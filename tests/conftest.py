@@ -20,6 +20,7 @@ from hypothesis import settings
 from config.settings import ENV_PREFIX, STANDARD_ENV
 from loadtest.processes import Managed, ServerProcesses, free_port, tail
 from tests.godot_peer import GodotPeer
+from tests.netns import NetworkHost
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_API_KEY = "sk-test-SECRET-do-not-log-4242"
@@ -32,12 +33,12 @@ settings.load_profile("project")
 class ScriptedLLM:
     """The scripted OpenAI-compatible server, run as ``python run.py llm-server``."""
 
-    def __init__(self, tmp: Path, *args: str) -> None:
+    def __init__(self, tmp: Path, *args: str, host: str = "127.0.0.1") -> None:
         port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://{host}:{port}"
         self.process = Managed(
             "scripted LLM",
-            [sys.executable, "run.py", "llm-server", "--port", str(port), *args],
+            [sys.executable, "run.py", "llm-server", "--host", host, "--port", str(port), *args],
             tmp / f"llm-{port}.log",
         )
         self.process.wait_http(self.url + "/v1/models")
@@ -68,9 +69,15 @@ class ServerProcess:
     """``python run.py`` with its own ports, pointed at a scripted LLM (None: the embedded model)."""
 
     def __init__(
-        self, tmp: Path, llm_url: str | None, workers: int = 2, data_dir: Path | None = None, **env: str
+        self,
+        tmp: Path,
+        llm_url: str | None,
+        workers: int = 2,
+        data_dir: Path | None = None,
+        admin_port: int | None = None,
+        **env: str,
     ) -> None:
-        self.port, self.admin_port = free_port(), free_port()
+        self.port, self.admin_port = free_port(), admin_port or free_port()  # a restarted leader keeps its admin port
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = tmp / f"logs-{self.port}"
         self.data_dir = data_dir or tmp / f"data-{self.port}"  # a restarted server is given the same one
@@ -155,6 +162,14 @@ async def godot(server, llm) -> GodotPeer:
     peer = await GodotPeer.connect(server.url)
     yield peer
     await peer.close()
+
+
+@pytest.fixture(scope="module")
+def far_host() -> NetworkHost:
+    """Another host: a network namespace linked to this one (tests/netns.py); skips without root."""
+    host = NetworkHost.create()
+    yield host
+    host.remove()
 
 
 def pytest_addoption(parser) -> None:
