@@ -18,7 +18,16 @@ import pytest
 from loadtest.processes import tail
 from tests.conftest import ScriptedLLM, ServerProcess
 from tests.godot_peer import END_TYPES, GodotPeer
-from tests.test_nodes import CHECK_S, WorkerNode, health, lose_node_mid_turn, spread_npcs, start_slow_turns, wait_nodes
+from tests.test_nodes import (
+    CHECK_S,
+    TOKEN,
+    WorkerNode,
+    health,
+    lose_node_mid_turn,
+    spread_npcs,
+    start_slow_turns,
+    wait_nodes,
+)
 from tests.test_turns import check_turn_order, user_text
 
 pytestmark = pytest.mark.timeout(240)
@@ -58,10 +67,11 @@ class Hosts:
             GAME_AGENT_NODE_NAME="leader",
             GAME_AGENT_NODE_CHECK_S=CHECK_S,
             GAME_AGENT_ADVERTISE=self.far.near,
+            GAME_AGENT_TOKEN=TOKEN,
         )
 
     async def godot(self) -> GodotPeer:
-        peer = await GodotPeer.connect(self.leader.url)
+        peer = await GodotPeer.connect(self.leader.url, self.leader.query())
         self.peers.append(peer)
         return peer
 
@@ -224,6 +234,7 @@ async def refused_node(tmp_path, llm, far, name: str, extra: tuple[str, ...] = (
         GAME_AGENT_NODE_NAME="leader",
         GAME_AGENT_NODE_CHECK_S=CHECK_S,
         GAME_AGENT_ADVERTISE=far.near,
+        GAME_AGENT_TOKEN=TOKEN,
     )
     node = WorkerNode(tmp_path, leader, name, workers=2, leader_address=far.near, on=far, extra=extra, **node_env)
     try:

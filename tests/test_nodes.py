@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import sys
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from loadtest.processes import ServerProcesses, free_port, tail
@@ -21,6 +21,7 @@ from tests.netns import NetworkHost
 from tests.test_turns import check_turn_order, user_text
 
 pytestmark = pytest.mark.timeout(180)
+TOKEN = "tok-nodes-" + secrets.token_hex(8)  # /healthz names nodes only to a caller with the token
 CHECK_S = "1"  # convention check-in period: a silent node is lost after about three
 SLOW = {"content": "<say>" + " ".join(f"word{n}" for n in range(100)) + "</say>", "tokens_per_s": 20}
 
@@ -71,8 +72,7 @@ class WorkerNode:
 
 
 async def health(server: ServerProcess) -> dict:
-    async with aiohttp.ClientSession() as http, http.get(server.url + "/healthz") as response:
-        return await response.json()
+    return await server.health()  # with the token: node names
 
 
 async def wait_nodes(server: ServerProcess, count: int, timeout: float = 30) -> dict:
@@ -87,14 +87,20 @@ async def wait_nodes(server: ServerProcess, count: int, timeout: float = 30) -> 
 async def cluster(tmp_path, llm):
     """A leader (one worker) and a worker node ``node-b`` (two workers), both stopped afterwards."""
     leader = await asyncio.to_thread(
-        ServerProcess, tmp_path, llm.url, workers=1, GAME_AGENT_NODE_NAME="leader", GAME_AGENT_NODE_CHECK_S=CHECK_S
+        ServerProcess,
+        tmp_path,
+        llm.url,
+        workers=1,
+        GAME_AGENT_NODE_NAME="leader",
+        GAME_AGENT_NODE_CHECK_S=CHECK_S,
+        GAME_AGENT_TOKEN=TOKEN,
     )
     node = WorkerNode(tmp_path, leader, "node-b", workers=2)
     peers: list[GodotPeer] = []
     await llm.reset()
     try:
         await wait_nodes(leader, 2)
-        godot = await GodotPeer.connect(leader.url)
+        godot = await GodotPeer.connect(leader.url, leader.query())
         peers.append(godot)
         yield leader, node, godot
     finally:
