@@ -68,6 +68,7 @@ class Router:
         self.worker_pids: list[int | None] = []
         self.worker_nodes: list[str | None] = []
         self.alive: list[bool] = []
+        self.unreachable: set[int] = set()  # workers whose stream ended, until replaced
         self.relayed: list[int] = []  # items received from each worker (frames, mostly)
         self.refused_nodes: dict[str, str] = {}  # node -> why the pool refuses it (actors/pool.py, Flaps)
         self._ignored: set[tuple[int, int]] = set()  # (worker, generation) whose batches were dropped
@@ -165,8 +166,12 @@ class Router:
         return True
 
     def _place(self, key: Key) -> int:
-        """Put ``key`` on the least-loaded live worker; it gets its history first if it has one."""
-        worker = min(self.live_workers(), key=self.load.__getitem__)
+        """Put ``key`` on the least-loaded live worker; it gets its history first if it has one.
+        A worker whose stream just ended is passed over while another can take it (if none can,
+        the agent waits there for its replacement: what it is sent ends with the lost turns)."""
+        live = self.live_workers()
+        reachable = [worker for worker in live if worker not in self.unreachable]
+        worker = min(reachable or live, key=self.load.__getitem__)
         self.placement[key] = worker
         self.load[worker] += 1
         if key in self.journal.known:
@@ -256,11 +261,13 @@ class Router:
             self.relayed += [0] * missing
         self.generation[worker], self.worker_pids[worker], self.worker_nodes[worker] = generation, pid, node
         self.alive[worker] = True
+        self.unreachable.discard(worker)
         self.refused_nodes.pop(node, None)
         logger.info("worker {} of node {} (pid {}) takes agents", worker, node, pid)
 
     def worker_lost(self, worker: int) -> None:
         """Worker ``worker``'s stream ended: it died, and Thespian will replace it."""
+        self.unreachable.add(worker)
         self._lose(
             worker, f"the worker process running this agent died (pid {self.worker_pids[worker]}); its turn is lost"
         )
@@ -270,6 +277,7 @@ class Router:
         self.worker_lost(worker)  # nothing left to end when its stream's end was seen first
         self.generation[worker], self.worker_pids[worker] = generation, pid
         self.alive[worker] = True  # also a lost node's worker, started again when the node came back
+        self.unreachable.discard(worker)
         self.refused_nodes.pop(self.worker_nodes[worker], None)
 
     def worker_gone(self, worker: int) -> None:

@@ -140,7 +140,7 @@ async def test_a_long_cut_ends_the_turns_the_old_workers_stop_themselves_and_the
     godot = await hosts.godot()
     said = await spread_npcs(godot, llm, 3)
     before = pids(hosts.node)
-    ended_s, playing_s = await lose_node_mid_turn(hosts.leader, godot, llm, said, hosts.far.cut, "error")
+    ended_s, playing_s = await lose_node_mid_turn(hosts.leader, godot, llm, said, hosts.far.cut, ("error",))
     print(f"link cut: lost turns ended for Godot after {ended_s:.2f} s, the NPCs played again after {playing_s:.2f} s")
     lost_turns = [f["turn_id"] for f in godot.frames if f["type"] == "agent_turn_finished" and f["reason"] == "error"]
     await wait_until(lambda: hosts.node.process.log.read_text().count("stops: its gateway") == 2, "workers stay")
@@ -192,7 +192,7 @@ async def test_a_short_cut_mid_turn_the_leader_retires_the_old_generation_and_ta
 async def test_a_killed_node_on_another_host_is_detected_and_its_npcs_recover(hosts, llm):
     godot = await hosts.godot()
     said = await spread_npcs(godot, llm, 3)
-    ended_s, playing_s = await lose_node_mid_turn(hosts.leader, godot, llm, said, hosts.node.kill, "error")
+    ended_s, playing_s = await lose_node_mid_turn(hosts.leader, godot, llm, said, hosts.node.kill, ("error",))
     print(
         f"node killed: lost turns ended for Godot after {ended_s:.2f} s, the NPCs played again after {playing_s:.2f} s"
     )

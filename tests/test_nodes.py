@@ -142,10 +142,10 @@ def ended_by_loss(frame: dict) -> bool:
     return frame["type"] in END_TYPES and frame.get("reason") in ("error", "shutdown")
 
 
-async def lose_node_mid_turn(leader, godot, llm, said, lose, reason: str) -> tuple[float, float]:
+async def lose_node_mid_turn(leader, godot, llm, said, lose, reasons: tuple[str, ...]) -> tuple[float, float]:
     """Every NPC streams, the node is lost; returns the seconds until every turn on it ended for
-    Godot (with ``reason``), and until every NPC it had completed a new turn (on the leader, with
-    its history)."""
+    Godot (with one of ``reasons``), and until every NPC it had completed a new turn (on the
+    leader, with its history)."""
     agents = list(said)
     on_node = next(n["agents"] for n in (await health(leader))["nodes"] if n["name"] == "node-b")
     start = await start_slow_turns(godot, llm, agents)
@@ -176,9 +176,9 @@ async def lose_node_mid_turn(leader, godot, llm, said, lose, reason: str) -> tup
         )
     assert {a for a, end in ends.items() if ended_by_loss(end)} == errored
     for agent_id in errored:
-        assert ends[agent_id]["reason"] == reason
+        assert ends[agent_id]["reason"] in reasons
         check_turn_order(godot.turn_frames(ends[agent_id]["turn_id"]))
-        assert reason != "error" or any(
+        assert ends[agent_id]["reason"] != "error" or any(
             f["type"] == "error" and f["code"] == "worker_lost" and f["ref"]["agent_id"] == agent_id
             for f in godot.frames[start:]
         )
@@ -196,12 +196,13 @@ async def test_npcs_spread_over_both_nodes_and_survive_a_node_stopped_mid_turn(c
     assert nodes["leader"]["workers"] == 1 and nodes["node-b"]["workers"] == 2
     assert nodes["leader"]["agents"] == 2 and nodes["node-b"]["agents"] == 4  # least-loaded worker first
     stop = lambda: os.kill(node.process.proc.pid, signal.SIGTERM)  # noqa: E731
-    seconds, _ = await lose_node_mid_turn(leader, godot, llm, said, stop, "shutdown")
+    # Its workers end their own turns (shutdown), unless the leader saw the node leave first (error).
+    seconds, _ = await lose_node_mid_turn(leader, godot, llm, said, stop, ("shutdown", "error"))
     print(f"node stopped: its turns ended within {seconds:.2f} s")
 
 
 async def test_a_killed_node_is_detected_and_its_npcs_recover(cluster, llm):
     leader, node, godot = cluster
     said = await spread_npcs(godot, llm, 3)
-    seconds, _ = await lose_node_mid_turn(leader, godot, llm, said, node.kill, "error")
+    seconds, _ = await lose_node_mid_turn(leader, godot, llm, said, node.kill, ("error",))
     print(f"node killed: its turns ended within {seconds:.2f} s")
