@@ -59,6 +59,11 @@ class Settings:
     max_agents_per_session: int
     rate_limit_events_per_s: float
     rate_limit_burst: int
+    rate_limit_notifications_per_s: float
+    rate_limit_notifications_burst: int
+    max_notification_agents: int
+    max_event_bytes: int
+    max_journal_bytes_per_frame: int
     log_level: str
     log_dir: str
     llm_input_log_turns: int
@@ -215,6 +220,12 @@ def _check(s: Settings) -> None:
             raise SettingsError(f"setting {f.name!r} must be positive, got {value!r}")
     if s.llm_grammar not in GRAMMAR_MODES:
         raise SettingsError(f"setting 'llm_grammar' must be one of {', '.join(GRAMMAR_MODES)}, got {s.llm_grammar!r}")
+    if s.max_notification_agents > s.rate_limit_notifications_burst:
+        raise SettingsError(
+            f"setting 'max_notification_agents' ({s.max_notification_agents}) must not exceed "
+            f"'rate_limit_notifications_burst' ({s.rate_limit_notifications_burst}): "
+            "such a notification could never pass"
+        )
     if not 0 < s.admin_port < 65536:
         raise SettingsError(f"setting 'admin_port' must be a TCP port, got {s.admin_port!r}")
     # --- /events

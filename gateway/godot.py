@@ -20,7 +20,9 @@ from loguru import logger
 
 from config.settings import Settings
 from core import protocol as p
-from core.ratelimit import TokenBucket
+from core.framelimits import FrameLimits
+from core.history import starts_turn
+from core.ratelimit import KeyedBuckets
 from gateway.router import Router
 from gateway.writer import FrameWriter
 
@@ -38,10 +40,9 @@ _connection_ids = itertools.count(1)
 class GodotConnection:
     """One Godot WebSocket: its session, the agents it talked to, and its ordered outbox."""
 
-    def __init__(self, ws: web.WebSocketResponse, session: str, events: TokenBucket) -> None:
+    def __init__(self, ws: web.WebSocketResponse, session: str) -> None:
         self.ws = ws
         self.session = session
-        self.events = events  # the rate limit of its interaction events
         self.connection_id = f"c{next(_connection_ids)}"
         self.agents: set[str] = set()
         self.log = logger.bind(session=session, connection=self.connection_id)
@@ -69,16 +70,20 @@ class GodotEndpoint:
         self.max_frame_bytes = settings.max_frame_bytes
         self.observer = observer
         self.connections: set[GodotConnection] = set()
+        self.frame_limits = FrameLimits(
+            settings.max_notification_agents, settings.max_event_bytes, settings.max_journal_bytes_per_frame
+        )
+        # Per session, so that reconnecting gives no fresh burst.
+        self.turn_rate = KeyedBuckets(settings.rate_limit_events_per_s, settings.rate_limit_burst)
+        self.notification_rate = KeyedBuckets(
+            settings.rate_limit_notifications_per_s, settings.rate_limit_notifications_burst
+        )
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         # aiohttp's own cap closes the connection (1009); below it, an oversize frame gets an error.
         ws = web.WebSocketResponse(max_msg_size=HARD_FRAME_FACTOR * self.max_frame_bytes, heartbeat=30)
         await ws.prepare(request)
-        conn = GodotConnection(
-            ws,
-            request.query.get("session") or DEFAULT_SESSION,
-            TokenBucket(self.settings.rate_limit_events_per_s, self.settings.rate_limit_burst),
-        )
+        conn = GodotConnection(ws, request.query.get("session") or DEFAULT_SESSION)
         self.connections.add(conn)
         self.router.attach(conn)
         conn.log.info("Godot connected from {}", request.remote)
@@ -116,16 +121,9 @@ class GodotEndpoint:
         if kind is p.Ping:
             conn.send_json(p.pong(message.id))
             return
-        if kind is p.InteractionEvent and not conn.events.allow(time.monotonic()):
-            conn.send_json(
-                p.error(
-                    p.RATE_LIMITED,
-                    "too many interaction events: this connection may send "
-                    f"{self.settings.rate_limit_events_per_s:g} per second and "
-                    f"{self.settings.rate_limit_burst} at once (settings rate_limit_*)",
-                    {"type": "interaction_event", "agent_id": message.agent_id},
-                )
-            )
+        refused = self.frame_limits.refusal(message, len(data)) or self.rate_limited(conn.session, message)
+        if refused is not None:
+            conn.send_json(refused)
             return
         agent_ids = message.agent_ids if kind is p.NotificationEvent else (message.agent_id,)
         routed = False
@@ -137,6 +135,32 @@ class GodotEndpoint:
                 conn.send_json(refused)
         if routed:
             self.observer.godot_inbound(conn.session, message)
+
+    def rate_limited(self, session: str, message: p.AgentMessage) -> dict | None:
+        """The ``rate_limited`` error when ``session`` is over its rate for this kind of message:
+        turns started (interaction events, continuing tool_results) or notification recipients."""
+        kind = type(message)
+        now = time.monotonic()
+        if kind is p.NotificationEvent:
+            if self.notification_rate.allow(session, now, len(message.agent_ids)):
+                return None
+            what, rate = "notification recipients", self.notification_rate
+            ref = {"type": "notification_event"}
+        elif starts_turn(message):
+            if self.turn_rate.allow(session, now):
+                return None
+            what, rate = "turns started (interaction events and continuing tool_results)", self.turn_rate
+            ref = {"type": p.TYPE_NAMES[kind], "agent_id": message.agent_id}
+            if kind is p.ToolResults:
+                ref["turn_id"] = message.turn_id
+        else:
+            return None
+        return p.error(
+            p.RATE_LIMITED,
+            f"too many {what}: session {session!r} may have {rate.rate:g} per second and "
+            f"{rate.burst} at once (settings rate_limit_*); this frame was not accepted",
+            ref,
+        )
 
     async def close_all(self) -> None:
         for conn in list(self.connections):
