@@ -66,6 +66,8 @@ class Settings:
     max_journal_bytes_per_frame: int
     log_level: str
     log_dir: str
+    log_retention_days: float
+    log_max_agents_per_disconnect: int
     llm_input_log_turns: int
     llm_base_url: str
     llm_api_key: str = field(repr=False)
@@ -204,6 +206,7 @@ MAY_BE_ZERO = (
     "embedded_model_threads",
     "events_replay",
     "agent_idle_s",
+    "log_retention_days",
 )
 
 
