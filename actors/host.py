@@ -75,7 +75,7 @@ class AgentHost:
         self._post = post
         self.agents: dict[tuple[str, str], Agent] = {}
         self.llm = ChatStreamer(llm_settings(settings))
-        self.logs = LogWriter(settings.log_dir, settings.log_retention_days)
+        self.logs = LogWriter(settings.log_dir, settings.log_retention_days, settings.log_max_bytes)
         self.changes = itertools.count(1)  # orders agents by their latest history change
         self.lives = itertools.count()  # names each agent life's spool, never shared with another life
 

@@ -67,6 +67,7 @@ class Settings:
     log_level: str
     log_dir: str
     log_retention_days: float
+    log_max_bytes: int
     log_max_agents_per_disconnect: int
     llm_input_log_turns: int
     llm_base_url: str
@@ -207,6 +208,7 @@ MAY_BE_ZERO = (
     "events_replay",
     "agent_idle_s",
     "log_retention_days",
+    "log_max_bytes",
 )
 
 

@@ -85,3 +85,25 @@ async def test_old_logs_and_spools_are_deleted_at_start(fresh, tmp_path):  # noq
     await until(lambda: not (logs / "tavern" / "c1").exists(), "logs older than log_retention_days were kept")
     await until(lambda: not old[2].exists(), "a spool older than log_retention_days was kept")
     assert recent.exists() and foreign.exists()
+
+
+async def test_logs_stay_within_log_max_bytes(fresh, tmp_path):  # noqa: F811
+    logs, budget = tmp_path / "kept-logs", 20_000
+    older_first = [logs / "tavern" / f"c{n}" / "bram.conversation.json" for n in range(10)]
+    for n, path in enumerate(older_first):  # 50 KB of recent logs, 10 s apart
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b" " * 5000)
+        os.utime(path, (time.time() - 100 + 10 * n,) * 2)
+    server = await fresh(workers=1, GAME_AGENT_LOG_DIR=str(logs), GAME_AGENT_LOG_MAX_BYTES=str(budget))
+    await until(lambda: not older_first[5].exists(), "logs over log_max_bytes were kept")
+    assert [path.exists() for path in older_first] == [False] * 6 + [True] * 4  # the oldest went first
+    assert not older_first[0].parent.exists()
+
+    def total() -> int:
+        return sum(p.stat().st_size for p in logs.rglob("*.json"))
+
+    for _ in range(60):  # connect, notify, close: unbounded, about 120 KB of logs
+        await closed_after_notifying(server, "churn", ["victim"])
+    await closed_after_notifying(server, "barrier", ["marker"])
+    await until(lambda: list((logs / "barrier").glob("*/marker.conversation.json")), "the last log was not written")
+    assert total() <= 2 * budget, total()
