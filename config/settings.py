@@ -61,6 +61,8 @@ class Settings:
     rate_limit_burst: int
     rate_limit_notifications_per_s: float
     rate_limit_notifications_burst: int
+    rate_limit_journal_bytes_per_s: int
+    rate_limit_journal_bytes_burst: int
     max_notification_agents: int
     max_event_bytes: int
     max_journal_bytes_per_frame: int
@@ -230,6 +232,11 @@ def _check(s: Settings) -> None:
             f"setting 'max_notification_agents' ({s.max_notification_agents}) must not exceed "
             f"'rate_limit_notifications_burst' ({s.rate_limit_notifications_burst}): "
             "such a notification could never pass"
+        )
+    if s.max_journal_bytes_per_frame > s.rate_limit_journal_bytes_burst:
+        raise SettingsError(
+            f"setting 'max_journal_bytes_per_frame' ({s.max_journal_bytes_per_frame}) must not exceed "
+            f"'rate_limit_journal_bytes_burst' ({s.rate_limit_journal_bytes_burst}): such a frame could never pass"
         )
     if not 0 < s.admin_port < 65536:
         raise SettingsError(f"setting 'admin_port' must be a TCP port, got {s.admin_port!r}")

@@ -21,14 +21,17 @@ class FrameLimits:
     max_event_bytes: int  # the ``event`` object of an interaction or notification, as JSON
     max_journal_bytes_per_frame: int  # what one frame may add to the journal, all recipients together
 
-    def refusal(self, message: p.AgentMessage, frame_bytes: int) -> dict | None:
-        """The ``error`` frame refusing ``message`` (``frame_bytes`` long), or None when it may go."""
+    def journal_bytes(self, message: p.AgentMessage, frame_bytes: int) -> int:
+        """About what ``message`` (``frame_bytes`` long) adds to the journal; raise ``ProtocolError``
+        when it is over a limit."""
         kind = type(message)
+        if kind is p.AgentStateSnapshot:
+            return 0  # never journaled
         name = p.TYPE_NAMES[kind]
         recipients = len(message.agent_ids) if kind is p.NotificationEvent else 1
         ref = {"type": name} if kind is p.NotificationEvent else {"type": name, "agent_id": message.agent_id}
         if recipients > self.max_notification_agents:
-            return p.error(
+            raise p.ProtocolError(
                 p.TOO_MANY_RECIPIENTS,
                 f"notification_event names {recipients} agents; at most {self.max_notification_agents} "
                 "per frame (setting max_notification_agents): send several frames",
@@ -38,7 +41,7 @@ class FrameLimits:
         if kind is p.InteractionEvent or kind is p.NotificationEvent:
             event_bytes = len(orjson.dumps(message.event))
             if event_bytes > self.max_event_bytes:
-                return p.error(
+                raise p.ProtocolError(
                     p.EVENT_TOO_LARGE,
                     f"{name}.event is {event_bytes} bytes as JSON, over the limit of "
                     f"{self.max_event_bytes} bytes (setting max_event_bytes)",
@@ -46,11 +49,11 @@ class FrameLimits:
                 )
             journal_bytes = event_bytes * recipients
         if journal_bytes > self.max_journal_bytes_per_frame:
-            return p.error(
+            raise p.ProtocolError(
                 p.JOURNAL_LIMIT,
                 f"{name} would journal about {journal_bytes} bytes ({recipients} recipients), over the "
                 f"limit of {self.max_journal_bytes_per_frame} bytes per frame "
                 "(setting max_journal_bytes_per_frame): send a shorter event or fewer recipients",
                 ref,
             )
-        return None
+        return journal_bytes

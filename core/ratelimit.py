@@ -31,11 +31,15 @@ class TokenBucket:
     def allow(self, now: float, cost: int = 1) -> bool:
         """Take ``cost`` tokens at time ``now`` if there are that many (never more than ``burst``).
         A clock that goes back refills nothing."""
-        self._refill(now)
-        if self._tokens >= cost:
+        if self.can(now, cost):
             self._tokens -= cost
             return True
         return False
+
+    def can(self, now: float, cost: int = 1) -> bool:
+        """Whether ``allow(now, cost)`` would take the tokens (it takes none)."""
+        self._refill(now)
+        return self._tokens >= cost
 
     def full(self, now: float) -> bool:
         """Whether the bucket has refilled to ``burst`` by ``now`` (it is then the same as a new one)."""
@@ -68,6 +72,10 @@ class KeyedBuckets:
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst)
         return bucket.allow(now, cost)
 
+    def can(self, key: Hashable, now: float, cost: int = 1) -> bool:
+        bucket = self._buckets.get(key)
+        return cost <= self.burst if bucket is None else bucket.can(now, cost)
+
     def __len__(self) -> int:
         return len(self._buckets)
 
@@ -75,3 +83,14 @@ class KeyedBuckets:
         """Forget the full buckets; the next pass waits until the map has doubled (amortised O(1))."""
         self._buckets = {key: bucket for key, bucket in self._buckets.items() if not bucket.full(now)}
         self._prune_at = max(PRUNE_FLOOR, 2 * len(self._buckets))
+
+
+def take_all(charges: list[tuple[KeyedBuckets, int]], key: Hashable, now: float) -> KeyedBuckets | None:
+    """Charge ``key`` each ``(buckets, cost)``, or nothing at all: a frame refused by one limit
+    uses up no other. Returns the first buckets that cannot pay, else None."""
+    for buckets, cost in charges:
+        if not buckets.can(key, now, cost):
+            return buckets
+    for buckets, cost in charges:
+        buckets.allow(key, now, cost)
+    return None

@@ -22,7 +22,7 @@ from config.settings import Settings
 from core import protocol as p
 from core.framelimits import FrameLimits
 from core.history import starts_turn
-from core.ratelimit import KeyedBuckets
+from core.ratelimit import KeyedBuckets, take_all
 from gateway.router import Router
 from gateway.writer import FrameWriter
 
@@ -78,6 +78,23 @@ class GodotEndpoint:
         self.notification_rate = KeyedBuckets(
             settings.rate_limit_notifications_per_s, settings.rate_limit_notifications_burst
         )
+        self.journal_rate = KeyedBuckets(
+            settings.rate_limit_journal_bytes_per_s, settings.rate_limit_journal_bytes_burst
+        )
+        self.rate_names = {  # what each counts, and its settings
+            self.turn_rate: (
+                "turns started (interaction events and continuing tool_results)",
+                "rate_limit_events_per_s, rate_limit_burst",
+            ),
+            self.notification_rate: (
+                "notification recipients",
+                "rate_limit_notifications_per_s, rate_limit_notifications_burst",
+            ),
+            self.journal_rate: (
+                "journaled bytes",
+                "rate_limit_journal_bytes_per_s, rate_limit_journal_bytes_burst",
+            ),
+        }
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         # aiohttp's own cap closes the connection (1009); below it, an oversize frame gets an error.
@@ -121,7 +138,12 @@ class GodotEndpoint:
         if kind is p.Ping:
             conn.send_json(p.pong(message.id))
             return
-        refused = self.frame_limits.refusal(message, len(data)) or self.rate_limited(conn.session, message)
+        try:
+            journal_bytes = self.frame_limits.journal_bytes(message, len(data))
+        except p.ProtocolError as exc:
+            conn.send_json(exc.frame())
+            return
+        refused = self.rate_limited(conn.session, message, journal_bytes)
         if refused is not None:
             conn.send_json(refused)
             return
@@ -136,29 +158,29 @@ class GodotEndpoint:
         if routed:
             self.observer.godot_inbound(conn.session, message)
 
-    def rate_limited(self, session: str, message: p.AgentMessage) -> dict | None:
-        """The ``rate_limited`` error when ``session`` is over its rate for this kind of message:
-        turns started (interaction events, continuing tool_results) or notification recipients."""
+    def rate_limited(self, session: str, message: p.AgentMessage, journal_bytes: int) -> dict | None:
+        """The ``rate_limited`` error when ``session`` is over a rate this message counts against:
+        turns started (interaction events, continuing tool_results), notification recipients, and
+        the bytes it journals. A refused message uses up none of them."""
         kind = type(message)
-        now = time.monotonic()
+        charges = [(self.journal_rate, journal_bytes)] if journal_bytes else []
         if kind is p.NotificationEvent:
-            if self.notification_rate.allow(session, now, len(message.agent_ids)):
-                return None
-            what, rate = "notification recipients", self.notification_rate
-            ref = {"type": "notification_event"}
+            charges.append((self.notification_rate, len(message.agent_ids)))
         elif starts_turn(message):
-            if self.turn_rate.allow(session, now):
-                return None
-            what, rate = "turns started (interaction events and continuing tool_results)", self.turn_rate
-            ref = {"type": p.TYPE_NAMES[kind], "agent_id": message.agent_id}
-            if kind is p.ToolResults:
-                ref["turn_id"] = message.turn_id
-        else:
+            charges.append((self.turn_rate, 1))
+        over = take_all(charges, session, time.monotonic())
+        if over is None:
             return None
+        what, settings = self.rate_names[over]
+        ref = {"type": p.TYPE_NAMES[kind]}
+        if kind is not p.NotificationEvent:
+            ref["agent_id"] = message.agent_id
+        if kind is p.ToolResults or kind is p.AgentTurnResult:
+            ref["turn_id"] = message.turn_id
         return p.error(
             p.RATE_LIMITED,
-            f"too many {what}: session {session!r} may have {rate.rate:g} per second and "
-            f"{rate.burst} at once (settings rate_limit_*); this frame was not accepted",
+            f"too many {what}: session {session!r} may have {over.rate:g} per second and {over.burst} at once "
+            f"(settings {settings}); this frame was not accepted",
             ref,
         )
 

@@ -90,3 +90,23 @@ async def test_rate_limits_hold_per_session_across_reconnects(fresh, llm):  # no
     other.specs["npc0"] = {"name": "Npc0"}
     event_id = await other.interact("npc0", "hi")
     await other.wait_type("agent_turn_started", 10, event_id=event_id)
+
+
+async def test_journaled_bytes_are_rate_limited_per_session(fresh, llm):  # noqa: F811
+    server = await fresh(
+        GAME_AGENT_RATE_LIMIT_JOURNAL_BYTES_BURST="50000",
+        GAME_AGENT_RATE_LIMIT_JOURNAL_BYTES_PER_S="1",
+        GAME_AGENT_MAX_JOURNAL_BYTES_PER_FRAME="50000",
+    )
+    big = {"type": "notification_event", "agent_id": "bard", "event": {"text": "x" * 20_000}}
+    first = await fresh.connect(server, "?session=chatty")
+    await first.send(big)
+    await first.send(big)
+    assert not [f for f in await settled(first, "two") if f["type"] == "error"]  # 40 KB of 50 KB
+    await first.close()
+    again = await fresh.connect(server, "?session=chatty")
+    await again.send(big)
+    await again.send({"type": "notification_event", "agent_id": "bard", "event": {"text": "small"}})
+    limited = [f for f in await settled(again, "third") if f["type"] == "error"]
+    assert [(f["code"], f["ref"]) for f in limited] == [("rate_limited", {"type": "notification_event"})], limited
+    assert "journaled bytes" in limited[0]["message"]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.ratelimit import PRUNE_FLOOR, KeyedBuckets, TokenBucket
+from core.ratelimit import PRUNE_FLOOR, KeyedBuckets, TokenBucket, take_all
 
 EPSILON = 1e-6  # float rounding in the refill; far below one token
 
@@ -111,3 +111,12 @@ def test_keyed_buckets_never_forget_a_bucket_that_is_still_empty():
     for n in range(3 * PRUNE_FLOOR):
         buckets.allow(n, 1.0)
     assert not buckets.allow("busy", 2.0)
+
+
+def test_take_all_charges_every_bucket_or_none():
+    turns, bytes_ = KeyedBuckets(rate_per_s=0.001, burst=2), KeyedBuckets(rate_per_s=0.001, burst=100)
+    assert take_all([(bytes_, 60), (turns, 1)], "s", 0.0) is None
+    assert take_all([(bytes_, 60), (turns, 1)], "s", 0.0) is bytes_  # 40 bytes left: refused...
+    assert take_all([(bytes_, 40), (turns, 1)], "s", 0.0) is None  # ...and it took no turn
+    assert take_all([(turns, 1)], "s", 0.0) is turns
+    assert take_all([(bytes_, 101)], "other", 0.0) is bytes_  # over the burst, even for a new key
