@@ -51,6 +51,7 @@ async def main(args) -> dict:
             "GAME_AGENT_RATE_LIMIT_NOTIFICATIONS_BURST": str(args.agents * 10),
             "GAME_AGENT_RATE_LIMIT_NOTIFICATIONS_PER_S": str(args.agents * 10),
             "GAME_AGENT_MAX_JOURNAL_BYTES_PER_FRAME": str(1 << 30),
+            "GAME_AGENT_RATE_LIMIT_JOURNAL_BYTES_BURST": str(1 << 30),
             "GAME_AGENT_MAX_FRAME_BYTES": str(16 << 20),
         }
         if raised
