@@ -107,3 +107,22 @@ async def test_logs_stay_within_log_max_bytes(fresh, tmp_path):  # noqa: F811
     await closed_after_notifying(server, "barrier", ["marker"])
     await until(lambda: list((logs / "barrier").glob("*/marker.conversation.json")), "the last log was not written")
     assert total() <= 2 * budget, total()
+
+
+async def test_a_disconnect_log_stuck_on_the_disk_stalls_no_other_session(fresh, llm, tmp_path):  # noqa: F811
+    logs = tmp_path / "kept-logs"
+    stuck = logs / "stuck" / "c1" / "npc.conversation.json"  # the first connection's log of npc
+    stuck.parent.mkdir(parents=True)
+    os.mkfifo(stuck)  # opening it for writing blocks until someone reads: a disk that does not answer
+    server = await fresh(workers=1, GAME_AGENT_LOG_DIR=str(logs))
+    try:
+        await closed_after_notifying(server, "stuck", ["npc"])
+        calm = await fresh.connect(server, "?session=calm")
+        calm.specs["sage"] = {"name": "Sage"}
+        await llm.script({"content": "<say>All is well.</say>"})
+        frames = await calm.turn("sage", "How are you?", timeout=20)  # on the same worker
+        assert frames[-1]["type"] == "agent_turn_finished", frames[-1]
+    finally:
+        # Reading unblocks the writer (which, before the log thread, was the worker's loop).
+        written = await asyncio.wait_for(asyncio.to_thread(stuck.read_bytes), 30)
+    assert b'"agent_id": "npc"' in written
