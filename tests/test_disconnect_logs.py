@@ -1,6 +1,7 @@
-"""Disconnect logs are bounded and cleaned up, end to end: a disconnect logs only the agents whose
-history changed since their last log, at most ``log_max_agents_per_disconnect``; logs older than
-``log_retention_days`` (and spools left behind) are deleted."""
+"""Disconnect logs are bounded, off the loop and cleaned up, end to end: a disconnect logs only the
+agents whose history changed since their last log, at most ``log_max_agents_per_disconnect``; a
+log stuck on the disk stalls no other session; logs older than ``log_retention_days`` (and spools
+left behind) are deleted, and the oldest ones over ``log_max_bytes``."""
 
 from __future__ import annotations
 
