@@ -62,9 +62,12 @@ class Agent:
         self.turn: Turn | None = None
         self.last_request_id: str | None = None
         self.takeover: Takeover | None = None  # the person playing this NPC, if any
+        self.changed_at: int | None = None  # the host's change count at the history's first change since its last log
         keep = host.settings.llm_input_log_turns
         self.llm_log = (
-            LlmInputLog(spool_path(host.settings.log_dir, session, agent_id, host.index), keep) if keep else None
+            LlmInputLog(spool_path(host.settings.log_dir, session, agent_id, host.index, next(host.lives)), keep)
+            if keep
+            else None
         )
         self.log = logger.bind(agent_id=agent_id, session=session)
 
@@ -98,7 +101,9 @@ class Agent:
         rejected = self.history.apply(fact)
         if rejected is not None:
             self._emit(p.error(rejected.code, rejected.message, {"agent_id": self.agent_id, **rejected.ref}))
-        elif fact["type"] == "interaction_event":
+            return
+        self.changed_at = next(self.host.changes)
+        if fact["type"] == "interaction_event":
             self._interrupt("new_event", fact["event_id"])
             self._start_turn(fact["turn_id"], fact["event_id"])
         elif fact["type"] == "tool_results" and fact["next_turn_id"] is not None:
@@ -157,7 +162,7 @@ class Agent:
     def close(self) -> None:
         self._interrupt("shutdown", None)
         if self.llm_log is not None:
-            self.llm_log.close()
+            self.host.logs.submit(self.llm_log.close)  # after the logs that still read its spool
 
     # --- the turn --------------------------------------------------------------------------
 
@@ -317,15 +322,14 @@ class Agent:
             ref["type"] = p.TYPE_NAMES[type(about)]
         self._emit(p.error(code, message, {"agent_id": self.agent_id, **ref}))
 
-    def log_records(self) -> tuple[dict, dict | None]:
-        """The conversation log and the LLM-input log (None when off), as written on disconnect."""
+    def log_records(self) -> tuple[dict, LlmInputLog | None]:
+        """The conversation log and the LLM-input log (None when off, read by the log writer), as
+        written on disconnect; the history counts as logged from now on."""
+        self.changed_at = None
         head = {
             "session": self.session,
             "agent_id": self.agent_id,
             "name": self.spec.name if self.spec else None,
             "written_at": time.time(),
         }
-        return (
-            {**head, "history": list(self.history.entries)},
-            {**head, "turns": self.llm_log.newest()} if self.llm_log is not None else None,
-        )
+        return {**head, "history": list(self.history.entries)}, self.llm_log

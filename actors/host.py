@@ -6,8 +6,12 @@ order. Frames leave serialised once, here, so the gateway forwards bytes without
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 import math
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -15,6 +19,7 @@ from loguru import logger
 
 from actors.agent import Agent
 from actors.llm_input_log import _safe
+from actors.logwriter import LogWriter
 from actors.messages import (
     CONNECTION_CLOSED,
     DEACTIVATE,
@@ -68,6 +73,9 @@ class AgentHost:
         self._to_gateway = to_gateway
         self.agents: dict[tuple[str, str], Agent] = {}
         self.llm = ChatStreamer(llm_settings(settings))
+        self.logs = LogWriter(settings.log_dir, settings.log_retention_days, settings.log_max_bytes)
+        self.changes = itertools.count(1)  # orders agents by their latest history change
+        self.lives = itertools.count()  # names each agent life's spool, never shared with another life
 
     def extra_body(self, spec: AgentSpec) -> dict | None:
         """Provider-specific request fields: a grammar that forces the agent's tag format."""
@@ -95,8 +103,9 @@ class AgentHost:
                     self._deactivate(item[1], item[2])
                 elif op == CONNECTION_CLOSED:
                     self._connection_closed(*item[1:])
-                elif op == FLUSH:
-                    self._to_gateway((FLUSHED, item[1]))
+                elif op == FLUSH:  # answered once the logs asked for before it are written
+                    post_soon = asyncio.get_running_loop().call_soon_threadsafe
+                    self.logs.submit(partial(post_soon, self._to_gateway, (FLUSHED, item[1])))
                 elif op == NOTICE:
                     self._to_gateway(item[1])
                 else:
@@ -123,29 +132,34 @@ class AgentHost:
             logger.debug("agent {} of session {} deactivated", agent_id, session)
 
     def _connection_closed(self, session: str, connection_id: str, agent_ids: list[str], end_turns: bool) -> None:
-        """Write the agents' conversation and LLM-input logs; end their turns if nobody took over."""
-        folder = Path(self.settings.log_dir) / _safe(session) / _safe(connection_id)
+        """End the agents' turns if nobody took over; log those whose history changed since their
+        last log, at most ``log_max_agents_per_disconnect`` (the most recently changed), off the loop."""
+        changed = []
         for agent_id in agent_ids:
             agent = self.agents.get((session, agent_id))
             if agent is None:
                 continue
             if end_turns:
                 agent.connection_closed()
-            conversation, llm_input = agent.log_records()
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                stem = folder / _safe(agent_id)
-                stem.with_name(stem.name + ".conversation.json").write_bytes(
-                    orjson.dumps(conversation, option=orjson.OPT_INDENT_2)
-                )
-                if llm_input is not None:  # None: llm_input_log_turns = 0
-                    stem.with_name(stem.name + ".llm_input.json").write_bytes(
-                        orjson.dumps(llm_input, option=orjson.OPT_INDENT_2)
-                    )
-            except OSError as exc:
-                logger.error("cannot write logs of agent {} to {}: {}", agent_id, folder, exc)
+            if agent.changed_at is not None:
+                changed.append(agent)
+        cap = self.settings.log_max_agents_per_disconnect
+        if len(changed) > cap:
+            logger.warning(
+                "connection {} of session {} closed: logging the {} most recently changed of {} agents "
+                "(setting log_max_agents_per_disconnect); the others are logged at a later disconnect",
+                connection_id,
+                session,
+                cap,
+                len(changed),
+            )
+            changed = heapq.nlargest(cap, changed, key=lambda agent: agent.changed_at)
+        folder = Path(self.settings.log_dir) / _safe(session) / _safe(connection_id)
+        for agent in changed:
+            self.logs.write(folder, _safe(agent.agent_id), *agent.log_records())
 
     async def aclose(self) -> None:
         for agent in self.agents.values():
             agent.close()
         await self.llm.aclose()
+        await asyncio.get_running_loop().run_in_executor(None, self.logs.close)

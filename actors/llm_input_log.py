@@ -7,10 +7,11 @@ to a spool file as its turn ends; memory keeps a line count. When the file reach
 records to keep, it is rewritten with the newest ones, so it stays bounded on disk too.
 
 The spool belongs to one life of the agent on one worker: a new log starts it afresh, ``close``
-(deactivation, shutdown) deletes it, and its name carries the worker's index, so an agent
-deactivated on one worker and restored at once on another never shares a file with its former
-self. Writes are small appends on the worker's event loop; a disk error is logged once per agent
-and the turn goes on without its record.
+(deactivation, shutdown) deletes it, and its name carries the worker's index and the life's
+number, so an agent deactivated and restored at once, on another worker or the same one, never
+shares a file with its former self (whose spool the log writer may still be reading). Writes
+are small appends on the worker's event loop; a disk error is logged once per agent and the turn
+goes on without its record.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def _safe(name: str) -> str:
     return safe
 
 
-def spool_path(log_dir: str, session: str, agent_id: str, worker: int) -> Path:
-    """``<log_dir>/<session>/.llm_input/<agent_id>.w<worker>.jsonl``."""
-    return Path(log_dir) / _safe(session) / SPOOL_DIR / f"{_safe(agent_id)}.w{worker}.jsonl"
+def spool_path(log_dir: str, session: str, agent_id: str, worker: int, life: int) -> Path:
+    """``<log_dir>/<session>/.llm_input/<agent_id>.w<worker>.<life>.jsonl``."""
+    return Path(log_dir) / _safe(session) / SPOOL_DIR / f"{_safe(agent_id)}.w{worker}.{life}.jsonl"
 
 
 class LlmInputLog:
@@ -101,7 +102,9 @@ class LlmInputLog:
                 self._fail("delete", exc)
 
     def _read_lines(self) -> list[bytes]:
-        return [line for line in self.path.read_bytes().split(b"\n") if line]
+        """The complete lines: the log writer's thread may read while the loop appends one."""
+        data = self.path.read_bytes()
+        return [line for line in data[: data.rfind(b"\n") + 1].split(b"\n") if line]
 
     def _compact(self) -> None:
         lines = self._read_lines()[-self.keep :]

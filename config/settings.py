@@ -61,8 +61,18 @@ class Settings:
     max_agents_per_session: int
     rate_limit_events_per_s: float
     rate_limit_burst: int
+    rate_limit_notifications_per_s: float
+    rate_limit_notifications_burst: int
+    rate_limit_journal_bytes_per_s: int
+    rate_limit_journal_bytes_burst: int
+    max_notification_agents: int
+    max_event_bytes: int
+    max_journal_bytes_per_frame: int
     log_level: str
     log_dir: str
+    log_retention_days: float
+    log_max_bytes: int
+    log_max_agents_per_disconnect: int
     llm_input_log_turns: int
     llm_base_url: str
     llm_api_key: str = field(repr=False)
@@ -200,6 +210,8 @@ MAY_BE_ZERO = (
     "embedded_model_threads",
     "events_replay",
     "agent_idle_s",
+    "log_retention_days",
+    "log_max_bytes",
 )
 
 
@@ -217,6 +229,17 @@ def _check(s: Settings) -> None:
     for name, modes in (("llm_grammar", GRAMMAR_MODES), ("untagged_text", UNTAGGED_TEXT_MODES)):
         if getattr(s, name) not in modes:
             raise SettingsError(f"setting {name!r} must be one of {', '.join(modes)}, got {getattr(s, name)!r}")
+    if s.max_notification_agents > s.rate_limit_notifications_burst:
+        raise SettingsError(
+            f"setting 'max_notification_agents' ({s.max_notification_agents}) must not exceed "
+            f"'rate_limit_notifications_burst' ({s.rate_limit_notifications_burst}): "
+            "such a notification could never pass"
+        )
+    if s.max_journal_bytes_per_frame > s.rate_limit_journal_bytes_burst:
+        raise SettingsError(
+            f"setting 'max_journal_bytes_per_frame' ({s.max_journal_bytes_per_frame}) must not exceed "
+            f"'rate_limit_journal_bytes_burst' ({s.rate_limit_journal_bytes_burst}): such a frame could never pass"
+        )
     if not 0 < s.admin_port < 65536:
         raise SettingsError(f"setting 'admin_port' must be a TCP port, got {s.admin_port!r}")
     # --- /events

@@ -95,6 +95,9 @@ RATE_LIMITED = "rate_limited"
 TOO_MANY_AGENTS = "too_many_agents"
 UNDECLARED_TOOL = "undeclared_tool"
 JOURNAL_ERROR = "journal_error"
+TOO_MANY_RECIPIENTS = "too_many_recipients"
+EVENT_TOO_LARGE = "event_too_large"
+JOURNAL_LIMIT = "journal_limit"
 
 TURN_STATUSES = ("completed", "interrupted")
 RECENT_TURNS = 64  # an agent's turns that agent_turn_result / tool_results may still name

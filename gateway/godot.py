@@ -20,7 +20,9 @@ from loguru import logger
 
 from config.settings import Settings
 from core import protocol as p
-from core.ratelimit import TokenBucket
+from core.framelimits import FrameLimits
+from core.history import starts_turn
+from core.ratelimit import KeyedBuckets, take_all
 from gateway.router import Router
 from gateway.writer import FrameWriter
 
@@ -38,10 +40,9 @@ _connection_ids = itertools.count(1)
 class GodotConnection:
     """One Godot WebSocket: its session, the agents it talked to, and its ordered outbox."""
 
-    def __init__(self, ws: web.WebSocketResponse, session: str, events: TokenBucket) -> None:
+    def __init__(self, ws: web.WebSocketResponse, session: str) -> None:
         self.ws = ws
         self.session = session
-        self.events = events  # the rate limit of its interaction events
         self.connection_id = f"c{next(_connection_ids)}"
         self.agents: set[str] = set()
         self.log = logger.bind(session=session, connection=self.connection_id)
@@ -69,16 +70,37 @@ class GodotEndpoint:
         self.max_frame_bytes = settings.max_frame_bytes
         self.observer = observer
         self.connections: set[GodotConnection] = set()
+        self.frame_limits = FrameLimits(
+            settings.max_notification_agents, settings.max_event_bytes, settings.max_journal_bytes_per_frame
+        )
+        # Per session, so that reconnecting gives no fresh burst.
+        self.turn_rate = KeyedBuckets(settings.rate_limit_events_per_s, settings.rate_limit_burst)
+        self.notification_rate = KeyedBuckets(
+            settings.rate_limit_notifications_per_s, settings.rate_limit_notifications_burst
+        )
+        self.journal_rate = KeyedBuckets(
+            settings.rate_limit_journal_bytes_per_s, settings.rate_limit_journal_bytes_burst
+        )
+        self.rate_names = {  # what each counts, and its settings
+            self.turn_rate: (
+                "turns started (interaction events and continuing tool_results)",
+                "rate_limit_events_per_s, rate_limit_burst",
+            ),
+            self.notification_rate: (
+                "notification recipients",
+                "rate_limit_notifications_per_s, rate_limit_notifications_burst",
+            ),
+            self.journal_rate: (
+                "journaled bytes",
+                "rate_limit_journal_bytes_per_s, rate_limit_journal_bytes_burst",
+            ),
+        }
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         # aiohttp's own cap closes the connection (1009); below it, an oversize frame gets an error.
         ws = web.WebSocketResponse(max_msg_size=HARD_FRAME_FACTOR * self.max_frame_bytes, heartbeat=30)
         await ws.prepare(request)
-        conn = GodotConnection(
-            ws,
-            request.query.get("session") or DEFAULT_SESSION,
-            TokenBucket(self.settings.rate_limit_events_per_s, self.settings.rate_limit_burst),
-        )
+        conn = GodotConnection(ws, request.query.get("session") or DEFAULT_SESSION)
         self.connections.add(conn)
         self.router.attach(conn)
         conn.log.info("Godot connected from {}", request.remote)
@@ -116,16 +138,14 @@ class GodotEndpoint:
         if kind is p.Ping:
             conn.send_json(p.pong(message.id))
             return
-        if kind is p.InteractionEvent and not conn.events.allow(time.monotonic()):
-            conn.send_json(
-                p.error(
-                    p.RATE_LIMITED,
-                    "too many interaction events: this connection may send "
-                    f"{self.settings.rate_limit_events_per_s:g} per second and "
-                    f"{self.settings.rate_limit_burst} at once (settings rate_limit_*)",
-                    {"type": "interaction_event", "agent_id": message.agent_id},
-                )
-            )
+        try:
+            journal_bytes = self.frame_limits.journal_bytes(message, len(data))
+        except p.ProtocolError as exc:
+            conn.send_json(exc.frame())
+            return
+        refused = self.rate_limited(conn.session, message, journal_bytes)
+        if refused is not None:
+            conn.send_json(refused)
             return
         agent_ids = message.agent_ids if kind is p.NotificationEvent else (message.agent_id,)
         routed = False
@@ -137,6 +157,32 @@ class GodotEndpoint:
                 conn.send_json(refused)
         if routed:
             self.observer.godot_inbound(conn.session, message)
+
+    def rate_limited(self, session: str, message: p.AgentMessage, journal_bytes: int) -> dict | None:
+        """The ``rate_limited`` error when ``session`` is over a rate this message counts against:
+        turns started (interaction events, continuing tool_results), notification recipients, and
+        the bytes it journals. A refused message uses up none of them."""
+        kind = type(message)
+        charges = [(self.journal_rate, journal_bytes)] if journal_bytes else []
+        if kind is p.NotificationEvent:
+            charges.append((self.notification_rate, len(message.agent_ids)))
+        elif starts_turn(message):
+            charges.append((self.turn_rate, 1))
+        over = take_all(charges, session, time.monotonic())
+        if over is None:
+            return None
+        what, settings = self.rate_names[over]
+        ref = {"type": p.TYPE_NAMES[kind]}
+        if kind is not p.NotificationEvent:
+            ref["agent_id"] = message.agent_id
+        if kind is p.ToolResults or kind is p.AgentTurnResult:
+            ref["turn_id"] = message.turn_id
+        return p.error(
+            p.RATE_LIMITED,
+            f"too many {what}: session {session!r} may have {over.rate:g} per second and {over.burst} at once "
+            f"(settings {settings}); this frame was not accepted",
+            ref,
+        )
 
     async def close_all(self) -> None:
         for conn in list(self.connections):

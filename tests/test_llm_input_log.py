@@ -122,13 +122,13 @@ def test_file_gone_midway_and_unserialisable_record(tmp_path, errors):
 
 
 def test_spool_path_is_safe(tmp_path):
-    path = spool_path(str(tmp_path), "room/1", "../npc 7", 3)
+    path = spool_path(str(tmp_path), "room/1", "../npc 7", 3, 5)
     assert path.parent == tmp_path / _safe("room/1") / ".llm_input"
-    assert path.name == f"{_safe('../npc 7')}.w3.jsonl"
+    assert path.name == f"{_safe('../npc 7')}.w3.5.jsonl"
     assert "/" not in path.name
     for name in (".", "..", "", "x" * 300):  # never a folder that escapes, never an empty or endless name
         assert _safe(name) not in (".", "..", "") and len(_safe(name)) <= 109
-        assert spool_path(str(tmp_path), name, name, 0).resolve().is_relative_to(tmp_path.resolve())
+        assert spool_path(str(tmp_path), name, name, 0, 0).resolve().is_relative_to(tmp_path.resolve())
 
 
 # --- through the real server ------------------------------------------------------------------
@@ -153,7 +153,7 @@ async def test_newest_turns_and_a_turn_cut_by_the_disconnect(tmp_path, llm):
         for n in range(3):
             await llm.script({"content": f"<say>Answer {n}.</say>"})
             await peer.confirm(await peer.turn("ada", f"Question {n}"))
-        spool = spool_path(str(server.log_dir), "spool", "ada", 0)
+        spool = spool_path(str(server.log_dir), "spool", "ada", 0, 0)  # worker 0, its first agent life
         assert len(spool.read_bytes().splitlines()) == 3  # one line per ended turn, not yet 2 x 2
         await llm.script({"content": "<say>" + "word " * 200 + "</say>", "chunk_size": 5, "chunk_delay_s": 0.02})
         start = len(peer.frames)

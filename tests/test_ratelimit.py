@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.ratelimit import TokenBucket
+from core.ratelimit import PRUNE_FLOOR, KeyedBuckets, TokenBucket, take_all
 
 EPSILON = 1e-6  # float rounding in the refill; far below one token
 
@@ -86,3 +86,37 @@ def test_a_full_burst_is_always_accepted_after_a_long_enough_pause(rate, burst, 
         bucket.allow(now)
     now += burst / rate + 1.0
     assert all(bucket.allow(now) for _ in range(burst))
+
+
+def test_a_cost_takes_that_many_tokens_or_none():
+    bucket = TokenBucket(rate_per_s=1.0, burst=5)
+    assert bucket.allow(0.0, cost=4)
+    assert not bucket.allow(0.0, cost=2)  # one left: refused whole, nothing taken
+    assert bucket.allow(0.0, cost=1)
+
+
+def test_keyed_buckets_are_independent_and_forget_only_refilled_ones():
+    buckets = KeyedBuckets(rate_per_s=1.0, burst=2)
+    assert buckets.allow("a", 0.0) and buckets.allow("a", 0.0) and not buckets.allow("a", 0.0)
+    assert buckets.allow("b", 0.0)
+    for n in range(3 * PRUNE_FLOOR):  # each new key refills by the time the map is pruned
+        buckets.allow(n, float(n))
+    assert len(buckets) <= 2 * PRUNE_FLOOR
+    assert buckets.allow("a", 10_000.0) and buckets.allow("a", 10_000.0) and not buckets.allow("a", 10_000.0)
+
+
+def test_keyed_buckets_never_forget_a_bucket_that_is_still_empty():
+    buckets = KeyedBuckets(rate_per_s=0.001, burst=1)
+    assert buckets.allow("busy", 0.0)
+    for n in range(3 * PRUNE_FLOOR):
+        buckets.allow(n, 1.0)
+    assert not buckets.allow("busy", 2.0)
+
+
+def test_take_all_charges_every_bucket_or_none():
+    turns, bytes_ = KeyedBuckets(rate_per_s=0.001, burst=2), KeyedBuckets(rate_per_s=0.001, burst=100)
+    assert take_all([(bytes_, 60), (turns, 1)], "s", 0.0) is None
+    assert take_all([(bytes_, 60), (turns, 1)], "s", 0.0) is bytes_  # 40 bytes left: refused...
+    assert take_all([(bytes_, 40), (turns, 1)], "s", 0.0) is None  # ...and it took no turn
+    assert take_all([(turns, 1)], "s", 0.0) is turns
+    assert take_all([(bytes_, 101)], "other", 0.0) is bytes_  # over the burst, even for a new key

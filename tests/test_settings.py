@@ -72,3 +72,21 @@ def test_bad_environment_value_is_named():
         load_settings(env={"GAME_AGENT_WORKERS": "many"})
     with pytest.raises(SettingsError, match="GAME_AGENT_LLM_INCLUDE_USAGE"):
         load_settings(env={"GAME_AGENT_LLM_INCLUDE_USAGE": "maybe"})
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        ({"max_notification_agents": 10, "rate_limit_notifications_burst": 5}, "max_notification_agents"),
+        ({"max_journal_bytes_per_frame": 10, "rate_limit_journal_bytes_burst": 5}, "max_journal_bytes_per_frame"),
+        ({"log_max_agents_per_disconnect": 0}, "log_max_agents_per_disconnect"),
+    ],
+)
+def test_limits_that_could_never_pass_a_frame_are_refused(overrides, named):
+    with pytest.raises(SettingsError, match=named):
+        load_settings(env={}, overrides=overrides)
+
+
+def test_log_retention_and_budget_may_be_off():
+    settings = load_settings(env={}, overrides={"log_retention_days": 0, "log_max_bytes": 0})
+    assert (settings.log_retention_days, settings.log_max_bytes) == (0.0, 0)
