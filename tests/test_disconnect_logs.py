@@ -25,7 +25,7 @@ async def until(check, what: str, timeout: float = 30) -> None:
 
 
 async def closed_after_notifying(server, session: str, agent_ids: list[str], extra: list[dict] = ()) -> None:
-    peer = await GodotPeer.connect(server.url, f"?session={session}")
+    peer = await GodotPeer.connect(server.url, server.query(f"?session={session}"))
     for start in range(0, len(agent_ids), 200):
         await peer.send({"type": "notification_event", "agent_ids": agent_ids[start : start + 200], "event": {}})
     for frame in extra:
