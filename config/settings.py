@@ -55,7 +55,7 @@ class Settings:
     journal_fsync: bool
     agent_idle_s: float
     token: str = field(repr=False)
-    events_allowed_origins: str
+    allowed_origins: str
     max_agents_per_session: int
     rate_limit_events_per_s: float
     rate_limit_burst: int
@@ -117,9 +117,9 @@ class Settings:
         return tuple(tag.strip() for tag in self.events_action_tags.split(",") if tag.strip())
 
     @property
-    def allowed_origins(self) -> tuple[str, ...]:
-        """Origins allowed on /events besides the server's own (events_allowed_origins, split)."""
-        return tuple(o.strip() for o in self.events_allowed_origins.split(",") if o.strip())
+    def origin_allow_list(self) -> tuple[str, ...]:
+        """Origins allowed on /ws and /events besides the server's own (allowed_origins, split)."""
+        return tuple(o.strip() for o in self.allowed_origins.split(",") if o.strip())
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
