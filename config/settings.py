@@ -59,6 +59,8 @@ class Settings:
     max_agents_per_session: int
     rate_limit_events_per_s: float
     rate_limit_burst: int
+    ws_send_buffer_bytes: int
+    slow_client_close_timeout_s: float
     log_level: str
     log_dir: str
     llm_input_log_turns: int
@@ -87,6 +89,7 @@ class Settings:
     events_action_tags: str
     events_replay: int
     events_client_buffer: int
+    events_client_buffer_bytes: int
     events_takeover_timeout_s: float
     events_snapshot_interval_s: float
 

@@ -1,0 +1,108 @@
+"""Hostile or broken clients are bounded, end to end on the real server: a game or a spectator
+that never reads is closed as too slow (its queue freed, its NPCs' turns ended as on a
+disconnect)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+
+from tests.conftest import ServerProcess
+from tests.godot_peer import GodotPeer
+from tests.raw_ws import RawWebSocket
+
+pytestmark = pytest.mark.timeout(120)
+
+WS_BUFFER = 65536
+EVENTS_BUFFER_BYTES = 262144
+BIG_REPLY = ["<say>"] + ["x" * 8000] * 750 + ["</say>"]  # 6 MB of text: more than any socket holds
+
+
+@pytest.fixture(scope="module")
+def server(llm, tmp_path_factory) -> ServerProcess:
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("bounds"),
+        llm.url,
+        GAME_AGENT_WS_SEND_BUFFER_BYTES=str(WS_BUFFER),
+        GAME_AGENT_EVENTS_CLIENT_BUFFER_BYTES=str(EVENTS_BUFFER_BYTES),
+        GAME_AGENT_SLOW_CLIENT_CLOSE_TIMEOUT_S="60",  # generous: the test reads the close frame itself
+    )
+    yield proc
+    proc.stop()
+    assert "Traceback" not in proc.server_log(), "the server logged an exception"
+
+
+async def logged(server: ServerProcess, text: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (log := server.server_log()):
+        assert time.monotonic() < deadline, f"not logged within {timeout} s: {text!r}"
+        await asyncio.sleep(0.1)
+    return log
+
+
+def interaction(agent_id: str) -> dict:
+    return {
+        "type": "interaction_event",
+        "agent_id": agent_id,
+        "event_id": "e1",
+        "event": {"kind": "speech", "source": "player", "text": "Talk to me."},
+    }
+
+
+def answer_state(game: RawWebSocket, agent_id: str) -> None:
+    """Read up to the turn's get_agent_state and answer it, as a game does before it stops reading."""
+    while True:
+        _, payload = game.read_frame()
+        frame = orjson.loads(payload)
+        if frame["type"] == "get_agent_state":
+            break
+    state = {"name": "Talker", "description": "talks a lot"}
+    game.send_json(
+        {"type": "agent_state_snapshot", "request_id": frame["request_id"], "agent_id": agent_id, "state": state}
+    )
+
+
+async def test_a_game_that_never_reads_is_closed_and_its_npc_turn_ends(server, llm):
+    await llm.reset()
+    await llm.script({"chunks": BIG_REPLY})
+    game = RawWebSocket(server.port, "/ws?session=stuck")
+    try:
+        game.send_json(interaction("talker"))
+        await asyncio.to_thread(answer_state, game, "talker")  # and from now on it never reads
+        log = await logged(server, "Godot connection dropped: over")
+        assert "ws_send_buffer_bytes" in log and "close code 4001" in log
+        # What the socket held still arrives, then the close frame with the documented code.
+        frames, code = await asyncio.to_thread(game.read_until_close)
+        assert code == 4001 and frames > 0
+    finally:
+        game.close()
+    # Its NPC's turn ended as on a disconnect: the agent wrote its logs for that connection.
+    await logged(server, "Godot disconnected")
+    deadline = time.monotonic() + 30
+    while not list(server.log_dir.glob("stuck/*/talker.conversation.json")):
+        assert time.monotonic() < deadline, "the NPC of the dropped game wrote no disconnect log"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_spectator_is_bounded_in_bytes_and_a_finished_session_is_freed(server, llm):
+    """Few, huge events (a 300 KB description is in every reply) stay far below the count limit."""
+    await llm.reset()
+    godot = await GodotPeer.connect(server.url, "?session=huge")
+    spectator = RawWebSocket(server.port, "/events?session=huge")
+    try:
+        godot.specs["crier"] = {"name": "Crier", "location": "Square", "description": "loud " * 60000}
+        await llm.script({"chunks": [f"<say>Hear ye, number {n}!</say>" for n in range(20)]})
+        frames = await godot.turn("crier", "News?", timeout=30)
+        assert frames[-1]["reason"] == "completed"
+        log = await logged(server, "/events client dropped")
+        assert "events_client_buffer_bytes" in log and "close code 4001" in log
+        _, code = await asyncio.to_thread(spectator.read_until_close)
+        assert code == 4001
+    finally:
+        spectator.close()
+        await godot.close()
+    # Nobody follows the session any more and no game holds it: its feed is freed.
+    await logged(server, "/events feed freed: no client follows it and no game holds it session=huge")
