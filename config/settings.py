@@ -42,6 +42,7 @@ class Settings:
     host: str
     port: int
     max_frame_bytes: int
+    http_idle_timeout_s: float
     workers: int
     admin_port: int
     node_name: str
@@ -90,6 +91,7 @@ class Settings:
     events_replay: int
     events_client_buffer: int
     events_client_buffer_bytes: int
+    events_max_frame_bytes: int
     events_takeover_timeout_s: float
     events_snapshot_interval_s: float
 

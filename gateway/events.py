@@ -145,7 +145,7 @@ class EventsEndpoint:
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         # No compression: every event would be compressed once per client, on the gateway's loop.
-        ws = web.WebSocketResponse(max_msg_size=self.settings.max_frame_bytes, heartbeat=30, compress=False)
+        ws = web.WebSocketResponse(max_msg_size=self.settings.events_max_frame_bytes, heartbeat=30, compress=False)
         await ws.prepare(request)
         session = request.query.get("session") or DEFAULT_SESSION
         audience = self._session(session)

@@ -1,12 +1,16 @@
 """Hostile or broken clients are bounded, end to end on the real server: a game or a spectator
 that never reads is closed as too slow (its queue freed, its NPCs' turns ended as on a
-disconnect)."""
+disconnect), half-open handshakes are released, oversize /events frames refused, and client
+text cannot forge a log line."""
 
 from __future__ import annotations
 
 import asyncio
+import select
+import socket
 import time
 
+import aiohttp
 import orjson
 import pytest
 
@@ -18,6 +22,8 @@ pytestmark = pytest.mark.timeout(120)
 
 WS_BUFFER = 65536
 EVENTS_BUFFER_BYTES = 262144
+IDLE_TIMEOUT_S = 2
+HALF_OPEN = 300
 BIG_REPLY = ["<say>"] + ["x" * 8000] * 750 + ["</say>"]  # 6 MB of text: more than any socket holds
 
 
@@ -28,6 +34,7 @@ def server(llm, tmp_path_factory) -> ServerProcess:
         llm.url,
         GAME_AGENT_WS_SEND_BUFFER_BYTES=str(WS_BUFFER),
         GAME_AGENT_EVENTS_CLIENT_BUFFER_BYTES=str(EVENTS_BUFFER_BYTES),
+        GAME_AGENT_HTTP_IDLE_TIMEOUT_S=str(IDLE_TIMEOUT_S),
         GAME_AGENT_SLOW_CLIENT_CLOSE_TIMEOUT_S="60",  # generous: the test reads the close frame itself
     )
     yield proc
@@ -106,3 +113,64 @@ async def test_a_spectator_is_bounded_in_bytes_and_a_finished_session_is_freed(s
         await godot.close()
     # Nobody follows the session any more and no game holds it: its feed is freed.
     await logged(server, "/events feed freed: no client follows it and no game holds it session=huge")
+
+
+def still_held(socks: list[socket.socket], timeout: float) -> int:
+    """Wait until the server has closed every socket of ``socks``; how many it still held at ``timeout``."""
+    open_ = set(socks)
+    deadline = time.monotonic() + timeout
+    while open_ and (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select(list(open_), [], [], left)
+        for sock in readable:
+            try:
+                if sock.recv(1) == b"":
+                    open_.discard(sock)
+            except ConnectionResetError:
+                open_.discard(sock)
+    return len(open_)
+
+
+async def test_half_open_handshakes_are_released_and_open_sockets_are_not(server):
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(server.url.replace("http", "ws", 1) + "/ws?session=alive") as game:
+            held = []
+            try:
+                for _ in range(HALF_OPEN):
+                    sock = socket.create_connection(("127.0.0.1", server.port))
+                    sock.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: webs".encode())
+                    held.append(sock)
+                # generous: all are released soon after the timeout, unless they are held
+                left = await asyncio.to_thread(still_held, held, IDLE_TIMEOUT_S * 15)
+            finally:
+                for sock in held:
+                    sock.close()
+            assert left == 0, f"{left} of {HALF_OPEN} half-open handshakes still held"
+            # A WebSocket open for longer than the timeout is not touched by it.
+            await game.send_json({"type": "ping", "id": "still"})
+            assert await game.receive_json(timeout=10) == {"type": "pong", "id": "still"}
+
+
+async def test_an_oversize_events_frame_closes_with_1009(server):
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(server.url.replace("http", "ws", 1) + "/events?session=big") as ws:
+            assert (await ws.receive_json(timeout=10))["type"] == "id"
+            await ws.send_str(orjson.dumps({"type": "input", "input": "x" * 100_000}).decode())
+            while (msg := await ws.receive(timeout=10)).type is aiohttp.WSMsgType.TEXT:
+                pass
+            assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1009
+
+
+async def test_a_line_break_in_a_session_name_or_agent_id_forges_no_log_line(server, llm):
+    await llm.reset()
+    forged = "12:00:00.000 CRITICAL gateway FORGED"
+    peer = await GodotPeer.connect(server.url, "?session=evil%0A" + forged.replace(" ", "%20"))
+    try:
+        await peer.send({"type": "notification_event", "agent_id": "npc\n" + forged, "event": {"text": "hi"}})
+        await peer.send({"type": "ping", "id": "p"})
+        await peer.wait_type("pong", id="p")
+        log = await logged(server, "session=evil\\n12:00:00.000")
+        await logged(server, "npc\\n12:00:00.000")
+    finally:
+        await peer.close()
+    log = server.server_log()
+    assert not [line for line in log.splitlines() if line.startswith(forged)], "a client forged a log line"
