@@ -44,6 +44,10 @@ class Client:
         )
         self.send = self._writer.send  # False when the client is too slow (the caller drops it)
 
+    @property
+    def too_slow(self) -> bool:
+        return self._writer.full
+
     def drop(self) -> None:
         self._writer.drop(self._grace_s)
 
@@ -154,6 +158,8 @@ class EventsEndpoint:
             client.send(orjson.dumps(event))
         audience.join(client)
         client.log.info("/events client connected from {}", request.remote)
+        if client.too_slow:  # its replay alone is over the limit
+            self._drop(audience, client)
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:

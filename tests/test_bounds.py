@@ -108,6 +108,13 @@ async def test_a_spectator_is_bounded_in_bytes_and_a_finished_session_is_freed(s
         assert "events_client_buffer_bytes" in log and "close code 4001" in log
         _, code = await asyncio.to_thread(spectator.read_until_close)
         assert code == 4001
+        # A newcomer whose replay alone is over the limit is dropped at once, not kept silent.
+        late = RawWebSocket(server.port, "/events?session=huge")
+        try:
+            _, code = await asyncio.to_thread(late.read_until_close)
+            assert code == 4001
+        finally:
+            late.close()
     finally:
         spectator.close()
         await godot.close()
