@@ -7,6 +7,7 @@ Each record carries its context (agent_id, turn_id, worker...) as ``extra`` fiel
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -21,10 +22,25 @@ _FORMAT = (
 )
 
 
+# Line breaks and other control characters, which would let a client's text (a session name, an
+# agent id) start a forged log line or rewrite the terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _printable(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\x1b``)."""
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 def _add_kv(record: Record) -> None:
+    """Escape control characters in the message and the context (a traceback keeps its lines:
+    it is printed apart, from ``record["exception"]``), and render the context as key=value."""
     extra = record["extra"]
     extra.setdefault("process_role", "main")
-    extra["kv"] = "".join(f" {k}={v}" for k, v in extra.items() if k not in ("process_role", "kv"))
+    record["message"] = _printable(record["message"])
+    extra["kv"] = "".join(f" {k}={_printable(str(v))}" for k, v in extra.items() if k not in ("process_role", "kv"))
 
 
 def configure_logging(level: str, role: str) -> None:

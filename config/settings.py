@@ -43,6 +43,7 @@ class Settings:
     host: str
     port: int
     max_frame_bytes: int
+    http_idle_timeout_s: float
     workers: int
     admin_port: int
     advertise: str
@@ -57,7 +58,7 @@ class Settings:
     journal_fsync: bool
     agent_idle_s: float
     token: str = field(repr=False)
-    events_allowed_origins: str
+    allowed_origins: str
     max_agents_per_session: int
     rate_limit_events_per_s: float
     rate_limit_burst: int
@@ -68,6 +69,8 @@ class Settings:
     max_notification_agents: int
     max_event_bytes: int
     max_journal_bytes_per_frame: int
+    ws_send_buffer_bytes: int
+    slow_client_close_timeout_s: float
     log_level: str
     log_dir: str
     log_retention_days: float
@@ -99,6 +102,8 @@ class Settings:
     events_action_tags: str
     events_replay: int
     events_client_buffer: int
+    events_client_buffer_bytes: int
+    events_max_frame_bytes: int
     events_takeover_timeout_s: float
     events_snapshot_interval_s: float
 
@@ -129,9 +134,9 @@ class Settings:
         return tuple(tag.strip() for tag in self.events_action_tags.split(",") if tag.strip())
 
     @property
-    def allowed_origins(self) -> tuple[str, ...]:
-        """Origins allowed on /events besides the server's own (events_allowed_origins, split)."""
-        return tuple(o.strip() for o in self.events_allowed_origins.split(",") if o.strip())
+    def origin_allow_list(self) -> tuple[str, ...]:
+        """Origins allowed on /ws and /events besides the server's own (allowed_origins, split)."""
+        return tuple(o.strip() for o in self.allowed_origins.split(",") if o.strip())
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

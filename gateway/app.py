@@ -111,7 +111,14 @@ class GatewayServer:
         self.router.journal_opened()
         if self.settings.agent_idle_s:
             self._sweeper = asyncio.get_running_loop().create_task(self._deactivate_idle())
-        self.runner = web.AppRunner(self.make_app(), handle_signals=False, access_log=None)
+        # keepalive_timeout also runs from the connection's start: a client that has not sent a whole
+        # request by then (a half-open handshake) is closed, as is one idle between requests.
+        self.runner = web.AppRunner(
+            self.make_app(),
+            handle_signals=False,
+            access_log=None,
+            keepalive_timeout=self.settings.http_idle_timeout_s,
+        )
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.host, self.settings.port)
         await site.start()

@@ -1,17 +1,21 @@
-"""Who may open ``/ws`` and ``/events``: a shared token, and for ``/events`` a browser Origin check.
+"""Who may open ``/ws`` and ``/events``: a shared token, and a browser Origin check.
 
 Checked in a middleware, so a refused client gets a plain HTTP 401/403 with a JSON body before
 any WebSocket upgrade: no socket, no actor work, nothing for a scanner to hold open.
 ``/healthz``, ``/`` and the static files stay open: liveness probes need no secret (``/healthz``
 shows process ids and node names only with the token), and the page
 holds no data (it needs the token itself, from its own ``?token=``, to connect to ``/events``).
-The Origin check stops another web site from opening ``/events`` from a visitor's browser.
+The Origin check stops another web site from opening either socket from a visitor's browser
+(taking a game's session over, reading its feed). "The server's own origin" is the address and
+port the connection really reached (or the configured host name), never the ``Host`` header: with
+DNS rebinding a hostile name resolves to this machine and its page sends that name as both.
 The token is never logged; refusals log the path without its query string (it may hold the token).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -25,9 +29,9 @@ PROTECTED = ("/ws", "/events")
 
 
 def auth_middleware(settings: Settings):
-    """The middleware for ``settings``: token on /ws and /events (when set), Origin on /events."""
+    """The middleware for ``settings``: token (when set) and Origin on /ws and /events."""
     expected = settings.token.encode()
-    allowed = settings.allowed_origins
+    allowed = settings.origin_allow_list
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -42,10 +46,9 @@ def auth_middleware(settings: Settings):
                 "unauthorized",
                 "a valid token is required: Authorization: Bearer <token> or ?token=<token>",
             )
-        if path == "/events" and not origin_allowed(request, allowed):
-            return _refuse(
-                request, 403, "forbidden_origin", "this Origin may not open /events (setting events_allowed_origins)"
-            )
+        if not origin_allowed(request, settings.host, allowed):
+            message = f"this Origin may not open {path} (setting allowed_origins)"
+            return _refuse(request, 403, "forbidden_origin", message)
         return await handler(request)
 
     return middleware
@@ -61,17 +64,30 @@ def has_token(request: web.Request, expected: bytes) -> bool:
     return any(hmac.compare_digest(c.encode(), expected) for c in candidates)
 
 
-def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
-    """No Origin (not a browser), the server's own host:port, or listed (``*``: any)."""
+def origin_allowed(request: web.Request, host: str, allowed: tuple[str, ...]) -> bool:
+    """No Origin (not a browser), the server's own origin, or listed (``*``: any)."""
     origin = request.headers.get("Origin")
     if origin is None or "*" in allowed or origin in allowed:
         return True
     try:
         url = URL(origin)
-        own = URL.build(scheme=url.scheme, authority=request.host)
-        return bool(url.host) and (url.host.lower(), url.port) == ((own.host or "").lower(), own.port)
+        return url.scheme == "http" and _own(url.host or "", url.port, request, host)
     except (ValueError, TypeError):
         return False
+
+
+def _own(origin_host: str, origin_port: int | None, request: web.Request, host: str) -> bool:
+    """Whether a page at ``http://origin_host:origin_port`` was served by this very socket."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    if not sockname or origin_port != sockname[1]:
+        return False
+    address = ipaddress.ip_address(sockname[0])
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    names = {str(address), host.lower()}
+    if address.is_loopback:
+        names |= {"localhost", "127.0.0.1", "::1"}
+    return origin_host.lower() in names
 
 
 def _refuse(request: web.Request, status: int, error: str, message: str) -> web.Response:

@@ -4,15 +4,15 @@ A thin shell around ``core.taleweave.Feed``, one per session: it decodes the fra
 sends Godot, hands them and Godot's routed messages to the feed, and broadcasts what comes out.
 ``/events?session=NAME`` follows the Godot session NAME of ``/ws`` ("default" when absent).
 
-Each client has a bounded send buffer and its own writer task. A client whose buffer fills while
-its socket is full is dropped (logged with the reason), never waited for: a slow spectator must
-not slow Godot down. A burst queued at once (one worker batch) is not held against a client whose
-socket still takes data.
+Each client has a send buffer bounded in messages and bytes, and its own writer task
+(gateway.writer). A client whose buffer fills while its socket is full is dropped (logged with the
+reason), never waited for: a slow spectator must not slow Godot down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 from pathlib import Path
 
@@ -26,45 +26,30 @@ from core import protocol as p
 from core.taleweave import Effects, Feed, coalesce
 from gateway.godot import DEFAULT_SESSION
 from gateway.router import Router
-from gateway.writer import FrameWriter
+from gateway.writer import TOO_SLOW_CLOSE_CODE, FrameWriter
 
-TOO_SLOW_CLOSE_CODE = 4001  # the client did not read its events fast enough
-CLOSE_TIMEOUT_S = 2.0
 WEB_DIR = Path(__file__).resolve().parent / "web"
 
 
 class Client:
     """One /events WebSocket: its id and its bounded, ordered outbox."""
 
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request, session: str, limit: int) -> None:
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, session: str, settings: Settings) -> None:
         self.ws = ws
         self.client_id = secrets.token_hex(6)
-        self.limit = limit
-        self._transport = request.transport
-        self._dropping: asyncio.Task | None = None
         self.log = logger.bind(client=self.client_id, session=session)
-        self._writer = FrameWriter(ws, self.log)
+        self._grace_s = settings.slow_client_close_timeout_s
+        self._writer = FrameWriter(
+            ws, request.transport, self.log, settings.events_client_buffer_bytes, settings.events_client_buffer
+        )
+        self.send = self._writer.send  # False when the client is too slow (the caller drops it)
 
-    def send(self, data: bytes) -> bool:
-        """Queue ``data``; False when the client is too slow (the caller drops it)."""
-        if self._writer.stalled and len(self._writer) >= self.limit:
-            return False
-        self._writer.send(data)
-        return True
+    @property
+    def too_slow(self) -> bool:
+        return self._writer.full
 
     def drop(self) -> None:
-        """Close without waiting on a client that does not read: it cannot read a close frame either."""
-        self._dropping = asyncio.get_running_loop().create_task(self._close_or_cut())
-
-    async def _close_or_cut(self) -> None:
-        await self.stop_writing()
-        try:
-            await asyncio.wait_for(
-                self.ws.close(code=TOO_SLOW_CLOSE_CODE, message=b"too slow: send buffer full"), CLOSE_TIMEOUT_S
-            )
-        except (TimeoutError, ConnectionError, RuntimeError):
-            if self._transport is not None:
-                self._transport.abort()
+        self._writer.drop(self._grace_s)
 
     async def stop_writing(self) -> None:
         await self._writer.stop()
@@ -95,8 +80,9 @@ class EventsEndpoint:
     def __init__(self, settings: Settings, router: Router) -> None:
         self.settings = settings
         self.router = router
-        self.sessions: dict[str, Audience] = {}
-        self._id_prefix = secrets.token_hex(3) + "-"  # with the session's number: unique event ids
+        self.sessions: dict[str, Audience] = {}  # followed, or held by Godot: the others are freed
+        self._id_prefix = secrets.token_hex(3) + "-"  # with the feed's number: unique event ids
+        self._feed_numbers = itertools.count()
 
     def _session(self, name: str) -> Audience:
         audience = self.sessions.get(name)
@@ -108,7 +94,7 @@ class EventsEndpoint:
                     speech_tag=s.events_speech_tag,
                     action_tags=s.action_tags,
                     replay=s.events_replay,
-                    id_prefix=f"{self._id_prefix}{len(self.sessions)}-",
+                    id_prefix=f"{self._id_prefix}{next(self._feed_numbers)}-",
                 )
             )
         return audience
@@ -128,7 +114,11 @@ class EventsEndpoint:
         tag's pieces of text joined, so a burst makes few, larger messages."""
         touched: dict[Audience, list[dict]] = {}
         for kind, session, payload in items:
-            audience = self._session(session)
+            audience = self.sessions.get(session)
+            if audience is None:
+                if session not in self.router.connections:
+                    continue  # the end of a closed game's turns, and no one follows it
+                audience = self._session(session)
             try:
                 if kind == FRAME:
                     events = audience.feed.godot_outbound(orjson.loads(payload))
@@ -159,15 +149,17 @@ class EventsEndpoint:
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         # No compression: every event would be compressed once per client, on the gateway's loop.
-        ws = web.WebSocketResponse(max_msg_size=self.settings.max_frame_bytes, heartbeat=30, compress=False)
+        ws = web.WebSocketResponse(max_msg_size=self.settings.events_max_frame_bytes, heartbeat=30, compress=False)
         await ws.prepare(request)
         session = request.query.get("session") or DEFAULT_SESSION
         audience = self._session(session)
-        client = Client(ws, request, session, self.settings.events_client_buffer)
+        client = Client(ws, request, session, self.settings)
         for event in audience.feed.connect(client.client_id):
             client.send(orjson.dumps(event))
         audience.join(client)
         client.log.info("/events client connected from {}", request.remote)
+        if client.too_slow:  # its replay alone is over the limit
+            self._drop(audience, client)
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
@@ -183,6 +175,7 @@ class EventsEndpoint:
                 await client.stop_writing()
             self._apply(audience, None, audience.feed.disconnect(client.client_id))
             client.log.info("/events client disconnected")
+            self._free_if_unused(session)
         return ws
 
     def _apply(self, audience: Audience, client: Client | None, effects: Effects) -> None:
@@ -202,18 +195,35 @@ class EventsEndpoint:
                 if not client.send(data):
                     self._drop(audience, client)
 
+    def godot_closed(self, session: str) -> None:
+        """A Godot connection of ``session`` closed."""
+        self._free_if_unused(session)
+
+    def _free_if_unused(self, session: str) -> None:
+        """Free the feed of a session that no client follows and no Godot connection holds: a
+        session per connection would otherwise grow this map for ever."""
+        audience = self.sessions.get(session)
+        if audience is None or audience.clients or session in self.router.connections:
+            return
+        if audience.snapshot_timer is not None:
+            audience.snapshot_timer.cancel()
+        del self.sessions[session]
+        logger.bind(session=session).debug("/events feed freed: no client follows it and no game holds it")
+
     def _drop(self, audience: Audience, client: Client) -> None:
         if not audience.leave(client):
             return
         client.log.warning(
-            "/events client dropped: its socket is full and {} messages wait unsent; it "
-            "reads too slowly (setting events_client_buffer)",
-            client.limit,
+            "/events client dropped: its socket is full and over {} messages or {} bytes wait unsent; it "
+            "reads too slowly (settings events_client_buffer, events_client_buffer_bytes); close code {}",
+            self.settings.events_client_buffer,
+            self.settings.events_client_buffer_bytes,
+            TOO_SLOW_CLOSE_CODE,
         )
         client.drop()
 
     async def close_all(self) -> None:
-        for audience in self.sessions.values():
+        for audience in list(self.sessions.values()):  # a closed client's session may be freed meanwhile
             if audience.snapshot_timer is not None:
                 audience.snapshot_timer.cancel()
             for client in list(audience.clients.values()):

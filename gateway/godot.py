@@ -24,11 +24,13 @@ from core.framelimits import FrameLimits
 from core.history import starts_turn
 from core.ratelimit import KeyedBuckets, take_all
 from gateway.router import Router
-from gateway.writer import FrameWriter
+from gateway.writer import TOO_SLOW_CLOSE_CODE, FrameWriter
 
 
 class InboundObserver(Protocol):
     def godot_inbound(self, session: str, message: p.AgentMessage) -> None: ...
+
+    def godot_closed(self, session: str) -> None: ...
 
 
 DEFAULT_SESSION = "default"
@@ -40,14 +42,32 @@ _connection_ids = itertools.count(1)
 class GodotConnection:
     """One Godot WebSocket: its session, the agents it talked to, and its ordered outbox."""
 
-    def __init__(self, ws: web.WebSocketResponse, session: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, settings: Settings) -> None:
         self.ws = ws
-        self.session = session
+        self.session = request.query.get("session") or DEFAULT_SESSION
         self.connection_id = f"c{next(_connection_ids)}"
         self.agents: set[str] = set()
-        self.log = logger.bind(session=session, connection=self.connection_id)
-        self._writer = FrameWriter(ws, self.log)
-        self.send = self._writer.send
+        self.log = logger.bind(session=self.session, connection=self.connection_id)
+        self._settings = settings
+        self._writer = FrameWriter(ws, request.transport, self.log, settings.ws_send_buffer_bytes)
+        self._dropped = False
+
+    def send(self, data: bytes) -> None:
+        """Queue a frame (per token: keep this cheap); a game too slow to read it is dropped."""
+        if not self._writer.send(data):
+            self._too_slow()
+
+    def _too_slow(self) -> None:
+        if self._dropped:
+            return
+        self._dropped = True
+        self.log.warning(
+            "Godot connection dropped: over {} bytes wait unsent for it; it reads too slowly "
+            "(setting ws_send_buffer_bytes); close code {}",
+            self._settings.ws_send_buffer_bytes,
+            TOO_SLOW_CLOSE_CODE,
+        )
+        self._writer.drop(self._settings.slow_client_close_timeout_s)
 
     def send_json(self, frame: dict) -> None:
         self.send(orjson.dumps(frame))
@@ -100,7 +120,7 @@ class GodotEndpoint:
         # aiohttp's own cap closes the connection (1009); below it, an oversize frame gets an error.
         ws = web.WebSocketResponse(max_msg_size=HARD_FRAME_FACTOR * self.max_frame_bytes, heartbeat=30)
         await ws.prepare(request)
-        conn = GodotConnection(ws, request.query.get("session") or DEFAULT_SESSION)
+        conn = GodotConnection(ws, request, self.settings)
         self.connections.add(conn)
         self.router.attach(conn)
         conn.log.info("Godot connected from {}", request.remote)
@@ -115,6 +135,7 @@ class GodotEndpoint:
         finally:
             self.connections.discard(conn)
             self.router.detach(conn)
+            self.observer.godot_closed(conn.session)
             await conn.close()
             conn.log.info("Godot disconnected ({} agents)", len(conn.agents))
         return ws

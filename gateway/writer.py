@@ -1,8 +1,13 @@
-"""An ordered outbox of text frames for one WebSocket, written by a task of its own.
+"""An ordered outbox of text frames for one WebSocket, written by a task of its own, bounded.
 
 Whoever sends (the router, per token; the /events feed) only appends: it never waits on a
-socket. ``stalled`` tells whether the writer is waiting for the socket to take more, which is how
-/events recognises a spectator too slow to keep up.
+socket. The outbox is bounded in bytes, always: that is the memory a client may hold. It may also
+be bounded in frames, counted only while the socket is full (``stalled``: the writer waits for it
+to take more), so that a burst of many small frames queued at once is not held against a client
+that reads. Over a limit the client is too slow, and ``send`` refuses from then on so the caller
+can drop it. Dropping frees the outbox at once,
+queues the close frame behind what the socket already holds, and cuts the connection if the
+client does not answer it in time: a client that does not read cannot read a close frame either.
 """
 
 from __future__ import annotations
@@ -12,19 +17,47 @@ from collections import deque
 
 from aiohttp import WSMsgType, web
 
+TOO_SLOW_CLOSE_CODE = 4001  # the client did not read what it was sent fast enough
+TOO_SLOW_REASON = b"too slow: send buffer full"
+
 
 class FrameWriter:
-    def __init__(self, ws: web.WebSocketResponse, log) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.BaseTransport | None,
+        log,
+        max_bytes: int,
+        max_frames: int | None = None,
+    ) -> None:
         self._ws = ws
+        self._transport = transport
         self._log = log
+        self.max_bytes = max_bytes
+        self.max_frames = max_frames
         self._outbox: deque[bytes] = deque()
+        self.queued_bytes = 0
         self._wake = asyncio.Event()
         self.stalled = False
+        self.full = False  # too slow: nothing is queued any more
+        self._dropping: asyncio.Task | None = None
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> bool:
+        """Queue ``data``; False when the client is too slow (then nothing more is queued)."""
+        if self.full:
+            return False
+        if self.queued_bytes + len(data) > self.max_bytes or (
+            self.stalled and self.max_frames is not None and len(self._outbox) >= self.max_frames
+        ):
+            self.full = True
+            self._outbox.clear()
+            self.queued_bytes = 0
+            return False
         self._outbox.append(data)
+        self.queued_bytes += len(data)
         self._wake.set()
+        return True
 
     def __len__(self) -> int:
         return len(self._outbox)
@@ -36,11 +69,32 @@ class FrameWriter:
                 await self._wake.wait()
                 self._wake.clear()
                 while outbox:
+                    data = outbox.popleft()
+                    self.queued_bytes -= len(data)
                     self.stalled = True  # seen by senders only if send_frame waits for the socket
-                    await ws.send_frame(outbox.popleft(), WSMsgType.TEXT)
+                    await ws.send_frame(data, WSMsgType.TEXT)
                     self.stalled = False
         except (ConnectionError, RuntimeError) as exc:
             self._log.debug("writer stopped: {}", exc)
+
+    def drop(self, grace_s: float) -> None:
+        """Close a client too slow to read with TOO_SLOW_CLOSE_CODE; cut it after ``grace_s``."""
+        self.full = True
+        self._outbox.clear()
+        self.queued_bytes = 0
+        if self._dropping is None:
+            self._dropping = asyncio.get_running_loop().create_task(self._close_or_cut(grace_s))
+
+    async def _close_or_cut(self, grace_s: float) -> None:
+        await self.stop()
+        try:
+            # drain=False: the close frame is queued behind what the socket holds, not waited for.
+            await asyncio.wait_for(
+                self._ws.close(code=TOO_SLOW_CLOSE_CODE, message=TOO_SLOW_REASON, drain=False), grace_s
+            )
+        except (TimeoutError, ConnectionError, RuntimeError):
+            if self._transport is not None:
+                self._transport.abort()
 
     async def stop(self) -> None:
         self._task.cancel()

@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
-import socket
 import time
 
 import pytest
 
 from tests.conftest import ServerProcess
 from tests.godot_peer import END_TYPES, GodotPeer, JsonPeer, played_tags
+from tests.raw_ws import RawWebSocket
 
 TAKEOVER_TIMEOUT_S = 2.0
 GUARD = {
@@ -290,24 +288,6 @@ async def test_bad_input_gets_an_error_for_that_client_only(peers, llm):
     await godot.wait_type("pong", id="still-fine")
 
 
-def _stalled_events_client(port: int, session: str) -> socket.socket:
-    """A WebSocket client that upgrades and then never reads: a tiny receive window fills at once."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(5)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET /events?session={session} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock
-
-
 async def test_a_slow_spectator_is_dropped_and_godot_is_not_slowed(server, peers, llm):
     open_godot, open_events = peers
     godot = await open_godot("slow")
@@ -315,7 +295,7 @@ async def test_a_slow_spectator_is_dropped_and_godot_is_not_slowed(server, peers
     # socket of a client that does not read is full after a few of them, whatever the kernel buffers.
     godot.specs["crier"] = {"name": "Crier", "location": "Square", "description": "loud " * 20000}
     fast = await open_events("slow")
-    slow = _stalled_events_client(server.port, "slow")
+    slow = RawWebSocket(server.port, "/events?session=slow")
     try:
         says = [f"<say>Hear ye, number {n}!</say>" for n in range(40)]
         await llm.script({"chunks": says, "chunk_delay_s": 0.01})

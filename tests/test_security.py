@@ -32,7 +32,7 @@ def server(llm, tmp_path_factory) -> ServerProcess:
         llm.url,
         GAME_AGENT_TOKEN=TOKEN,
         GAME_AGENT_DATA_DIR=str(tmp / "data"),
-        GAME_AGENT_EVENTS_ALLOWED_ORIGINS=f" {ALLOWED_ORIGIN} , ",
+        GAME_AGENT_ALLOWED_ORIGINS=f" {ALLOWED_ORIGIN} , ",
     )
     yield proc
     proc.stop()
@@ -108,35 +108,60 @@ async def test_health_and_the_page_need_no_token(server, http):
             assert response.status == 200, path
 
 
+async def opens(http: aiohttp.ClientSession, url: str, path: str, headers: dict) -> None:
+    """The socket opened: /ws answers a ping, /events sends the client its id."""
+    async with http.ws_connect(url, headers=headers) as ws:
+        if path == "/ws":
+            assert await ping(ws) == {"type": "pong", "id": "p1"}
+        else:
+            assert (await ws.receive_json(timeout=10))["type"] == "id"
+
+
+@pytest.mark.parametrize("path", ["/ws", "/events"])
 @pytest.mark.parametrize(
     "origin, allowed",
     [
         ("http://evil.example", False),
         ("null", False),
         ("http://127.0.0.1:1", False),  # our host, another port
+        ("https://own", False),  # our host and port, but we serve no TLS
         (ALLOWED_ORIGIN, True),
-        (None, True),  # not a browser
+        (None, True),  # not a browser (Godot native)
         ("own", True),
+        ("http://localhost:PORT", True),  # the same loopback socket, by name
     ],
 )
-async def test_events_checks_the_origin(server, http, origin, allowed):
-    url = ws_url(server, f"/events?token={TOKEN}")
+async def test_a_browser_origin_must_be_our_own_or_listed(server, http, path, origin, allowed):
+    url = ws_url(server, f"{path}?session=origin&token={TOKEN}")
+    if origin is not None:
+        origin = origin.replace("https://own", server.url.replace("http", "https", 1)).replace("PORT", str(server.port))
     headers = {} if origin is None else {"Origin": server.url if origin == "own" else origin}
     if allowed:
-        async with http.ws_connect(url, headers=headers) as ws:
-            assert (await ws.receive_json(timeout=10))["type"] == "id"
+        await opens(http, url, path, headers)
         return
     assert await refused(http, url, headers=headers) == 403
     async with http.get(url.replace("ws", "http", 1), headers=headers) as response:
         assert response.status == 403
-        assert (await response.json())["error"] == "forbidden_origin"
+        body = await response.json()
+        assert body["error"] == "forbidden_origin" and "allowed_origins" in body["message"]
 
 
-async def test_ws_does_not_check_the_origin(server, http):
-    """Godot sends no Origin; a browser page on /ws still needs the token."""
-    headers = {"Origin": "http://evil.example", "Authorization": f"Bearer {TOKEN}"}
-    async with http.ws_connect(ws_url(server, "/ws"), headers=headers) as ws:
-        assert await ping(ws) == {"type": "pong", "id": "p1"}
+@pytest.mark.parametrize("path", ["/ws", "/events"])
+async def test_dns_rebinding_is_refused(server, http, path):
+    """A hostile name resolved to this machine: its page sends that name as Host and as Origin."""
+    rebound = f"evil.example:{server.port}"
+    headers = {"Host": rebound, "Origin": f"http://{rebound}"}
+    assert await refused(http, ws_url(server, f"{path}?token={TOKEN}"), headers=headers) == 403
+
+
+async def test_another_site_cannot_take_a_game_session_over(server, http):
+    game = await http.ws_connect(ws_url(server, f"/ws?session=taken&token={TOKEN}"))
+    try:
+        evil = {"Origin": "http://evil.example"}
+        assert await refused(http, ws_url(server, f"/ws?session=taken&token={TOKEN}"), headers=evil) == 403
+        assert await ping(game) == {"type": "pong", "id": "p1"}  # still the session's connection
+    finally:
+        await game.close()
 
 
 async def test_refusals_are_logged_without_the_query_string(server, http):
