@@ -243,7 +243,6 @@ class Agent:
         """
         takeover = self.takeover
         if takeover is None:
-            self.host.report(self.session, TurnPrompt(self.agent_id, turn.turn_id, None, prompt, []))
             return None
         client = takeover.client
         self.host.report(self.session, TurnPrompt(self.agent_id, turn.turn_id, client, prompt, actions_of(spec)))
