@@ -195,19 +195,29 @@ def _allowed(tag: str, allowed: dict[str, str]) -> str:
 
 
 def _pseudo_call(body: str) -> tuple[str, dict[str, str]]:
-    """``give:item=spear,to=Mira`` as ``("give", {"item": "spear", "to": "Mira"})``, values as typed."""
+    """``give:item=spear,to=Mira`` as ``("give", {"item": "spear", "to": "Mira"})``, values as typed.
+
+    A piece without ``=`` after a parameter continues its value: TaleWeave's client writes
+    ``~say:text=Hello, friend`` for the words "Hello, friend".
+    """
     name, _, params = body.partition(":")
     name = name.strip()
     if not name:
         raise InputError("an action needs a name: ~action or ~action:param=value,param=value")
-    values = {}
-    for pair in filter(str.strip, params.split(",")):
+    values: dict[str, str] = {}
+    key = None
+    for pair in params.split(","):
+        if not pair.strip():
+            continue
+        if "=" not in pair and key is not None:
+            values[key] += "," + pair
+            continue
         key, equals, value = pair.partition("=")
         key = key.strip()
         if not equals or not NAME.fullmatch(key):
             raise InputError(f"bad action parameter {pair.strip()!r}: write param=value, params separated by commas")
-        values[key] = value.strip()
-    return name, values
+        values[key] = value
+    return name, {key: value.strip() for key, value in values.items()}
 
 
 def _attributes(attrs: dict[str, str]) -> str:
@@ -395,16 +405,20 @@ class Feed:
         """What ``client`` is sent of ``event``: TaleWeave's server's rules, our additions opt-in.
 
         A ``prompt`` goes only to the player asked. A client that did not ask for extensions
-        gets only TaleWeave's event types. TaleWeave's client knows itself in a ``player`` event
-        by ``client`` == its id, while TaleWeave's server puts the display name there: so such a
-        client gets its own ``player`` event between an ``id`` naming it by that display name and
-        one giving its id back (its client keeps the last ``id``; neither is listed).
+        gets only TaleWeave's event types, and its refusals as a ``status``. TaleWeave's client
+        knows itself in a ``player`` event by ``client`` == its id, while TaleWeave's server puts
+        the display name there: so such a client gets its own ``player`` event between an ``id``
+        naming it by that display name and one giving its id back (its client keeps the last
+        ``id``; neither is listed).
         """
         kind = event["type"]
         if kind == "prompt":
             return (event,) if event["client"] == client else ()
         if client in self.extended:
             return (event,)
+        if kind == "error":  # only ever for the sender: told in a way TaleWeave's client lists
+            text = f"Refused ({event['code']}): {event['message']}"
+            return ({"type": "status", "id": event["id"], "text": text, "room": None, "character": None},)
         if kind not in TALEWEAVE_EVENTS:
             return ()
         if kind == "player" and event["client_id"] == client and event["client"] != client:

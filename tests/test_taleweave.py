@@ -52,6 +52,7 @@ TAGS = ("thought", "say", "action")
         ("~", "<say>~</say>"),
         # The functions of the prompt's actions, as TaleWeave's client writes a chosen one.
         ("~say:text=Hello & bye", "<say>Hello &amp; bye</say>"),
+        ("~say:text=Potions, cheap & fine.", "<say>Potions, cheap &amp; fine.</say>"),  # TaleWeave's form
         ("~Thought:text=~hm", "<thought>hm</thought>"),  # the tag as the NPC spells it
         ("~action:name=wave,text=", '<action name="wave"/>'),
         ("~action:name=bow,text=deeply", '<action name="bow">deeply</action>'),
@@ -403,7 +404,9 @@ def test_what_each_client_sees():
     assert feed.view(stream, "b") == () and feed.view(stream, "a") == ()
     assert feed.view(stream, "ours") == (stream,) and feed.view(stream, "bot") == (stream,)
     (error,) = feed.command("b", "{nope").reply
-    assert feed.view(error, "b") == () and feed.view(error, "ours") == (error,)
+    assert feed.view(error, "ours") == (error,)
+    ((status,),) = [feed.view(error, "b")]  # TaleWeave's client lists a status
+    assert status["type"] == "status" and status["text"].startswith("Refused (bad_json): ")
     # render: TaleWeave's client asks for images; nothing here can render: a status says so.
     (status,) = feed.command("b", '{"type": "render", "event": "x"}').reply
     assert status["type"] == "status" and "render" in status["text"] and feed.view(status, "b") == (status,)
