@@ -2,7 +2,8 @@
 
 A thin shell around ``core.taleweave.Feed``, one per session: it decodes the frames the server
 sends Godot, hands them and Godot's routed messages to the feed, and broadcasts what comes out.
-``/events?session=NAME`` follows the Godot session NAME of ``/ws`` ("default" when absent).
+``/events?session=NAME`` follows the Godot session NAME of ``/ws`` ("default" when absent);
+``&extended=1`` asks for this server's additions too (``Feed.view`` decides what each client gets).
 
 Each client has a bounded send buffer and its own writer task. A client whose buffer fills while
 its socket is full is dropped (logged with the reason), never waited for: a slow spectator must
