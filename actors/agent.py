@@ -249,7 +249,6 @@ class Agent:
         turn_id = turn.machine.turn_id
         takeover = self.takeover
         if takeover is None:
-            self.host.report(self.session, TurnPrompt(self.agent_id, turn_id, None, prompt, []))
             return None
         client = takeover.client
         self.host.report(self.session, TurnPrompt(self.agent_id, turn_id, client, prompt, actions_of(spec)))

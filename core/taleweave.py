@@ -17,6 +17,7 @@ Pure: no sockets, no clock. See docs/protocol.md, "/events".
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
@@ -33,7 +34,15 @@ from core.spec import DEFAULT_TAGS, NAME, AgentSpec, SpecError, as_text, parse_s
 UNKNOWN_ROOM = "Unknown location"  # the room of NPCs whose spec names no location (yet)
 MEMORY_ENTRIES = 50  # history entries per NPC kept for snapshots
 MAX_NAME_CHARS = 64  # longest display name of a player
+MAX_QUEUED_INPUTS = 8  # inputs a player may send ahead of its prompts
+# What TaleWeave's server sends; its client lists anything else as "Unknown event type".
+TALEWEAVE_EVENTS = frozenset(
+    ("id", "generate", "action", "prompt", "reply", "result", "status", "snapshot", "player", "players", "render")
+)
+NO_RENDERER = "Nothing can render images here: this server has no renderer."
 TOOL_TAG = "tool"
+TEXT_PARAMETER = "text"  # the parameter of a tag's function that goes inside the tag
+_BOOLEANS = {"true": True, "yes": True, "y": True, "false": False, "no": False, "n": False}
 _ATTR_ESCAPES = {'"': "&quot;"}
 
 # Error codes of /events (the first five are the Godot socket's, with the same meaning).
@@ -41,8 +50,13 @@ UNKNOWN_CHARACTER = "unknown_character"
 CHARACTER_TAKEN = "character_taken"
 NAME_TAKEN = "name_taken"
 NOT_PLAYING = "not_playing"
-NO_PROMPT = "no_prompt"
 BAD_INPUT = "bad_input"
+TOO_MANY_INPUTS = "too_many_inputs"
+
+
+def wants_extensions(value: str | None) -> bool:
+    """The ``?extended=`` query parameter: does this client take the events TaleWeave's do not know?"""
+    return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
 
 
 # --- messages of a takeover ----------------------------------------------------------------
@@ -70,11 +84,11 @@ class PlayerInput:
 
 @dataclass(frozen=True, slots=True)
 class TurnPrompt:
-    """Agent -> gateway: a turn has its spec and now needs an answer, from ``client`` or the LLM."""
+    """Agent -> gateway: a turn that ``client`` plays has its spec and now needs their answer."""
 
     agent_id: str
     turn_id: str
-    client: str | None
+    client: str
     prompt: str
     actions: list[dict]
 
@@ -89,15 +103,50 @@ class TakeoverEnded:
 
 
 def actions_of(spec: AgentSpec) -> list[dict]:
-    """What the NPC may do, for the person playing it: its tags and its tools."""
+    """What the NPC may do, as the OpenAI tools TaleWeave's client reads: its tags, then its tools.
+
+    A tag is a function whose parameters are its attributes and ``text`` (what goes inside it);
+    TaleWeave's client turns a chosen function into ``~name:param=value,...`` input, which
+    ``player_markup`` turns back into that tag or tool call.
+    """
     tags = [
-        {"kind": "tag", "name": tag.name, "description": tag.description, "attrs": dict(tag.attrs)} for tag in spec.tags
+        _function(
+            tag.name,
+            tag.description,
+            {
+                **{attr: {"type": "string", "description": about} for attr, about in tag.attrs.items()},
+                TEXT_PARAMETER: {"type": "string", "description": f"the text inside <{tag.name}>"},
+            },
+            [],
+        )
+        for tag in spec.tags
     ]
-    tools = [
-        {"kind": "tool", "name": tool.name, "description": tool.description, "parameters": tool.parameters}
-        for tool in spec.tools
-    ]
+    tools = []
+    for tool in spec.tools:
+        schema = tool.parameters if isinstance(tool.parameters, dict) else {}
+        properties = schema.get("properties")
+        required = schema.get("required")
+        tools.append(
+            _function(
+                tool.name,
+                tool.description,
+                properties if isinstance(properties, dict) else {},
+                required if isinstance(required, list) else [],
+            )
+        )
     return tags + tools
+
+
+def _function(name: str, description: str, properties: dict, required: list) -> dict:
+    """An OpenAI tool; ``description`` is the label of its button in TaleWeave's client, so never empty."""
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description or name,
+            "parameters": {"type": "object", "properties": properties, "required": required},
+        },
+    }
 
 
 # --- what a person types, as tags ------------------------------------------------------------
@@ -107,19 +156,30 @@ class InputError(ValueError):
     """Input that cannot become the NPC's tags; the message says how to write it."""
 
 
-def player_markup(text: str, allowed_tags: Sequence[str], speech_tag: str, action_tag: str) -> str:
+def player_markup(
+    text: str, allowed_tags: Sequence[str], speech_tag: str, action_tag: str, tools: Sequence[str] = ()
+) -> str:
     """A person's input as the markup an LLM would have written for the NPC.
 
-    ``~action:param=value,other=value`` is TaleWeave's way to act (a value starting with ``~`` is
-    taken literally, without it); input holding one of the NPC's tags is used as is; anything
-    else is spoken, as the speech tag with its entities escaped.
+    ``~name:param=value,other=value`` is TaleWeave's way to call one of the prompt's actions:
+    the NPC's tool ``name`` becomes a tool call with the parameters as JSON arguments, its tag
+    ``name`` that tag (``text`` inside it, the rest as attributes), any other name the action
+    tag ``<action name="name" .../>``. A value starting with ``~`` is taken literally, without
+    it. Input holding one of the NPC's tags is used as is; anything else is spoken, as the
+    speech tag with its entities escaped.
     """
     stripped = text.strip()
     if not stripped:
         raise InputError("input is empty")
     allowed = {name.lower(): name for name in allowed_tags}
     if stripped.startswith("~") and len(stripped) > 1:
-        return _action_markup(stripped[1:], _allowed(action_tag, allowed))
+        name, params = _pseudo_call(stripped[1:])
+        tool = next((tool for tool in tools if tool.lower() == name.lower()), None)
+        if tool is not None:
+            return _tool_markup(tool, params, _allowed(TOOL_TAG, allowed))
+        if name.lower() in allowed and name.lower() != TOOL_TAG:
+            return _tag_markup(allowed[name.lower()], params)
+        return _action_markup(name, params, _allowed(action_tag, allowed))
     tagged = re.compile(rf"</?(?:{'|'.join(map(re.escape, allowed))})(?=[\s/>])", re.IGNORECASE)
     if allowed and tagged.search(stripped):
         return stripped
@@ -134,22 +194,76 @@ def _allowed(tag: str, allowed: dict[str, str]) -> str:
     return name
 
 
-def _action_markup(body: str, tag: str) -> str:
-    """``give:item=spear,to=Mira`` as ``<action name="give" item="spear" to="Mira"/>``."""
-    action, _, params = body.partition(":")
-    attrs = {"name": action.strip()}
-    if not attrs["name"]:
+def _pseudo_call(body: str) -> tuple[str, dict[str, str]]:
+    """``give:item=spear,to=Mira`` as ``("give", {"item": "spear", "to": "Mira"})``, values as typed.
+
+    A piece without ``=`` after a parameter continues its value: TaleWeave's client writes
+    ``~say:text=Hello, friend`` for the words "Hello, friend".
+    """
+    name, _, params = body.partition(":")
+    name = name.strip()
+    if not name:
         raise InputError("an action needs a name: ~action or ~action:param=value,param=value")
-    for pair in filter(str.strip, params.split(",")):
+    values: dict[str, str] = {}
+    key = None
+    for pair in params.split(","):
+        if not pair.strip():
+            continue
+        if "=" not in pair and key is not None:
+            values[key] += "," + pair
+            continue
         key, equals, value = pair.partition("=")
-        key, value = key.strip(), value.strip()
+        key = key.strip()
         if not equals or not NAME.fullmatch(key):
             raise InputError(f"bad action parameter {pair.strip()!r}: write param=value, params separated by commas")
-        if key == "name":
-            raise InputError("the parameter 'name' is the action's own name: use another parameter name")
-        attrs[key] = value.removeprefix("~")
-    written = "".join(f' {key}="{escape(value, _ATTR_ESCAPES)}"' for key, value in attrs.items())
-    return f"<{tag}{written}/>"
+        values[key] = value
+    return name, {key: value.strip() for key, value in values.items()}
+
+
+def _attributes(attrs: dict[str, str]) -> str:
+    return "".join(f' {key}="{escape(value, _ATTR_ESCAPES)}"' for key, value in attrs.items())
+
+
+def _action_markup(name: str, params: dict[str, str], tag: str) -> str:
+    """``give`` with ``item=spear`` as ``<action name="give" item="spear"/>``."""
+    if "name" in params:
+        raise InputError("the parameter 'name' is the action's own name: use another parameter name")
+    attrs = {"name": name, **{key: value.removeprefix("~") for key, value in params.items()}}
+    return f"<{tag}{_attributes(attrs)}/>"
+
+
+def _tag_markup(tag: str, params: dict[str, str]) -> str:
+    """``say`` with ``text=Hello`` as ``<say>Hello</say>``; empty attributes (the defaults of
+    TaleWeave's form) are left out."""
+    text = params.pop(TEXT_PARAMETER, "").removeprefix("~")
+    attrs = {key: value.removeprefix("~") for key, value in params.items() if value}
+    if not text and not attrs:
+        raise InputError(f"<{tag}> needs some text: ~{tag}:{TEXT_PARAMETER}=...")
+    if not text:
+        return f"<{tag}{_attributes(attrs)}/>"
+    return f"<{tag}{_attributes(attrs)}>{escape(text)}</{tag}>"
+
+
+def _tool_markup(tool: str, params: dict[str, str], tag: str) -> str:
+    """A call of ``tool`` with the parameters as JSON arguments, typed as TaleWeave types them."""
+    arguments = orjson.dumps({key: _typed(value) for key, value in params.items()}).decode()
+    return f'<{tag} name="{escape(tool, _ATTR_ESCAPES)}">{escape(arguments)}</{tag}>'
+
+
+def _typed(value: str) -> str | bool | int | float:
+    """TaleWeave's reading of a parameter: ``~`` literal, yes/no words, numbers, else text."""
+    if value.startswith("~"):
+        return value[1:]
+    if value.lower() in _BOOLEANS:
+        return _BOOLEANS[value.lower()]
+    for number in (int, float):
+        try:
+            parsed = number(value)
+        except ValueError:
+            continue
+        if math.isfinite(parsed):
+            return parsed
+    return value
 
 
 # --- entities ------------------------------------------------------------------------------
@@ -231,8 +345,8 @@ class Npc:
 class Effects:
     """What a spectator's command or departure causes."""
 
-    broadcast: list[dict] = field(default_factory=list)  # events for every client of the session
-    reply: list[dict] = field(default_factory=list)  # events for the sender only
+    broadcast: list[dict] = field(default_factory=list)  # events for the clients of the session (see Feed.view)
+    reply: list[dict] = field(default_factory=list)  # events for the sender only (see Feed.view)
     agents: list[tuple[str, object]] = field(default_factory=list)  # (agent_id, Takeover | PlayerInput)
 
 
@@ -245,7 +359,7 @@ class Feed:
         *,
         speech_tag: str = "say",
         action_tags: Iterable[str] = ("action",),
-        replay: int = 200,
+        replay: int = 100,
         id_prefix: str = "",
     ) -> None:
         self.session = session
@@ -255,10 +369,11 @@ class Feed:
         self.action_tags = frozenset((*action_tags, TOOL_TAG))
         self.npcs: dict[str, Npc] = {}
         self.names: dict[str, str | None] = {}  # connected client -> display name
+        self.extended: set[str] = set()  # connected clients that take events TaleWeave's do not know
         self.players: dict[str, str] = {}  # client -> agent_id it plays
+        self.queued: dict[str, deque[str]] = {}  # client -> markup sent before its next prompt
         self.turn = 0
         self.snapshot_due = False
-        self.watched = False  # a client follows this feed: live stream events are worth building
         self.last_snapshot: dict | None = None
         self.replay: deque[dict] = deque(maxlen=replay)
         self._rooms: dict[str, dict] | None = None
@@ -280,6 +395,35 @@ class Feed:
     def _take(self) -> list[dict]:
         out, self._out = self._out, []
         return out
+
+    @property
+    def watched(self) -> bool:
+        """Some client takes ``stream`` events: only then are they worth building."""
+        return bool(self.extended)
+
+    def view(self, event: dict, client: str) -> tuple[dict, ...]:
+        """What ``client`` is sent of ``event``: TaleWeave's server's rules, our additions opt-in.
+
+        A ``prompt`` goes only to the player asked. A client that did not ask for extensions
+        gets only TaleWeave's event types, and its refusals as a ``status``. TaleWeave's client
+        knows itself in a ``player`` event by ``client`` == its id, while TaleWeave's server puts
+        the display name there: so such a client gets its own ``player`` event between an ``id``
+        naming it by that display name and one giving its id back (its client keeps the last
+        ``id``; neither is listed).
+        """
+        kind = event["type"]
+        if kind == "prompt":
+            return (event,) if event["client"] == client else ()
+        if client in self.extended:
+            return (event,)
+        if kind == "error":  # only ever for the sender: told in a way TaleWeave's client lists
+            text = f"Refused ({event['code']}): {event['message']}"
+            return ({"type": "status", "id": event["id"], "text": text, "room": None, "character": None},)
+        if kind not in TALEWEAVE_EVENTS:
+            return ()
+        if kind == "player" and event["client_id"] == client and event["client"] != client:
+            return _id_event(event["client"]), event, _id_event(client)
+        return (event,)
 
     def _all_rooms(self) -> dict[str, dict]:
         """A room per distinct location, built again only after an NPC came or changed."""
@@ -375,6 +519,7 @@ class Feed:
         self._changed(npc)
         if first:
             self._emit("generate", name=npc.name, entity=npc.character())
+            self.snapshot_due = True  # TaleWeave's client finds the characters it may play in a world
 
     # --- what the server sends Godot ----------------------------------------------------------
 
@@ -388,7 +533,7 @@ class Feed:
 
     def _stream(self, npc: Npc, frame: dict, phase: str, **fields: Any) -> None:
         """The live, chunk-level view of a turn: sent, never replayed, so only built while
-        someone watches (``watched``, kept by the shell)."""
+        a client that takes extensions follows the feed (``watched``)."""
         if not self.watched:
             return
         self._out.append(
@@ -483,29 +628,35 @@ class Feed:
 
     # --- what agents report -------------------------------------------------------------------
 
-    def agent_report(self, report: TurnPrompt | TakeoverEnded) -> list[dict]:
+    def agent_report(self, report: TurnPrompt | TakeoverEnded) -> Effects:
+        """A turn a person plays asks for input (a ``prompt`` for that person only, or the input
+        they sent ahead), or the person's time ran out."""
+        effects = Effects()
         npc = self.npcs.get(report.agent_id)
-        if npc is None:
-            return []
+        if npc is None or npc.player != report.client:
+            return effects
         if type(report) is TurnPrompt:
-            room, character = self._room_of(npc), npc.character()
-            if report.client is None:
-                self._emit("prompt", prompt=report.prompt, room=room, character=character)
-            elif npc.player == report.client:
+            queued = self.queued.get(report.client)
+            if queued:
+                effects.agents.append((npc.agent_id, PlayerInput(report.client, queued.popleft())))
+            else:
                 npc.awaiting = report.client
-                self._emit(
-                    "prompt",
-                    prompt=report.prompt,
-                    room=room,
-                    character=character,
-                    client=report.client,
-                    actions=report.actions,
+                self._out.append(  # not replayed: it is for this player and this turn only
+                    self._event(
+                        "prompt",
+                        prompt=report.prompt,
+                        room=self._room_of(npc),
+                        character=npc.character(),
+                        client=report.client,
+                        actions=report.actions,
+                    )
                 )
-        elif npc.player == report.client and npc.grant == report.grant:
+        elif npc.grant == report.grant:
             self._status(f"{self._display(report.client)} did not answer in time: the LLM plays {npc.name} again", npc)
             self._release(npc)  # the agent has already taken it back: no Takeover to send
             self._players()
-        return self._take()
+        effects.broadcast = self._take()
+        return effects
 
     # --- spectators ---------------------------------------------------------------------------
 
@@ -532,10 +683,13 @@ class Feed:
         self.last_snapshot = self._event("snapshot", world=world, memory=memory, turn=self.turn, step=self.turn)
         return self.last_snapshot
 
-    def connect(self, client: str) -> list[dict]:
-        """A new client: its id, then the last snapshot and the recent events."""
+    def connect(self, client: str, *, extended: bool = False) -> list[dict]:
+        """A new client: its id, then the last snapshot and the recent events (TaleWeave's
+        server replays its last snapshot and 100 messages)."""
         self.names[client] = None
-        first = [{"type": "id", "id": client, "client": client}]
+        if extended:
+            self.extended.add(client)
+        first = [_id_event(client)]
         snapshot = self.snapshot() or self.last_snapshot  # built here if nobody was watching
         if snapshot is not None:
             first.append(snapshot)
@@ -547,6 +701,7 @@ class Feed:
         agent_id = self.players.get(client)
         if agent_id is not None:
             effects.agents.append(self._release(self.npcs[agent_id]))
+        self.extended.discard(client)
         if self.names.pop(client, None) is not None or agent_id is not None:
             self._players()
         effects.broadcast = self._take()
@@ -569,7 +724,13 @@ class Feed:
             return self.refusal(p.MISSING_FIELD, "player needs a field 'name' or 'become'")
         if kind == "input":
             return self._input(client, frame.get("input"))
-        return self.refusal(p.UNKNOWN_TYPE, f"unknown message type {kind!r}; known: player, input")
+        if kind == "render":
+            return Effects(reply=[self._event("status", text=NO_RENDERER, room=None, character=None)])
+        if kind == "hello":
+            if frame.get("extended") is True:
+                self.extended.add(client)
+            return Effects()
+        return self.refusal(p.UNKNOWN_TYPE, f"unknown message type {kind!r}; known: player, input, render, hello")
 
     def refusal(self, code: str, message: str) -> Effects:
         """An error event for the sender only."""
@@ -581,7 +742,7 @@ class Feed:
     def _players(self) -> None:
         self._emit(
             "players",
-            players={client: self.npcs[agent_id].name for client, agent_id in self.players.items()},
+            players={self._display(client): self.npcs[agent_id].name for client, agent_id in self.players.items()},
             names={client: name for client, name in self.names.items() if name},
         )
 
@@ -620,7 +781,7 @@ class Feed:
         if npc is not None:
             npc.player, npc.grant = client, npc.grant + 1
             self.players[client] = npc.agent_id
-            self._emit("player", status="join", character=npc.name, client=client, name=self.names.get(client))
+            self._player_event("join", npc, client)
             effects.agents.append((npc.agent_id, Takeover(client, npc.grant)))
         if current is not None or npc is not None:
             self._players()
@@ -633,8 +794,20 @@ class Feed:
         del self.players[client]
         npc.player = npc.awaiting = None
         npc.grant += 1
-        self._emit("player", status="leave", character=npc.name, client=client, name=self.names.get(client))
+        self.queued.pop(client, None)
+        self._player_event("leave", npc, client)
         return npc.agent_id, Takeover(None, npc.grant)
+
+    def _player_event(self, status: str, npc: Npc, client: str) -> None:
+        """``client`` is the display name, as TaleWeave's server sends it; ``client_id`` the id."""
+        self._emit(
+            "player",
+            status=status,
+            character=npc.name,
+            client=self._display(client),
+            client_id=client,
+            name=self.names.get(client),
+        )
 
     def _input(self, client: str, text: object) -> Effects:
         if not isinstance(text, str):
@@ -643,15 +816,25 @@ class Feed:
         if agent_id is None:
             return self.refusal(NOT_PLAYING, 'you play no character: send {"type": "player", "become": NAME} first')
         npc = self.npcs[agent_id]
-        if npc.awaiting != client:
-            return self.refusal(NO_PROMPT, f"{npc.name} has no turn waiting for your input; wait for a prompt")
         allowed = npc.spec.allowed_tags if npc.spec is not None else [tag.name for tag in DEFAULT_TAGS]
+        tools = [tool.name for tool in npc.spec.tools] if npc.spec is not None else []
         try:
-            markup = player_markup(text, allowed, self.speech_tag, self.action_tag)
+            markup = player_markup(text, allowed, self.speech_tag, self.action_tag, tools)
         except InputError as exc:
             return self.refusal(BAD_INPUT, str(exc))
-        npc.awaiting = None
-        return Effects(agents=[(agent_id, PlayerInput(client, markup))])
+        if npc.awaiting == client:
+            npc.awaiting = None
+            return Effects(agents=[(agent_id, PlayerInput(client, markup))])
+        queued = self.queued.setdefault(client, deque())
+        if len(queued) >= MAX_QUEUED_INPUTS:
+            return self.refusal(TOO_MANY_INPUTS, f"{MAX_QUEUED_INPUTS} inputs already wait for {npc.name}'s next turns")
+        queued.append(markup)  # TaleWeave keeps input sent ahead for the player's next prompt
+        return Effects()
+
+
+def _id_event(client: str) -> dict:
+    """Tells a client its id (``id`` is the TaleWeave document's field, ``client`` its server's)."""
+    return {"type": "id", "id": client, "client": client}
 
 
 def coalesce(events: list[dict]) -> list[dict]:

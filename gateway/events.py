@@ -2,7 +2,8 @@
 
 A thin shell around ``core.taleweave.Feed``, one per session: it decodes the frames the server
 sends Godot, hands them and Godot's routed messages to the feed, and broadcasts what comes out.
-``/events?session=NAME`` follows the Godot session NAME of ``/ws`` ("default" when absent).
+``/events?session=NAME`` follows the Godot session NAME of ``/ws`` ("default" when absent);
+``&extended=1`` asks for this server's additions too (``Feed.view`` decides what each client gets).
 
 Each client has a send buffer bounded in messages and bytes, and its own writer task
 (gateway.writer). A client whose buffer fills while its socket is full is dropped (logged with the
@@ -23,7 +24,7 @@ from loguru import logger
 from actors.messages import FRAME
 from config.settings import Settings
 from core import protocol as p
-from core.taleweave import Effects, Feed, coalesce
+from core.taleweave import Effects, Feed, coalesce, wants_extensions
 from gateway.godot import DEFAULT_SESSION
 from gateway.router import Router
 from gateway.writer import TOO_SLOW_CLOSE_CODE, FrameWriter
@@ -65,13 +66,10 @@ class Audience:
 
     def join(self, client: Client) -> None:
         self.clients[client.client_id] = client
-        self.feed.watched = True
 
     def leave(self, client: Client) -> bool:
         """Remove ``client``; False if it was already gone."""
-        gone = self.clients.pop(client.client_id, None) is not None
-        self.feed.watched = bool(self.clients)
-        return gone
+        return self.clients.pop(client.client_id, None) is not None
 
 
 class EventsEndpoint:
@@ -123,7 +121,9 @@ class EventsEndpoint:
                 if kind == FRAME:
                     events = audience.feed.godot_outbound(orjson.loads(payload))
                 else:
-                    events = audience.feed.agent_report(payload)
+                    effects = audience.feed.agent_report(payload)
+                    self._to_agents(audience, effects)
+                    events = effects.broadcast
             except Exception:  # noqa: BLE001
                 logger.exception("/events feed failed on {!r}", payload[:200] if kind == FRAME else payload)
                 continue
@@ -154,7 +154,7 @@ class EventsEndpoint:
         session = request.query.get("session") or DEFAULT_SESSION
         audience = self._session(session)
         client = Client(ws, request, session, self.settings)
-        for event in audience.feed.connect(client.client_id):
+        for event in audience.feed.connect(client.client_id, extended=wants_extensions(request.query.get("extended"))):
             client.send(orjson.dumps(event))
         audience.join(client)
         client.log.info("/events client connected from {}", request.remote)
@@ -180,20 +180,29 @@ class EventsEndpoint:
 
     def _apply(self, audience: Audience, client: Client | None, effects: Effects) -> None:
         for event in effects.reply:
-            if not client.send(orjson.dumps(event)):
-                self._drop(audience, client)
+            for seen in audience.feed.view(event, client.client_id):
+                if not client.send(orjson.dumps(seen)):
+                    self._drop(audience, client)
         self._broadcast(audience, effects.broadcast)
+        self._to_agents(audience, effects)
+
+    def _to_agents(self, audience: Audience, effects: Effects) -> None:
         for agent_id, message in effects.agents:
             self.router.to_known_agent(audience.feed.session, agent_id, message)
 
     def _broadcast(self, audience: Audience, events: list[dict]) -> None:
+        """Each client gets what ``Feed.view`` gives it; the common case is the event itself,
+        serialised once for all."""
         if not audience.clients:
             return
+        view = audience.feed.view
         for event in events:
             data = orjson.dumps(event)
             for client in list(audience.clients.values()):
-                if not client.send(data):
-                    self._drop(audience, client)
+                for seen in view(event, client.client_id):
+                    if not client.send(data if seen is event else orjson.dumps(seen)):
+                        self._drop(audience, client)
+                        break
 
     def godot_closed(self, session: str) -> None:
         """A Godot connection of ``session`` closed."""

@@ -39,13 +39,14 @@ def server(llm, tmp_path_factory) -> ServerProcess:
 
 
 class EventsPeer(JsonPeer):
-    """A client of /events; ``events`` is everything it received."""
+    """A client of /events that takes extensions (``stream``, ``error``) as the web page does;
+    ``events`` is everything it received. tests/test_taleweave_client.py plays TaleWeave's client."""
 
     client: str
 
     @classmethod
     async def connect(cls, base_url: str, session: str) -> EventsPeer:
-        peer = await cls.open(base_url, f"/events?session={session}")
+        peer = await cls.open(base_url, f"/events?session={session}&extended=1")
         peer.client = (await peer.wait_type("id"))["client"]
         return peer
 
@@ -89,8 +90,6 @@ async def test_spectators_see_a_turn_and_a_late_joiner_gets_the_replay(peers, ll
     bram = (await spectator.wait_type("generate", name="Bram"))["entity"]
     assert bram["type"] == "character" and bram["description"] == "A tired gate guard"
     assert bram["items"][0]["name"] == "spear" and bram["attributes"]["agent_id"] == "bram"
-    prompt = await spectator.wait_type("prompt")
-    assert "Who goes there?" in prompt["prompt"] and prompt["character"] == bram and "client" not in prompt
     reply = await spectator.wait_type("reply")
     assert reply["text"] == "Halt! State your business & name."
     assert reply["speaker"] == reply["character"] == bram and reply["room"]["name"] == "North Gate"
@@ -116,6 +115,7 @@ async def test_spectators_see_a_turn_and_a_late_joiner_gets_the_replay(peers, ll
 
     late = await open_events("watch")
     await late.wait_type("reply", text="Move along.")  # the newest event replayed: the replay is in
+    assert not late.of_type("prompt") and not spectator.of_type("prompt")  # an LLM turn asks nobody
     first = late.events[:2]
     assert first[0] == {"type": "id", "id": late.client, "client": late.client} and late.client != spectator.client
     assert first[1]["type"] == "snapshot" and first[1]["id"] == later["id"]
@@ -144,8 +144,8 @@ async def test_a_player_takes_an_npc_over_and_the_llm_resumes_on_leave(peers, ll
     await player.wait_for(lambda e: e["type"] == "players" and e["names"].get(player.client) == "Alice")
     await player.send({"type": "player", "become": "mira"})
     join = await watcher.wait_type("player", status="join")
-    assert join["client"] == player.client and join["character"] == "mira" and join["name"] == "Alice"
-    assert (await watcher.wait_type("players", players={player.client: "mira"}))["names"] == {player.client: "Alice"}
+    assert join["client"] == "Alice" and join["client_id"] == player.client and join["character"] == "mira"
+    assert (await watcher.wait_type("players", players={"Alice": "mira"}))["names"] == {player.client: "Alice"}
     llm_calls = len(await llm.requests())
 
     # Plain words: the speech tag, entities and all, with the lifecycle of an LLM turn.
@@ -153,7 +153,8 @@ async def test_a_player_takes_an_npc_over_and_the_llm_resumes_on_leave(peers, ll
     event_id = await godot.interact("mira", "What do you sell?")
     prompt = await player.wait_type("prompt", start=start, client=player.client)
     assert "What do you sell?" in prompt["prompt"] and prompt["character"]["name"] == "Mira"
-    assert [a["name"] for a in prompt["actions"]] == ["thought", "say", "action"]
+    assert [a["function"]["name"] for a in prompt["actions"]] == ["thought", "say", "action"]
+    assert not watcher.of_type("prompt")  # the prompt is for the player only
     await player.send({"type": "input", "input": "Potions, cheap & <fine>."})
     started = await godot.wait_type("agent_turn_started", event_id=event_id)
     end = await godot.wait_for(lambda f: f["type"] in END_TYPES and f["turn_id"] == started["turn_id"])
@@ -202,7 +203,7 @@ async def test_a_player_takes_an_npc_over_and_the_llm_resumes_on_leave(peers, ll
     # Giving the NPC back: the LLM answers again.
     await player.send({"type": "player", "become": None})
     leave = await watcher.wait_type("player", status="leave")
-    assert leave["client"] == player.client and leave["character"] == "Mira"
+    assert leave["client"] == "Alice" and leave["client_id"] == player.client and leave["character"] == "Mira"
     await llm.script({"content": "<say>The LLM again.</say>"})
     frames = await godot.turn("mira", "Still there?")
     assert played_tags(frames) == [{"tag": "say", "attrs": {}, "text": "The LLM again."}]
@@ -226,7 +227,7 @@ async def test_no_answer_in_time_or_leaving_gives_the_npc_back_to_the_llm(peers,
     assert time.monotonic() - asked_at >= TAKEOVER_TIMEOUT_S - 0.2
     assert played_tags(frames) == [{"tag": "say", "attrs": {}, "text": "Nobody answered, so I did."}]
     leave = await watcher.wait_type("player", status="leave")
-    assert leave["client"] == player.client and leave["character"] == "Kai"
+    assert leave["client"] == leave["client_id"] == player.client and leave["character"] == "Kai"  # no name set
     status = await watcher.wait_for(lambda e: e["type"] == "status" and "did not answer in time" in e["text"])
     assert status["character"]["name"] == "Kai"
     start = len(player.events)
@@ -277,13 +278,13 @@ async def test_bad_input_gets_an_error_for_that_client_only(peers, llm):
         error = await a.wait_type("error", start=start)
         assert error["code"] == code and error["message"], (frame, error)
     start = len(b.events)
-    await b.send({"type": "input", "input": "unasked"})
-    assert (await b.wait_type("error", start=start))["code"] == "no_prompt"
+    await b.send({"type": "input", "input": "~say"})
+    assert (await b.wait_type("error", start=start))["code"] == "bad_input"
     # Nothing else was disturbed: B saw none of A's errors, both still work, so does Godot.
     await a.send({"type": "player", "name": "Ann"})
     names = await b.wait_for(lambda e: e["type"] == "players" and e["names"].get(a.client) == "Ann", start=b_seen)
-    assert names["players"] == {b.client: "ben"}
-    assert not [e for e in b.events[b_seen:] if e["type"] == "error" and e["code"] != "no_prompt"]
+    assert names["players"] == {"Bob": "ben"}
+    assert not [e for e in b.events[b_seen:] if e["type"] == "error" and e["code"] != "bad_input"]
     await godot.send({"type": "ping", "id": "still-fine"})
     await godot.wait_type("pong", id="still-fine")
 
@@ -295,7 +296,7 @@ async def test_a_slow_spectator_is_dropped_and_godot_is_not_slowed(server, peers
     # socket of a client that does not read is full after a few of them, whatever the kernel buffers.
     godot.specs["crier"] = {"name": "Crier", "location": "Square", "description": "loud " * 20000}
     fast = await open_events("slow")
-    slow = RawWebSocket(server.port, "/events?session=slow")
+    slow = RawWebSocket(server.port, "/events?session=slow&extended=1")
     try:
         says = [f"<say>Hear ye, number {n}!</say>" for n in range(40)]
         await llm.script({"chunks": says, "chunk_delay_s": 0.01})

@@ -98,7 +98,7 @@ EVENTS_CODES = frozenset(
         "character_taken",
         "name_taken",
         "not_playing",
-        "no_prompt",
+        "too_many_inputs",
         "bad_input",
     }
 )
@@ -393,7 +393,9 @@ def _events_frame(obj: Any) -> Expect:
             return error("missing_field", "bad_field")
         if not isinstance(obj["input"], str):
             return error("bad_field")
-        return Expect(frozenset({"not_playing", "no_prompt", "bad_input"}), silent=True)
+        return Expect(frozenset({"not_playing", "too_many_inputs", "bad_input"}), silent=True)
+    if kind in ("render", "hello"):  # a render gets a status, never an error; a hello nothing
+        return Expect(silent=True)
     return error("unknown_type")
 
 
@@ -1053,6 +1055,8 @@ valid_commands = st.one_of(
         }
     ),
     st.fixed_dictionaries({"type": st.just("input"), "input": player_inputs}),
+    st.fixed_dictionaries({"type": st.just("render"), "event": short_text}),
+    st.fixed_dictionaries({"type": st.just("hello"), "extended": st.booleans()}),
 )
 events_ops = st.lists(
     st.one_of(
@@ -1075,7 +1079,7 @@ events_ops = st.lists(
 class FuzzClient(JsonPeer):
     @classmethod
     async def join(cls, server: ServerProcess, session: str) -> FuzzClient:
-        peer = await cls.open(server.url, "/events?session=" + urllib.parse.quote(session, safe=""))
+        peer = await cls.open(server.url, "/events?extended=1&session=" + urllib.parse.quote(session, safe=""))
         peer.client = (await peer.wait_type("id"))["client"]
         peer.sent: list[tuple[str, Expect]] = []
         return peer
@@ -1125,6 +1129,8 @@ class FuzzClient(JsonPeer):
         action or refused; input holding one of the NPC's tags is taken as tags; anything else is
         said as typed, as the speech tag."""
         agent = character.lower()
+        # Given back first: input sent ahead of a prompt is kept for the next one, until then.
+        await self.fuzz(json.dumps({"type": "player", "become": None}))
         await self.fuzz(json.dumps({"type": "player", "become": character}))
         start, godot_start = len(self.frames), len(godot.frames)
         cue = f"Your turn, {uuid.uuid4().hex[:8]}"  # tells this turn's prompt from an older one's

@@ -9,7 +9,9 @@ from core import protocol as p
 from core.spec import parse_spec
 from core.tagstream import TagStreamParser
 from core.taleweave import (
+    MAX_QUEUED_INPUTS,
     UNKNOWN_ROOM,
+    Effects,
     Feed,
     InputError,
     PlayerInput,
@@ -48,10 +50,21 @@ TAGS = ("thought", "say", "action")
         ("~give:item=spear, to=Mira", '<action name="give" item="spear" to="Mira"/>'),
         ('~say_hi:text=~a "quote" & more,', '<action name="say_hi" text="a &quot;quote&quot; &amp; more"/>'),
         ("~", "<say>~</say>"),
+        # The functions of the prompt's actions, as TaleWeave's client writes a chosen one.
+        ("~say:text=Hello & bye", "<say>Hello &amp; bye</say>"),
+        ("~say:text=Potions, cheap & fine.", "<say>Potions, cheap &amp; fine.</say>"),  # TaleWeave's form
+        ("~Thought:text=~hm", "<thought>hm</thought>"),  # the tag as the NPC spells it
+        ("~action:name=wave,text=", '<action name="wave"/>'),
+        ("~action:name=bow,text=deeply", '<action name="bow">deeply</action>'),
+        (
+            "~open_door:door=forge,force=yes,times=2,rate=0.5,code=~7",
+            '<tool name="open_door">{"door":"forge","force":true,"times":2,"rate":0.5,"code":"7"}</tool>',
+        ),
+        ("~Open_Door", '<tool name="open_door">{}</tool>'),
     ],
 )
 def test_player_markup(text, markup):
-    assert player_markup(text, TAGS, "say", "action") == markup
+    assert player_markup(text, (*TAGS, "tool"), "say", "action", ("open_door",)) == markup
 
 
 def test_player_markup_parses_like_llm_output():
@@ -71,6 +84,8 @@ def test_player_markup_parses_like_llm_output():
         ("~give:item", TAGS, "param=value"),
         ("~give:2x=1", TAGS, "param=value"),
         ("~give:name=x", TAGS, "'name'"),
+        ("~say:text=", TAGS, "needs some text"),
+        ("~say", TAGS, "needs some text"),
         ("~wave", ("say",), "no 'action' tag"),
         ("Hello", ("action",), "no 'say' tag"),
     ],
@@ -80,16 +95,32 @@ def test_player_markup_refuses_with_a_reason(text, allowed, complaint):
         player_markup(text, allowed, "say", "action")
 
 
-def test_actions_of_lists_tags_and_tools():
-    spec = parse_spec({"name": "Smith", "tools": [{"name": "open_door", "parameters": {"type": "object"}}]})
+def test_actions_are_openai_tools_as_taleweaves_client_reads_them():
+    door = {"type": "object", "properties": {"door": {"type": "string"}}, "required": ["door"]}
+    spec = parse_spec(
+        {
+            "name": "Smith",
+            "tools": [{"name": "open_door", "description": "Open a door", "parameters": door}, {"name": "rest"}],
+        }
+    )
     actions = actions_of(spec)
-    assert [(a["kind"], a["name"]) for a in actions] == [
-        ("tag", "thought"),
-        ("tag", "say"),
-        ("tag", "action"),
-        ("tool", "open_door"),
-    ]
-    assert actions[2]["attrs"] == {"name": "what the action is, e.g. wave"}
+    for action in actions:  # TaleWeave's client reads action.function.parameters.properties
+        assert action["type"] == "function" and set(action["function"]) == {"name", "description", "parameters"}
+        assert action["function"]["description"]  # the label of its button
+        parameters = action["function"]["parameters"]
+        assert parameters["type"] == "object" and isinstance(parameters["properties"], dict)
+        assert isinstance(parameters["required"], list)
+    assert [a["function"]["name"] for a in actions] == ["thought", "say", "action", "open_door", "rest"]
+    assert actions[2]["function"]["parameters"]["properties"] == {
+        "name": {"type": "string", "description": "what the action is, e.g. wave"},
+        "text": {"type": "string", "description": "the text inside <action>"},
+    }
+    assert actions[3]["function"]["parameters"] == door
+    assert actions[4]["function"] == {
+        "name": "rest",
+        "description": "rest",
+        "parameters": {"type": "object", "properties": {}, "required": []},
+    }
 
 
 # --- the feed ----------------------------------------------------------------------------------
@@ -140,8 +171,8 @@ def world_events(events: list[dict]) -> list[dict]:
 
 
 def watched(feed: Feed) -> Feed:
-    """A feed that a client follows, so it builds the live stream events too."""
-    feed.watched = True
+    """A feed that a client taking extensions follows, so it builds the live stream events too."""
+    feed.connect("watcher", extended=True)
     return feed
 
 
@@ -281,8 +312,8 @@ def test_names_and_becoming_a_character():
     effects = feed.command("a", '{"type": "player", "become": "Bram"}')
     join, players = effects.broadcast
     assert join["type"] == "player" and join["status"] == "join" and join["character"] == "Bram"
-    assert join["client"] == "a" and join["name"] == "Alice"
-    assert players["players"] == {"a": "Bram"}
+    assert join["client"] == "Alice" and join["client_id"] == "a" and join["name"] == "Alice"  # as TaleWeave's
+    assert players["players"] == {"Alice": "Bram"}
     assert effects.agents == [("bram", Takeover("a", 1))]
     (taken,) = feed.command("b", '{"type": "player", "become": "bram"}').reply
     assert taken["code"] == "character_taken" and "Alice" in taken["message"]
@@ -300,27 +331,39 @@ def test_names_and_becoming_a_character():
     assert effects.agents == [("mira", Takeover(None, 2))] and feed.players == {}
 
 
-def test_input_goes_to_the_agent_as_markup_only_when_prompted():
+def test_input_goes_to_the_agent_as_markup_and_is_kept_until_the_next_prompt():
     _, feed = player_feed()
     (refused,) = feed.command("a", '{"type": "input", "input": "Hi"}').reply
     assert refused["code"] == "not_playing"
     feed.command("a", '{"type": "player", "become": "Bram"}')
-    (refused,) = feed.command("a", '{"type": "input", "input": "Hi"}').reply
-    assert refused["code"] == "no_prompt"
-    (prompt,) = feed.agent_report(TurnPrompt("bram", "t9", "a", "[speech from player] Hello", [{"name": "say"}]))
-    assert prompt["type"] == "prompt" and prompt["client"] == "a" and prompt["actions"] == [{"name": "say"}]
+    actions = [{"type": "function", "function": {"name": "say"}}]
+    effects = feed.agent_report(TurnPrompt("bram", "t9", "a", "[speech from player] Hello", actions))
+    (prompt,) = effects.broadcast
+    assert prompt["type"] == "prompt" and prompt["client"] == "a" and prompt["actions"] == actions
     assert prompt["character"]["name"] == "Bram" and prompt["room"]["name"] == "North Gate"
+    assert prompt not in feed.replay  # for this player and this turn only
+    assert feed.view(prompt, "a") == (prompt,) and feed.view(prompt, "b") == ()
     (refused,) = feed.command("a", '{"type": "input", "input": "~wave:x"}').reply
     assert refused["code"] == "bad_input" and "param=value" in refused["message"]
     (refused,) = feed.command("b", '{"type": "input", "input": "Hi"}').reply
     assert refused["code"] == "not_playing"
     effects = feed.command("a", '{"type": "input", "input": "~bow:deep=yes"}')
     assert effects.agents == [("bram", PlayerInput("a", '<action name="bow" deep="yes"/>'))]
-    (refused,) = feed.command("a", '{"type": "input", "input": "again"}').reply
-    assert refused["code"] == "no_prompt"  # one answer per prompt
-    # An LLM turn's prompt is for everyone and has no client.
-    (prompt,) = feed.agent_report(TurnPrompt("mira", "t10", None, "[continue]", []))
-    assert "client" not in prompt and prompt["prompt"] == "[continue]"
+    # Input with no prompt waiting is kept, in order, for the next prompts (as TaleWeave's queue).
+    assert feed.command("a", '{"type": "input", "input": "First"}') == Effects()
+    assert feed.command("a", '{"type": "input", "input": "Second"}') == Effects()
+    effects = feed.agent_report(TurnPrompt("bram", "t10", "a", "[continue]", actions))
+    assert effects.broadcast == [] and effects.agents == [("bram", PlayerInput("a", "<say>First</say>"))]
+    effects = feed.agent_report(TurnPrompt("bram", "t11", "a", "[continue]", actions))
+    assert effects.agents == [("bram", PlayerInput("a", "<say>Second</say>"))]
+    for _ in range(MAX_QUEUED_INPUTS):
+        feed.command("a", '{"type": "input", "input": "more"}')
+    (refused,) = feed.command("a", '{"type": "input", "input": "too much"}').reply
+    assert refused["code"] == "too_many_inputs"
+    feed.command("a", '{"type": "player", "become": null}')  # leaving drops what was kept
+    feed.command("a", '{"type": "player", "become": "Bram"}')
+    (prompt,) = feed.agent_report(TurnPrompt("bram", "t12", "a", "Hi", actions)).broadcast
+    assert prompt["type"] == "prompt"
 
 
 def test_a_turn_that_ends_takes_the_prompt_back():
@@ -328,14 +371,55 @@ def test_a_turn_that_ends_takes_the_prompt_back():
     feed.command("a", '{"type": "player", "become": "Bram"}')
     feed.agent_report(TurnPrompt("bram", "t2", "a", "Hi", []))
     turns.out({"type": "agent_turn_interrupted", "agent_id": "bram", "turn_id": "t2", "reason": "new_event"})
-    assert feed.command("a", '{"type": "input", "input": "late"}').reply[0]["code"] == "no_prompt"
+    assert feed.command("a", '{"type": "input", "input": "late"}') == Effects()  # kept for the next turn
+    assert feed.agent_report(TurnPrompt("bram", "t3", "a", "Hi", [])).agents == [
+        ("bram", PlayerInput("a", "<say>late</say>"))
+    ]
+
+
+def test_prompts_only_for_turns_a_person_plays():
+    _, feed = player_feed()
+    assert feed.agent_report(TurnPrompt("mira", "t1", "a", "[continue]", [])) == Effects()  # a does not play mira
+    feed.command("a", '{"type": "player", "become": "Bram"}')
+    feed.command("a", '{"type": "player", "become": null}')
+    assert feed.agent_report(TurnPrompt("bram", "t2", "a", "late report", [])) == Effects()
+
+
+def test_what_each_client_sees():
+    turns, feed = player_feed()
+    feed.connect("ours", extended=True)
+    feed.connect("bot")
+    assert feed.command("bot", '{"type": "hello", "extended": true}') == Effects()  # opts in later
+    feed.command("a", '{"type": "player", "name": "Alice"}')
+    join, players = feed.command("a", '{"type": "player", "become": "Bram"}').broadcast
+    # TaleWeave's client knows itself by client == its id: its own join comes between two ids.
+    assert feed.view(join, "a") == (
+        {"type": "id", "id": "Alice", "client": "Alice"},
+        join,
+        {"type": "id", "id": "a", "client": "a"},
+    )
+    assert feed.view(join, "b") == (join,) and feed.view(join, "ours") == (join,)
+    _, out = turns.turn("bram", [("say", {}, ["Hi"])])
+    stream = next(e for e in out if e["type"] == "stream")
+    assert feed.view(stream, "b") == () and feed.view(stream, "a") == ()
+    assert feed.view(stream, "ours") == (stream,) and feed.view(stream, "bot") == (stream,)
+    (error,) = feed.command("b", "{nope").reply
+    assert feed.view(error, "ours") == (error,)
+    ((status,),) = [feed.view(error, "b")]  # TaleWeave's client lists a status
+    assert status["type"] == "status" and status["text"].startswith("Refused (bad_json): ")
+    # render: TaleWeave's client asks for images; nothing here can render: a status says so.
+    (status,) = feed.command("b", '{"type": "render", "event": "x"}').reply
+    assert status["type"] == "status" and "render" in status["text"] and feed.view(status, "b") == (status,)
+    feed.disconnect("ours")
+    feed.disconnect("bot")
+    assert not feed.watched
 
 
 def test_takeover_ends_on_timeout_and_on_disconnect():
     _, feed = player_feed()
     feed.command("a", '{"type": "player", "become": "Bram"}')
-    assert feed.agent_report(TakeoverEnded("bram", "a", 0)) == []  # about an earlier takeover: ignored
-    status, leave, players = feed.agent_report(TakeoverEnded("bram", "a", 1))
+    assert feed.agent_report(TakeoverEnded("bram", "a", 0)) == Effects()  # about an earlier takeover: ignored
+    status, leave, players = feed.agent_report(TakeoverEnded("bram", "a", 1)).broadcast
     assert "did not answer in time" in status["text"] and leave["status"] == "leave"
     assert players["players"] == {} and feed.npcs["bram"].player is None
     feed.command("b", '{"type": "player", "become": "Bram"}')
@@ -390,6 +474,7 @@ def test_coalesce_joins_one_tags_pieces_and_keeps_each_npcs_order():
         ("[1]", "bad_frame"),
         ('{"type": 3}', "bad_frame"),
         ('{"type": "dance"}', "unknown_type"),
+        ('{"type": "input", "input": "~say"}', "not_playing"),
         ('{"type": "player"}', "missing_field"),
         ('{"type": "player", "name": ""}', "bad_field"),
         ('{"type": "player", "name": 7}', "bad_field"),
@@ -417,7 +502,7 @@ def test_frames_about_unknown_agents_are_ignored():
     )
     assert feed.godot_outbound({"type": "pong"}) == []
     assert feed.godot_inbound(p.AgentTurnResult("ghost", "t", "completed", [])) == []
-    assert feed.agent_report(TurnPrompt("ghost", "t", None, "x", [])) == []
+    assert feed.agent_report(TurnPrompt("ghost", "t", "a", "x", [])) == Effects()
 
 
 def test_nobody_watching_no_stream_events_but_the_world_events_still_kept():

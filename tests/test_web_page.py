@@ -93,6 +93,7 @@ async def test_the_page_shows_live_turns_and_lets_a_person_play(server, llm, gam
     start = len(game.frames)
     await game.interact("bram", "Then who may pass?")
     await page.locator("#prompt-text", has_text="Then who may pass?").wait_for(timeout=10_000)
+    assert "~say:text=…" in await page.inner_text("#actions")  # the prompt's actions, as TaleWeave's tools
     await page.fill("#input-box", "Only the captain & his dog.")
     await page.press("#input-box", "Enter")
     end = await game.wait_for(lambda f: f["type"] in END_TYPES, start=start, timeout=10)

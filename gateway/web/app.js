@@ -12,8 +12,7 @@ const state = {
   socket: null,
   client: null, // this page's client id
   npcs: new Map(), // agent_id -> {name, location, description, backstory, items}
-  players: {}, // client -> character name
-  names: {}, // client -> display name
+  players: {}, // player (display name, else client id) -> character name
   mine: null, // the character name this page plays
   live: new Map(), // agent_id -> the element of its latest turn
 };
@@ -30,11 +29,10 @@ function element(tag, className, text) {
 // --- the socket -------------------------------------------------------------------------------
 
 function connect(delay = 1000) {
-  const query = new URLSearchParams();
+  const query = new URLSearchParams({ extended: "1" }); // the live stream and error events too
   if (session) query.set("session", session);
   if (token) query.set("token", token);
-  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/events` +
-    (query.toString() ? `?${query}` : "");
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/events?${query}`;
   const socket = new WebSocket(url);
   state.socket = socket;
   socket.onopen = () => { setConnection("connected", true); delay = 1000; };
@@ -94,17 +92,16 @@ const handlers = {
   result(event) { log(event, "result", `${event.character.name}: ${event.result}`); },
   status(event) { log(event, "status", event.text); },
   player(event) {
-    if (event.client === state.client) {
+    if (event.client_id === state.client) {
       state.mine = event.status === "join" ? event.character : null;
       renderPlayer();
     }
-    const who = event.name || event.client;
+    const who = event.client; // the display name, else the client id
     log(event, "player", event.status === "join" ? `${who} plays ${event.character}` :
       `${who} left ${event.character}; the LLM plays it again`);
   },
   players(event) {
     state.players = event.players;
-    state.names = event.names || {};
     renderRooms();
   },
   stream: stream,
@@ -207,7 +204,7 @@ function npcRow(id, npc, player) {
   const about = element("span", "about");
   about.append(element("span", "who", npc.name));
   if (npc.description) about.append(element("span", "desc", npc.description));
-  if (player) about.append(element("span", "played", `played by ${state.names[player] || player}`));
+  if (player) about.append(element("span", "played", `played by ${player}`));
   row.append(about);
   if (npc.name === state.mine) {
     row.classList.add("mine");
@@ -233,8 +230,12 @@ function renderPlayer() {
 
 function showPrompt(event) {
   setPromptWaiting(true, event.prompt || "(your turn)");
-  const actions = (event.actions || []).map((a) => a.kind === "tool" ? `tool ${a.name}` : `<${a.name}>`);
-  $("actions").textContent = `Plain words are said aloud. Also: ~action:param=value, or ${actions.join(", ")}`;
+  // Each action is an OpenAI tool: a tag of the NPC or one of its tools, written ~name:param=value.
+  const actions = (event.actions || []).map((a) => {
+    const params = Object.keys(a.function.parameters.properties || {});
+    return `~${a.function.name}${params.length ? `:${params.map((p) => `${p}=…`).join(",")}` : ""}`;
+  });
+  $("actions").textContent = `Plain words are said aloud. Also: ${actions.join(", ")}, ~anything:param=value`;
   $("input-box").focus();
 }
 
