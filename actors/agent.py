@@ -169,7 +169,11 @@ class Agent:
     def _start_turn(self, turn_id: str, event_id: str | None) -> None:
         """Run the turn the gateway assigned (its pending history entry is already in place)."""
         machine = TurnMachine(
-            self.agent_id, turn_id, event_id, speak_untagged=self.host.settings.untagged_text == "say"
+            self.agent_id,
+            turn_id,
+            event_id,
+            speak_untagged=self.host.settings.untagged_text == "say",
+            json_answer=self.host.settings.llm_structured == "json_schema",
         )
         turn = Turn(machine, spec_waiter=asyncio.get_running_loop().create_future())
         self.turn = turn
@@ -213,7 +217,10 @@ class Agent:
 
     async def _prompt(self, turn: Turn, step: Prompt) -> list[Output]:
         turn.messages = build_messages(
-            step.spec, self.history.entries, budget_chars=self.host.settings.history_budget_chars
+            step.spec,
+            self.history.entries,
+            budget_chars=self.host.settings.history_budget_chars,
+            json_answer=self.host.settings.llm_structured == "json_schema",
         )
         markup = await self._ask_player(turn, step.spec, turn.messages[-1]["content"])
         return turn.machine.person_answered(markup)

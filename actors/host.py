@@ -35,9 +35,7 @@ from config.settings import Settings
 from core.spec import AgentSpec
 from core.taleweave import TakeoverEnded, TurnPrompt
 from providers.client import ChatStreamer, LLMSettings
-from providers.grammar import tags_grammar
-
-GRAMMAR_MAX_TAGS, GRAMMAR_MAX_CHARS = 3, 200  # short, snappy turns from a grammar-bound model
+from providers.structured import request_fields
 
 
 def llm_settings(settings: Settings) -> LLMSettings:
@@ -78,10 +76,8 @@ class AgentHost:
         self.lives = itertools.count()  # names each agent life's spool, never shared with another life
 
     def extra_body(self, spec: AgentSpec) -> dict | None:
-        """Provider-specific request fields: a grammar that forces the agent's tag format."""
-        if self.settings.llm_grammar != "on":
-            return None
-        return {"grammar": tags_grammar(spec.allowed_tags, max_tags=GRAMMAR_MAX_TAGS, max_chars=GRAMMAR_MAX_CHARS)}
+        """Provider-specific request fields that force the agent's answer format (llm_structured)."""
+        return request_fields(self.settings.llm_structured, spec)
 
     def emit(self, session: str, frame: dict) -> None:
         self._to_gateway((FRAME, session, orjson.dumps(frame)))

@@ -30,7 +30,7 @@ STANDARD_ENV = {
 }
 
 
-GRAMMAR_MODES = ("auto", "on", "off")
+STRUCTURED_MODES = ("auto", "grammar", "json_schema", "off")  # providers/structured.py
 UNTAGGED_TEXT_MODES = ("say", "drop")
 
 
@@ -93,7 +93,7 @@ class Settings:
     llm_max_concurrent: int
     llm_max_concurrent_per_worker: int
     llm_include_usage: bool
-    llm_grammar: str
+    llm_structured: str
     embedded_model_threads: int
     embedded_history_budget_chars: int
     embedded_max_tokens: int
@@ -231,7 +231,7 @@ def _check(s: Settings) -> None:
                 raise SettingsError(f"setting {f.name!r} must not be negative, got {value!r}")
         elif value <= 0:
             raise SettingsError(f"setting {f.name!r} must be positive, got {value!r}")
-    for name, modes in (("llm_grammar", GRAMMAR_MODES), ("untagged_text", UNTAGGED_TEXT_MODES)):
+    for name, modes in (("llm_structured", STRUCTURED_MODES), ("untagged_text", UNTAGGED_TEXT_MODES)):
         if getattr(s, name) not in modes:
             raise SettingsError(f"setting {name!r} must be one of {', '.join(modes)}, got {getattr(s, name)!r}")
     if s.max_notification_agents > s.rate_limit_notifications_burst:

@@ -21,8 +21,15 @@ CONTINUE_NOTE = "[continue]"
 OMITTED_NOTE = "[earlier history omitted]"
 
 
-def output_format(spec: AgentSpec) -> str:
-    """How to write a turn: the allowed tags and, when the agent has tools, how to call them."""
+JSON_ANSWER_NOTE = (
+    'Your turn is sent as JSON: {"tags": [{"tag": "say", "text": "..."}, ...]}, one item per tag in order, '
+    'attributes in "attrs" ({"tag": "action", "attrs": {"name": "wave"}, "text": ""}), text written plainly.'
+)
+
+
+def output_format(spec: AgentSpec, *, json_answer: bool = False) -> str:
+    """How to write a turn: the allowed tags and, when the agent has tools, how to call them; the
+    tags are still explained as markup when the answer is JSON (``json_answer``), as history shows them."""
     lines = [
         "# Output format",
         f"Write your whole turn as a sequence of these tags and nothing else: {', '.join(spec.allowed_tags)}.",
@@ -39,6 +46,8 @@ def output_format(spec: AgentSpec) -> str:
             "in the next message.",
             *map(_tool_lines, spec.tools),
         ]
+    if json_answer:
+        lines += ["", JSON_ANSWER_NOTE]
     return "\n".join(lines)
 
 
@@ -59,7 +68,9 @@ def _described(label: str, description: str) -> str:
     return f"{label}: {description}" if description else label
 
 
-def build_messages(spec: AgentSpec, history: Sequence[dict], *, budget_chars: int) -> list[dict]:
+def build_messages(
+    spec: AgentSpec, history: Sequence[dict], *, budget_chars: int, json_answer: bool = False
+) -> list[dict]:
     """The chat messages of the agent's next turn, history trimmed to ``budget_chars``."""
     entries, omitted = _trim(list(history), budget_chars)
     messages = to_messages(entries)
@@ -67,7 +78,9 @@ def build_messages(spec: AgentSpec, history: Sequence[dict], *, budget_chars: in
         messages.append({"role": "user", "content": CONTINUE_NOTE})
     if omitted:
         messages[0] = {"role": "user", "content": f"{OMITTED_NOTE}\n{messages[0]['content']}"}
-    system = "\n\n".join([spec.system_prompt or DEFAULT_INSTRUCTIONS, output_format(spec), build_dossier(spec)])
+    system = "\n\n".join(
+        [spec.system_prompt or DEFAULT_INSTRUCTIONS, output_format(spec, json_answer=json_answer), build_dossier(spec)]
+    )
     return [{"role": "system", "content": system}, *messages]
 
 

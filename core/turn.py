@@ -30,6 +30,7 @@ from enum import Enum
 
 from core import protocol as p
 from core.spec import AgentSpec
+from core.tagjson import TagJsonReader
 from core.tagstream import TagStreamParser
 
 __all__ = [
@@ -128,22 +129,40 @@ class TurnMachine:
         "request_id",
         "phase",
         "_speak_untagged",
+        "_json_answer",
         "_spec",
         "_parser",
         "_usage",
     )
 
-    def __init__(self, agent_id: str, turn_id: str, event_id: str | None, *, speak_untagged: bool = True) -> None:
-        """``speak_untagged``: text outside any tag is the spec's speech (setting ``untagged_text``)."""
+    def __init__(
+        self,
+        agent_id: str,
+        turn_id: str,
+        event_id: str | None,
+        *,
+        speak_untagged: bool = True,
+        json_answer: bool = False,
+    ) -> None:
+        """``speak_untagged``: text outside any tag is the spec's speech (setting ``untagged_text``);
+        ``json_answer``: the model answers in JSON (``llm_structured = json_schema``), a person in
+        markup either way."""
         self.agent_id = agent_id
         self.turn_id = turn_id
         self.event_id = event_id
         self.request_id = state_request_id(turn_id)
         self.phase = Phase.NEW
         self._speak_untagged = speak_untagged
+        self._json_answer = json_answer
         self._spec: AgentSpec | None = None
-        self._parser: TagStreamParser | None = None
+        self._parser: TagStreamParser | TagJsonReader | None = None
         self._usage: dict | None = None
+
+    def _reader(self, kind: type[TagStreamParser] | type[TagJsonReader], spec: AgentSpec):
+        """The reader of this turn's answer: markup, or the model's JSON (same events either way)."""
+        return kind(
+            spec.allowed_tags, untagged=spec.speech_tag if self._speak_untagged else None, tools=spec.tool_names
+        )
 
     @property
     def ended(self) -> bool:
@@ -164,11 +183,7 @@ class TurnMachine:
         if self.phase is not Phase.STATE:
             return []
         try:
-            self._parser = TagStreamParser(
-                spec.allowed_tags,
-                untagged=spec.speech_tag if self._speak_untagged else None,
-                tools=spec.tool_names,
-            )
+            self._parser = self._reader(TagStreamParser, spec)
         except ValueError as exc:
             return self._end_error(p.TURN_ERROR, f"turn failed: {exc}")
         self._spec = spec
@@ -192,6 +207,8 @@ class TurnMachine:
             return []
         assert self._spec is not None and self._parser is not None  # set on entering PROMPT
         if markup is None:
+            if self._json_answer:
+                self._parser = self._reader(TagJsonReader, self._spec)
             self.phase = Phase.STREAMING
             return [Stream(self._spec)]
         outputs: list[Output] = [*p.tag_frames(self.agent_id, self.turn_id, self._parser.feed(markup))]

@@ -71,7 +71,11 @@ class Service:
     def _provider(self, s: Settings) -> Settings:
         """The LLM endpoint: the configured one, or the embedded demo model started here."""
         if s.llm_base_url:
-            return s.replace(llm_grammar="off") if s.llm_grammar == "auto" else s
+            if s.llm_structured != "auto":
+                return s
+            from providers.structured import detect
+
+            return s.replace(llm_structured=detect(s.llm_base_url, s.llm_api_key))
         from providers.embedded import LocalModelProcess
 
         logger.warning(
@@ -85,7 +89,7 @@ class Service:
             raise ServiceError(str(exc)) from None
         return s.replace(
             llm_base_url=url,
-            llm_grammar="on" if s.llm_grammar == "auto" else s.llm_grammar,
+            llm_structured="grammar" if s.llm_structured == "auto" else s.llm_structured,
             history_budget_chars=s.embedded_history_budget_chars,
             llm_max_tokens=s.embedded_max_tokens,
         )

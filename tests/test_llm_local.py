@@ -16,6 +16,7 @@ import psutil
 import pytest
 from openai import AsyncOpenAI
 
+from core.tagjson import answer_schema
 from providers.embedded import LocalModelProcess
 from providers.grammar import tags_grammar
 
@@ -100,6 +101,21 @@ async def test_an_invalid_grammar_is_a_bad_request(client: AsyncOpenAI) -> None:
             model="anything",
             messages=chat("Hi"),
             extra_body={"grammar": 'root ::= "<say>" missing'},
+        )
+
+
+async def test_a_json_schema_response_format_is_enforced(client: AsyncOpenAI) -> None:
+    schema = answer_schema({"say": ()}, None)
+    response_format = {"type": "json_schema", "json_schema": {"name": "npc_turn", "strict": True, "schema": schema}}
+    completion = await client.chat.completions.create(
+        model="anything", messages=chat("Hello!"), max_tokens=40, response_format=response_format
+    )
+    answer = completion.choices[0].message.content
+    # What the schema guarantees within 40 tokens, whatever is sampled: the answer opens a say.
+    assert re.match(r'\{ ?"tags" ?: ?\[ ?\{ ?"tag" ?: ?"say" ?, ?"text" ?: ?"', answer), answer
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        await client.chat.completions.create(
+            model="anything", messages=chat("Hi"), response_format={"type": "json_schema"}
         )
 
 

@@ -65,12 +65,12 @@ def llama(tmp_path_factory) -> LlamaCppServer:
 
 
 @contextlib.contextmanager
-def turn_server(tmp: Path, llama: LlamaCppServer, grammar: str):
+def turn_server(tmp: Path, llama: LlamaCppServer, structured: str):
     server = ServerProcess(
         tmp,
         llama.url,
         workers=1,
-        GAME_AGENT_LLM_GRAMMAR=grammar,
+        GAME_AGENT_LLM_STRUCTURED=structured,
         GAME_AGENT_LLM_MAX_TOKENS=str(MAX_TOKENS),
         GAME_AGENT_LLM_FIRST_TOKEN_TIMEOUT_S="120",
     )
@@ -81,13 +81,14 @@ def turn_server(tmp: Path, llama: LlamaCppServer, grammar: str):
 
 
 async def test_grammar_turn_always_speaks(tmp_path, llama):
-    with turn_server(tmp_path, llama, "on") as server:
+    with turn_server(tmp_path, llama, "auto") as server:  # detected: llama-cpp-python takes a grammar
         godot = await GodotPeer.connect(server.url)
         try:
             godot.specs["grimbold"] = SPEAKER
             frames = await godot.turn("grimbold", "Who are you?", timeout=180)
         finally:
             await godot.close()
+        assert "llm_structured auto: grammar" in server.server_log()
     check_turn_order(frames)
     assert frames[-1]["type"] == "agent_turn_finished" and frames[-1]["reason"] == "completed", frames[-1]
     tags = played_tags(frames)

@@ -8,7 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.history import entry_size, to_messages
-from core.prompt import CONTINUE_NOTE, DEFAULT_INSTRUCTIONS, OMITTED_NOTE, build_messages, output_format
+from core.prompt import (
+    CONTINUE_NOTE,
+    DEFAULT_INSTRUCTIONS,
+    JSON_ANSWER_NOTE,
+    OMITTED_NOTE,
+    build_messages,
+    output_format,
+)
 from core.spec import build_dossier, parse_spec
 
 SPEC = parse_spec({"name": "Mira", "persona": "Gruff."})
@@ -82,6 +89,10 @@ def test_entries_of_the_fixture_cost_100():
 
 def test_output_format_of_default_tags():
     assert output_format(SPEC) == DEFAULT_FORMAT
+
+
+def test_output_format_of_a_json_answer():
+    assert output_format(SPEC, json_answer=True) == DEFAULT_FORMAT + "\n\n" + JSON_ANSWER_NOTE
 
 
 def test_output_format_with_tools():
