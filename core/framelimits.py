@@ -24,12 +24,16 @@ class FrameLimits:
     def journal_bytes(self, message: p.AgentMessage, frame_bytes: int) -> int:
         """About what ``message`` (``frame_bytes`` long) adds to the journal; raise ``ProtocolError``
         when it is over a limit."""
-        kind = type(message)
-        if kind is p.AgentStateSnapshot:
+        if isinstance(message, p.AgentStateSnapshot):
             return 0  # never journaled
-        name = p.TYPE_NAMES[kind]
-        recipients = len(message.agent_ids) if kind is p.NotificationEvent else 1
-        ref = {"type": name} if kind is p.NotificationEvent else {"type": name, "agent_id": message.agent_id}
+        name = p.TYPE_NAMES[type(message)]
+        ref: dict[str, str]
+        if isinstance(message, p.NotificationEvent):
+            recipients = len(message.agent_ids)
+            ref = {"type": name}
+        else:
+            recipients = 1
+            ref = {"type": name, "agent_id": message.agent_id}
         if recipients > self.max_notification_agents:
             raise p.ProtocolError(
                 p.TOO_MANY_RECIPIENTS,
@@ -38,7 +42,7 @@ class FrameLimits:
                 ref,
             )
         journal_bytes = frame_bytes
-        if kind is p.InteractionEvent or kind is p.NotificationEvent:
+        if isinstance(message, p.InteractionEvent | p.NotificationEvent):
             event_bytes = len(orjson.dumps(message.event))
             if event_bytes > self.max_event_bytes:
                 raise p.ProtocolError(

@@ -52,6 +52,13 @@ _HEX4 = re.compile(r"[0-9A-Fa-f]{4}")
 _LOW_SURROGATE = re.compile(r"\\u[dD][c-fC-F][0-9A-Fa-f]{2}")
 
 
+def _skip(run: re.Pattern[str], data: str, pos: int) -> int:
+    """Where the run of ``run`` (a pattern that also matches nothing) starting at ``pos`` ends."""
+    match = run.match(data, pos)
+    assert match is not None  # a starred pattern matches the empty string
+    return match.end()
+
+
 def answer_schema(tags: Mapping[str, Iterable[str]], tools: Iterable[str] | None) -> dict:
     """The JSON schema of an answer: ``tags`` maps each allowed tag to its attribute names;
     a ``tool`` tag's ``name`` is one of ``tools``. Strict-mode ready (every key required)."""
@@ -62,7 +69,7 @@ def answer_schema(tags: Mapping[str, Iterable[str]], tools: Iterable[str] | None
         if name == TOOL_TAG and tools is not None:
             attr_names = ["name", *(attr for attr in attr_names if attr != "name")]
         if attr_names:
-            attr_props = {attr: {"type": "string"} for attr in attr_names}
+            attr_props: dict[str, dict[str, object]] = {attr: {"type": "string"} for attr in attr_names}
             if name == TOOL_TAG and tools is not None:
                 attr_props["name"] = {"type": "string", "enum": list(tools)}
             properties["attrs"] = {
@@ -123,7 +130,7 @@ class TagJsonReader:
             raise RuntimeError("feed() called after close()")
         data, self._pending = self._pending + text, ""
         if self._is_json is None:
-            start = _SPACE.match(data).end()
+            start = _skip(_SPACE, data, 0)
             if start == len(data):
                 self._pending = data
                 return []
@@ -156,11 +163,11 @@ class TagJsonReader:
                 pos = self._string_part(data, pos, final)
                 continue
             if expect == _LITERAL:
-                pos = _LITERAL_CHARS.match(data, pos).end()
+                pos = _skip(_LITERAL_CHARS, data, pos)
                 if pos < end:
                     self._value_done()
                 continue
-            pos = _SPACE.match(data, pos).end()
+            pos = _skip(_SPACE, data, pos)
             if pos == end:
                 break
             char = data[pos]
@@ -345,6 +352,7 @@ class TagJsonReader:
             if self._open is not None:  # stray text goes on in the untagged tag
                 self._run.append(text)
             elif (first := _NOT_SPACE.search(text)) is not None:
+                assert self._untagged is not None  # text is stray only when untagged text is spoken
                 self._open_tag(self._untagged, {}, implicit=True)
                 self._sink = _STRAY
                 self._run.append(text[first.start() :])

@@ -332,6 +332,7 @@ class TagStreamParser:
 
     def _open_implicit(self, events: list[TagEvent]) -> None:
         """Open the ``untagged`` tag for stray text."""
+        assert self._untagged is not None  # opened only when untagged text is spoken
         self._open = TagOpen(self._opened, self._untagged, {})
         self._opened += 1
         self._implicit = True

@@ -155,8 +155,7 @@ class GodotEndpoint:
         except p.ProtocolError as exc:
             conn.send_json(exc.frame())
             return
-        kind = type(message)
-        if kind is p.Ping:
+        if isinstance(message, p.Ping):
             conn.send_json(p.pong(message.id))
             return
         try:
@@ -168,7 +167,7 @@ class GodotEndpoint:
         if refused is not None:
             conn.send_json(refused)
             return
-        agent_ids = message.agent_ids if kind is p.NotificationEvent else (message.agent_id,)
+        agent_ids = message.agent_ids if isinstance(message, p.NotificationEvent) else (message.agent_id,)
         routed = False
         for agent_id in agent_ids:
             refused = self.router.to_agent(conn, agent_id, message)
@@ -183,9 +182,8 @@ class GodotEndpoint:
         """The ``rate_limited`` error when ``session`` is over a rate this message counts against:
         turns started (interaction events, continuing tool_results), notification recipients, and
         the bytes it journals. A refused message uses up none of them."""
-        kind = type(message)
         charges = [(self.journal_rate, journal_bytes)] if journal_bytes else []
-        if kind is p.NotificationEvent:
+        if isinstance(message, p.NotificationEvent):
             charges.append((self.notification_rate, len(message.agent_ids)))
         elif starts_turn(message):
             charges.append((self.turn_rate, 1))
@@ -193,10 +191,10 @@ class GodotEndpoint:
         if over is None:
             return None
         what, settings = self.rate_names[over]
-        ref = {"type": p.TYPE_NAMES[kind]}
-        if kind is not p.NotificationEvent:
+        ref = {"type": p.TYPE_NAMES[type(message)]}
+        if not isinstance(message, p.NotificationEvent):
             ref["agent_id"] = message.agent_id
-        if kind is p.ToolResults or kind is p.AgentTurnResult:
+        if isinstance(message, p.ToolResults | p.AgentTurnResult):
             ref["turn_id"] = message.turn_id
         return p.error(
             p.RATE_LIMITED,

@@ -117,7 +117,7 @@ class Router:
         session = conn.session
         key = (session, agent_id)
         kind = type(message)
-        if kind is p.AgentTurnResult and self.open.running(key, message.turn_id):
+        if isinstance(message, p.AgentTurnResult) and self.open.running(key, message.turn_id):
             return p.error(
                 p.TURN_NOT_ENDED,
                 f"agent_turn_result: turn {message.turn_id!r} is still running; "
@@ -241,9 +241,9 @@ class Router:
         """``{name, workers, agents, frames}`` per node with live workers (frames: relayed so far)."""
         nodes: dict[str, dict] = {}
         for worker in self.live_workers():
-            node = nodes.setdefault(
-                self.worker_nodes[worker], {"name": self.worker_nodes[worker], "workers": 0, "agents": 0, "frames": 0}
-            )
+            name = self.worker_nodes[worker]
+            assert name is not None, f"live worker {worker} has no node"  # add_worker names it
+            node = nodes.setdefault(name, {"name": name, "workers": 0, "agents": 0, "frames": 0})
             node["workers"] += 1
             node["agents"] += self.load[worker]
             node["frames"] += self.relayed[worker]
@@ -278,7 +278,9 @@ class Router:
         self.generation[worker], self.worker_pids[worker] = generation, pid
         self.alive[worker] = True  # also a lost node's worker, started again when the node came back
         self.unreachable.discard(worker)
-        self.refused_nodes.pop(self.worker_nodes[worker], None)
+        node = self.worker_nodes[worker]
+        if node is not None:
+            self.refused_nodes.pop(node, None)
 
     def worker_gone(self, worker: int) -> None:
         """Worker ``worker``'s node left the convention: it takes no more agents."""
