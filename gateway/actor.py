@@ -35,6 +35,7 @@ from actors.messages import (
     WorkerReady,
 )
 from config.log import configure_logging
+from config.settings import Settings
 from core.link import new_secret
 from gateway.app import GatewayServer
 
@@ -42,6 +43,10 @@ REPLY = "reply"  # bridge destination: a message for whoever asked us to start o
 
 
 class GatewayActor(Actor):
+    # Set by the first message, StartGateway (``_start``): Thespian creates actors without arguments.
+    settings: Settings
+    link_secret: bytes
+
     def __init__(self) -> None:
         die_with_parent()
         super().__init__()
@@ -51,13 +56,13 @@ class GatewayActor(Actor):
         self.workers: dict[int, WorkerReady] = {}  # worker index -> its latest generation's report
         self.addresses: dict = {}  # worker index -> its latest generation's address
         self.requester = None
-        self.settings = None
         self.started = False
         self.stopping = False
 
     def receiveMessage(self, message, sender):
         try:
             if isinstance(message, WatchMessage):
+                assert self.bridge is not None  # only its watch wakes this actor
                 for item in self.bridge.drain().get(REPLY, ()):
                     self.send(self.requester, item)
             elif isinstance(message, WorkerReady):
@@ -87,8 +92,8 @@ class GatewayActor(Actor):
         self.link_secret = new_secret()
         self.pool = message.pool
         self.send(self.pool, SpawnWorkers(self.settings, self.myAddress, self.link_secret))
-        self.bridge = LoopBridge("gateway-loop")
-        self.bridge.call(self.bridge.loop.add_reader, exit_fd(message.starter_pid), _starter_died, message.starter_pid)
+        self.bridge = bridge = LoopBridge("gateway-loop")
+        bridge.call(bridge.loop.add_reader, exit_fd(message.starter_pid), _starter_died, message.starter_pid)
         logger.info("starting {} workers", self.settings.worker_count)
 
     def _replace_pool(self, pool) -> None:
@@ -112,7 +117,9 @@ class GatewayActor(Actor):
             message.node,
             message.pid,
         )
+        assert self.bridge is not None  # _start made it before it asked for the workers
         if self.started:
+            assert self.server is not None  # started: it is listening
             self.bridge.call(self.bridge.loop.create_task, self.server.workers.ready(message))
             return
         if sum(ready.node == self.settings.node for ready in self.workers.values()) < self.settings.worker_count:
@@ -136,15 +143,17 @@ class GatewayActor(Actor):
     def _stop(self, message: StopGateway, sender) -> None:
         self.stopping = True
         self.requester = sender
-        if self.server is None:
+        server, bridge = self.server, self.bridge
+        if server is None:
             self.send(sender, GatewayStopped())
             return
+        assert bridge is not None  # the server runs on its loop
 
         async def stop_server() -> None:
-            await self.server.stop(timeout=10 if message.workers else None)
-            self.bridge.post(REPLY, GatewayStopped())
+            await server.stop(timeout=10 if message.workers else None)
+            bridge.post(REPLY, GatewayStopped())
 
-        self.bridge.call(self.bridge.loop.create_task, stop_server())
+        bridge.call(bridge.loop.create_task, stop_server())
 
 
 def _starter_died(pid: int) -> None:

@@ -87,7 +87,7 @@ class GatewayServer:
         problems = self.problems()
         details = bool(self._token) and has_token(request, self._token)
         nodes = router.nodes()
-        body = {
+        body: dict[str, object] = {
             "status": "unavailable" if problems else "ok",
             "problems": problems,
             "workers": len(live),

@@ -180,6 +180,7 @@ class EventsEndpoint:
 
     def _apply(self, audience: Audience, client: Client | None, effects: Effects) -> None:
         for event in effects.reply:
+            assert client is not None  # a reply answers a client's command, not a departure
             for seen in audience.feed.view(event, client.client_id):
                 if not client.send(orjson.dumps(seen)):
                     self._drop(audience, client)

@@ -76,7 +76,6 @@ class Journal:
         self.failure: str | None = None  # why the latest write failed; None once one succeeds (loop side)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._queued = 0  # items handed to the thread and not yet back (loop side)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.known: set[tuple[str, str]] = set()  # agents with facts (loop side)
         self.facts_written = 0
@@ -84,9 +83,9 @@ class Journal:
 
     async def open(self) -> None:
         """Open (or create) the journal and load the known agents; start the writer thread."""
-        self._loop = asyncio.get_running_loop()
         ready: Future = Future()
-        self._thread = threading.Thread(target=self._run, args=(ready,), name="journal", daemon=True)
+        loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, args=(ready, loop), name="journal", daemon=True)
         self._thread.start()
         self.known = await asyncio.wrap_future(ready)
         logger.info("journal {} open: {} known agents", self.path, len(self.known))
@@ -105,11 +104,12 @@ class Journal:
         if fact is None and not self._queued:
             self._release([(destination, item)])
             return
+        durable: tuple[str, str, bytes] | None = None  # the fact as the thread writes it
         if fact is not None:
             self.known.add((fact[0], fact[1]))
-            fact = (fact[0], fact[1], orjson.dumps(fact[2]))
+            durable = (fact[0], fact[1], orjson.dumps(fact[2]))
         self._queued += 1
-        self._queue.put((destination, item, fact))
+        self._queue.put((destination, item, durable))
 
     def restore(self, destination: Hashable, session: str, agent_id: str) -> None:
         """Send ``(RESTORE, session, agent_id, facts)``: the agent's newest facts, read after
@@ -125,12 +125,13 @@ class Journal:
         self._queued -= len(items)
         self.failure = failure
         if lost:
+            assert failure is not None  # facts are lost only by a write that failed
             self._lost(lost, failure)
         self._release(items)
 
     # --- the thread --------------------------------------------------------------------------
 
-    def _run(self, ready: Future) -> None:
+    def _run(self, ready: Future, loop: asyncio.AbstractEventLoop) -> None:
         try:
             db = self._connect()
             known = {tuple(row) for row in db.execute("select session, agent_id from agents")}
@@ -150,7 +151,7 @@ class Journal:
                 batch.pop()
                 stopping = True
             if batch:
-                self._loop.call_soon_threadsafe(self._released, *self._write(db, batch))
+                loop.call_soon_threadsafe(self._released, *self._write(db, batch))
         db.close()
 
     def _connect(self) -> sqlite3.Connection:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import select
 import time
+from typing import TYPE_CHECKING
 
 from loguru import logger
 from thespian.actors import ActorSystem
@@ -22,6 +23,9 @@ from actors.node import SYSTEM_BASE, NodeError, start_system
 from actors.pool import WorkerPool
 from config.settings import Settings
 from gateway.actor import GatewayActor
+
+if TYPE_CHECKING:
+    from providers.embedded import LocalModelProcess  # imported by _provider, only when it is used
 
 GATEWAY, ADMIN, POOL = "the gateway", "Thespian's admin", "the worker pool"
 POOL_CRASH_LOOP_S = 30.0  # a replaced pool that dies as soon as this stops the service
@@ -34,7 +38,7 @@ class ServiceError(RuntimeError):
 class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.embedded_model = None
+        self.embedded_model: LocalModelProcess | None = None
         self.system: ActorSystem | None = None
         self.gateway = None
         self.url: str | None = None
@@ -121,6 +125,7 @@ class Service:
             os.close(died[0])
             logger.error("{} (pid {}) exited: starting a new one; its NPCs come back from the journal", POOL, pid)
             self.pool_replaced_at = now
+            assert self.system is not None  # wait() runs after start()
             try:
                 self.system.tell(self.gateway, ReplacePool(self._start_pool()))
             except ServiceError as exc:

@@ -25,7 +25,7 @@ class FrameWriter:
     def __init__(
         self,
         ws: web.WebSocketResponse,
-        transport: asyncio.BaseTransport | None,
+        transport: asyncio.Transport | None,
         log,
         max_bytes: int,
         max_frames: int | None = None,
