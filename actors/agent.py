@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from loguru import logger
 
@@ -146,7 +147,7 @@ class Agent:
         else:
             self.log.info("input from {} came when no turn waited for it: dropped", msg.client)
 
-    _handlers = {
+    _handlers: ClassVar[dict[type, Callable[[Agent, Any], None]]] = {
         dict: _on_fact,
         p.AgentStateSnapshot: _on_snapshot,
         Takeover: _on_takeover,
@@ -258,6 +259,7 @@ class Agent:
         if takeover is None:
             return None
         client = takeover.client
+        assert client is not None  # a takeover without a client is a release, never kept (_on_takeover)
         self.host.report(self.session, TurnPrompt(self.agent_id, turn_id, client, prompt, actions_of(spec)))
         turn.input_waiter = asyncio.get_running_loop().create_future()
         timeout = self.host.settings.events_takeover_timeout_s

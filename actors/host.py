@@ -12,6 +12,7 @@ import itertools
 import math
 from collections.abc import Callable
 from functools import partial
+from operator import itemgetter
 from pathlib import Path
 
 import orjson
@@ -130,7 +131,7 @@ class AgentHost:
     def _connection_closed(self, session: str, connection_id: str, agent_ids: list[str], end_turns: bool) -> None:
         """End the agents' turns if nobody took over; log those whose history changed since their
         last log, at most ``log_max_agents_per_disconnect`` (the most recently changed), off the loop."""
-        changed = []
+        changed: list[tuple[int, Agent]] = []  # (changed_at, agent)
         for agent_id in agent_ids:
             agent = self.agents.get((session, agent_id))
             if agent is None:
@@ -138,7 +139,7 @@ class AgentHost:
             if end_turns:
                 agent.connection_closed()
             if agent.changed_at is not None:
-                changed.append(agent)
+                changed.append((agent.changed_at, agent))
         cap = self.settings.log_max_agents_per_disconnect
         if len(changed) > cap:
             logger.warning(
@@ -149,9 +150,9 @@ class AgentHost:
                 cap,
                 len(changed),
             )
-            changed = heapq.nlargest(cap, changed, key=lambda agent: agent.changed_at)
+            changed = heapq.nlargest(cap, changed, key=itemgetter(0))
         folder = Path(self.settings.log_dir) / _safe(session) / _safe(connection_id)
-        for agent in changed:
+        for _, agent in changed:
             self.logs.write(folder, _safe(agent.agent_id), *agent.log_records())
 
     async def aclose(self) -> None:

@@ -49,7 +49,7 @@ class LogWriter:
         self._thread = threading.Thread(target=self._run, name="logs", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Callable[[], None]) -> None:
+    def submit(self, job: Callable[[], object]) -> None:
         """Run ``job`` on the thread after everything submitted before."""
         self._jobs.put(job)
 

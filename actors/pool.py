@@ -76,12 +76,15 @@ class Slot:
 
 
 class WorkerPool(Actor):
+    # Set by the first message, SpawnWorkers (``_spawn``): Thespian creates actors without arguments.
+    spawn: SpawnWorkers
+    members: Membership
+
     def __init__(self) -> None:
         die_with_parent()  # actors/lifeline.py
         super().__init__()
         self.slots: list[Slot] = []
         self.nodes: set[str] = set()  # nodes in the convention, this one included
-        self.spawn: SpawnWorkers | None = None
         self.stopping = False
 
     def receiveMessage(self, message, sender):

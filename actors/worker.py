@@ -77,12 +77,15 @@ class WorkerActor(Actor):
             bridge.post(EXIT, None)
 
         async def start() -> str:
-            self.host = AgentHost(settings, self.index, lambda item: self.listener.send(item))
-            self.listener = LinkListener(
-                message.link_secret, self.index, message.generation, self.host.deliver, gateway_lost
+            listener: LinkListener  # the host sends on it; made second, as it delivers to the host
+            self.host = host = AgentHost(settings, self.index, lambda item: listener.send(item))
+            self.listener = listener = LinkListener(
+                message.link_secret, self.index, message.generation, host.deliver, gateway_lost
             )
-            address = await self.listener.start(link_host)
-            asyncio.get_running_loop().create_task(self._await_gateway(settings.startup_timeout_s, gateway_lost))
+            address = await listener.start(link_host)
+            asyncio.get_running_loop().create_task(
+                self._await_gateway(listener.connected, settings.startup_timeout_s, gateway_lost)
+            )
             return address
 
         address = bridge.run(start(), timeout=30)
@@ -99,6 +102,7 @@ class WorkerActor(Actor):
         self.wakeupAfter(self.lease.check_s, payload=GatewayLease)
 
     def _check_lease(self) -> None:
+        assert self.lease is not None  # its wakeup is asked for once the lease exists
         if self.lease.check():
             self.wakeupAfter(self.lease.check_s, payload=GatewayLease)
             return
@@ -111,9 +115,9 @@ class WorkerActor(Actor):
         )
         self.send(self.myAddress, ActorExitRequest())
 
-    async def _await_gateway(self, timeout: float, gateway_lost) -> None:
+    async def _await_gateway(self, connected: asyncio.Event, timeout: float, gateway_lost) -> None:
         try:
-            await asyncio.wait_for(self.listener.connected.wait(), timeout)
+            await asyncio.wait_for(connected.wait(), timeout)
         except TimeoutError:
             logger.error("worker {}: no gateway connected within {:.0f} s: stopping", self.index, timeout)
             gateway_lost()
