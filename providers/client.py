@@ -38,7 +38,8 @@ from providers.sse import DONE, Delta, MalformedChunk, ProviderError, SSEDecoder
 _MESSAGE_LIMIT: Final = 300
 _DRAIN_GRACE_S: Final = 1.0
 _RETRYABLE_STATUSES: Final = frozenset({408, 409, 429})
-_STREAMED_BODY: Final = {"headers": {"X-Stainless-Raw-Response": "stream"}}  # the SDK leaves the body unread
+# The SDK leaves the body unread:
+_STREAMED_BODY: Final[openai.RequestOptions] = {"headers": {"X-Stainless-Raw-Response": "stream"}}
 _STREAM_ERRORS: Final = (openai.APIError, httpx2.HTTPError, MalformedChunk, ProviderError)
 
 
@@ -290,7 +291,7 @@ class _Reply:
         """
         if self._error is not None:
             raise self._error
-        contents = []
+        contents: list[Delta] = []
         for payload in self._decoder.feed(data):
             self._payloads += 1
             try:
@@ -337,8 +338,9 @@ class _Deadlines:
 
     def __init__(self, settings: LLMSettings) -> None:
         self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
-        assert self._task is not None
+        task = asyncio.current_task()
+        assert task is not None
+        self._task: asyncio.Task = task
         self._baseline_cancels = self._task.cancelling()
         self._settings = settings
         self._turn_deadline = self._loop.time() + settings.turn_timeout_s
