@@ -471,12 +471,12 @@ class Feed:
 
     def godot_inbound(self, message: p.AgentMessage) -> list[dict]:
         """A validated message from Godot that the gateway routed to its agent."""
-        kind = type(message)
-        if kind is p.InteractionEvent:
+        npc: Npc | None
+        if isinstance(message, p.InteractionEvent):
             npc = self._seen(message.agent_id)
             npc.partner = message.event.get("source")
             npc.memory.append({"kind": "event", "event_id": message.event_id, "event": message.event})
-        elif kind is p.NotificationEvent:
+        elif isinstance(message, p.NotificationEvent):
             entry = {"kind": "notification", "event": message.event}
             npcs = [self._seen(agent_id) for agent_id in message.agent_ids]
             for npc in npcs:
@@ -484,15 +484,15 @@ class Feed:
             self._status(_line(entry), npcs[0] if len(npcs) == 1 else None)
         elif (npc := self.npcs.get(message.agent_id)) is None:
             pass
-        elif kind is p.AgentStateSnapshot:
+        elif isinstance(message, p.AgentStateSnapshot):
             self._on_spec(npc, message)
-        elif kind is p.AgentTurnResult:
+        elif isinstance(message, p.AgentTurnResult):
             if npc.turns.get(message.turn_id) is False and message.turn_id != npc.running:
                 npc.turns[message.turn_id] = True
                 npc.memory.append(
                     {"kind": "turn", "turn_id": message.turn_id, "status": message.status, "tags": message.tags}
                 )
-        elif kind is p.ToolResults and message.turn_id in npc.turns:
+        elif isinstance(message, p.ToolResults) and message.turn_id in npc.turns:
             npc.memory.append({"kind": "tool_results", "turn_id": message.turn_id, "results": message.results})
             for result in message.results:
                 self._emit(
@@ -525,7 +525,7 @@ class Feed:
 
     def godot_outbound(self, frame: dict) -> list[dict]:
         """One frame the server sent to Godot (per token: keep this cheap)."""
-        handler = self._outbound.get(frame.get("type"))
+        handler = self._outbound.get(frame.get("type", ""))
         if handler is not None:
             npc = self.npcs.get(frame.get("agent_id") or frame.get("ref", {}).get("agent_id"))
             handler(self, npc, frame)
@@ -635,7 +635,7 @@ class Feed:
         npc = self.npcs.get(report.agent_id)
         if npc is None or npc.player != report.client:
             return effects
-        if type(report) is TurnPrompt:
+        if isinstance(report, TurnPrompt):
             queued = self.queued.get(report.client)
             if queued:
                 effects.agents.append((npc.agent_id, PlayerInput(report.client, queued.popleft())))
@@ -791,6 +791,7 @@ class Feed:
     def _release(self, npc: Npc) -> tuple[str, Takeover]:
         """``npc``'s player leaves it; the message that gives it back to the LLM."""
         client = npc.player
+        assert client is not None  # released only while played
         del self.players[client]
         npc.player = npc.awaiting = None
         npc.grant += 1
