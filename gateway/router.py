@@ -242,7 +242,7 @@ class Router:
         nodes: dict[str, dict] = {}
         for worker in self.live_workers():
             name = self.worker_nodes[worker]
-            assert name is not None, f"live worker {worker} has no node"  # add_worker names it
+            assert name is not None  # add_worker gave every live worker its node
             node = nodes.setdefault(name, {"name": name, "workers": 0, "agents": 0, "frames": 0})
             node["workers"] += 1
             node["agents"] += self.load[worker]
