@@ -22,11 +22,23 @@ from loguru import logger
 from thespian.actors import ThespianWatch
 
 
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A loop of the ``event_loop`` setting: uvloop's (libuv) where installed, else the standard one."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # not built for this platform (Windows): the standard loop does the same work
+            logger.warning("event_loop = uvloop, but uvloop is not installed: using asyncio's loop")
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 class LoopBridge:
     """Runs an asyncio loop in a daemon thread; carries work in and batched items out."""
 
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, name: str, event_loop: str = "asyncio") -> None:
+        self.loop = new_event_loop(event_loop)
         self._outbox: deque[tuple[Hashable, Any]] = deque()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)

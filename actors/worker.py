@@ -68,7 +68,7 @@ class WorkerActor(Actor):
         settings = message.settings
         configure_logging(settings.log_level, f"worker-{message.index}")
         self.index = message.index
-        self.bridge = LoopBridge(f"worker-{self.index}-loop")
+        self.bridge = LoopBridge(f"worker-{self.index}-loop", settings.event_loop)
         bridge = self.bridge
         # On the leader's machine a private Unix socket; on a worker node, the node's own address.
         link_host = None if message.node == settings.node else self.myAddress.addressDetails.sockname[0]

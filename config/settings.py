@@ -32,6 +32,7 @@ STANDARD_ENV = {
 
 STRUCTURED_MODES = ("auto", "grammar", "json_schema", "off")  # providers/structured.py
 UNTAGGED_TEXT_MODES = ("say", "drop")
+EVENT_LOOPS = ("uvloop", "asyncio")  # actors/bridge.py
 
 
 class SettingsError(ValueError):
@@ -50,6 +51,7 @@ class Settings:
     node_name: str
     node_check_s: int
     startup_timeout_s: float
+    event_loop: str
     snapshot_timeout_s: float
     history_budget_chars: int
     history_max_entries: int
@@ -231,7 +233,11 @@ def _check(s: Settings) -> None:
                 raise SettingsError(f"setting {f.name!r} must not be negative, got {value!r}")
         elif value <= 0:
             raise SettingsError(f"setting {f.name!r} must be positive, got {value!r}")
-    for name, modes in (("llm_structured", STRUCTURED_MODES), ("untagged_text", UNTAGGED_TEXT_MODES)):
+    for name, modes in (
+        ("llm_structured", STRUCTURED_MODES),
+        ("untagged_text", UNTAGGED_TEXT_MODES),
+        ("event_loop", EVENT_LOOPS),
+    ):
         if getattr(s, name) not in modes:
             raise SettingsError(f"setting {name!r} must be one of {', '.join(modes)}, got {getattr(s, name)!r}")
     if s.max_notification_agents > s.rate_limit_notifications_burst:

@@ -92,7 +92,7 @@ class GatewayActor(Actor):
         self.link_secret = new_secret()
         self.pool = message.pool
         self.send(self.pool, SpawnWorkers(self.settings, self.myAddress, self.link_secret))
-        self.bridge = bridge = LoopBridge("gateway-loop")
+        self.bridge = bridge = LoopBridge("gateway-loop", self.settings.event_loop)
         bridge.call(bridge.loop.add_reader, exit_fd(message.starter_pid), _starter_died, message.starter_pid)
         logger.info("starting {} workers", self.settings.worker_count)
 

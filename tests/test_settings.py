@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 
 import pytest
 
+from actors.bridge import LoopBridge
 from config.settings import SettingsError, load_settings
 
 
@@ -90,3 +92,22 @@ def test_limits_that_could_never_pass_a_frame_are_refused(overrides, named):
 def test_log_retention_and_budget_may_be_off():
     settings = load_settings(env={}, overrides={"log_retention_days": 0, "log_max_bytes": 0})
     assert (settings.log_retention_days, settings.log_max_bytes) == (0.0, 0)
+
+
+def test_the_event_loop_is_one_of_two():
+    with pytest.raises(SettingsError, match="event_loop"):
+        load_settings(env={"GAME_AGENT_EVENT_LOOP": "trio"})
+
+
+@pytest.mark.parametrize("kind, module", [("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_the_actors_loop_is_the_one_configured(kind, module):
+    """The gateway's and workers' loops come from ``event_loop`` (uvloop is installed with the server)."""
+    bridge = LoopBridge("test-loop", load_settings(env={}, overrides={"event_loop": kind}).event_loop)
+    try:
+        assert bridge.run(_loop_module(), timeout=5).startswith(module)
+    finally:
+        bridge.stop()
+
+
+async def _loop_module() -> str:
+    return type(asyncio.get_running_loop()).__module__
