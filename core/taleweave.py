@@ -377,6 +377,7 @@ class Feed:
         self.last_snapshot: dict | None = None
         self.replay: deque[dict] = deque(maxlen=replay)
         self._rooms: dict[str, dict] | None = None
+        self._name_index: tuple[dict[str, Npc], dict[str, Npc]] | None = None
         self._ids = itertools.count(1)
         self._id_prefix = id_prefix
         self._out: list[dict] = []
@@ -439,13 +440,13 @@ class Feed:
 
     def _changed(self, npc: Npc) -> None:
         npc.entity = None
-        self._rooms = None
+        self._rooms = self._name_index = None
 
     def _seen(self, agent_id: str) -> Npc:
         npc = self.npcs.get(agent_id)
         if npc is None:
             npc = self.npcs[agent_id] = Npc(agent_id)
-            self._rooms = None
+            self._rooms = self._name_index = None
             self._emit("generate", name=agent_id, entity=None)
         return npc
 
@@ -456,16 +457,22 @@ class Feed:
 
     def find(self, name: str) -> Npc | None:
         """The NPC a person means: by character name, else by agent id; exact case first."""
-        for matches in (
-            lambda npc: npc.name == name,
-            lambda npc: npc.agent_id == name,
-            lambda npc: npc.name.lower() == name.lower(),
-            lambda npc: npc.agent_id.lower() == name.lower(),
-        ):
-            found = next((npc for npc in self.npcs.values() if matches(npc)), None)
-            if found is not None:
-                return found
-        return None
+        exact, folded = self._names()
+        return exact.get(name) or self.npcs.get(name) or folded.get(name.lower())
+
+    def _names(self) -> tuple[dict[str, Npc], dict[str, Npc]]:
+        """Names to NPCs (exact; case-folded names, then ids), built again only after a change:
+        ``find`` runs once per spoken line, which must not walk every NPC."""
+        if self._name_index is None:
+            exact: dict[str, Npc] = {}
+            folded: dict[str, Npc] = {}
+            for npc in self.npcs.values():  # the first NPC of a name wins, as it did when searched
+                exact.setdefault(npc.name, npc)
+                folded.setdefault(npc.name.lower(), npc)
+            for npc in self.npcs.values():
+                folded.setdefault(npc.agent_id.lower(), npc)
+            self._name_index = exact, folded
+        return self._name_index
 
     # --- what Godot sends ----------------------------------------------------------------------
 
@@ -513,9 +520,11 @@ class Feed:
         except SpecError:
             return
         first = npc.spec is None
-        npc.spec = spec
         inventory = message.state.get("inventory")
-        npc.inventory = [] if inventory is None else inventory if isinstance(inventory, list) else [inventory]
+        inventory = [] if inventory is None else inventory if isinstance(inventory, list) else [inventory]
+        if spec == npc.spec and inventory == npc.inventory:
+            return  # the same NPC as last turn (the usual case): rooms and names stay as they are
+        npc.spec, npc.inventory = spec, inventory
         self._changed(npc)
         if first:
             self._emit("generate", name=npc.name, entity=npc.character())
