@@ -112,8 +112,9 @@ class Router:
         for worker, agent_ids in by_worker.items():
             self._send(worker, (CONNECTION_CLOSED, conn.session, conn.connection_id, agent_ids, still_held))
 
-    def to_agent(self, conn: Connection, agent_id: str, message: p.AgentMessage) -> dict | None:
-        """Send a message from Godot to the agent; an ``error`` frame instead when it cannot go."""
+    def route_or_refuse(self, conn: Connection, agent_id: str, message: p.AgentMessage) -> dict | None:
+        """Send a message from Godot on to the agent and return None; or, when it cannot go, send
+        nothing and return the ``error`` frame that refuses it (for the caller to send Godot)."""
         session = conn.session
         key = (session, agent_id)
         kind = type(message)
