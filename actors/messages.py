@@ -85,8 +85,7 @@ class Flush(NamedTuple):
 class Frame(NamedTuple):
     """The hot item: one per token streamed. Measured with pickle protocol 5, 50 frames a record:
     about 0.9 us more to pickle and 0.3 us more to unpickle each than the plain tagged tuple it
-    replaced (tuple subclasses take pickle's reduce path), which a 10 s sweep of 100 NPCs on one
-    worker does not tell apart from noise (docs/performance.md)."""
+    replaced (a tuple subclass takes pickle's reduce path, and each record names the class)."""
 
     session: str
     data: bytes  # serialised once, in the worker; the gateway forwards it untouched
