@@ -27,7 +27,8 @@ from core import protocol as p
 from core.history import History
 from core.prompt import build_messages
 from core.spec import AgentSpec, SpecError, parse_spec
-from core.taleweave import PlayerInput, Takeover, TakeoverEnded, TurnPrompt, actions_of
+from core.takeover import PlayerInput, Takeover, TakeoverEnded, TurnPrompt
+from core.taleweave import actions_of
 from core.turn import Output, Prompt, RecordAnswer, RequestState, Stream, TurnEnded, TurnMachine, turn_of_request
 from providers.client import LLMError
 

@@ -22,19 +22,21 @@ from actors.agent import Agent
 from actors.llm_input_log import _safe
 from actors.logwriter import LogWriter
 from actors.messages import (
-    CONNECTION_CLOSED,
-    DEACTIVATE,
-    FLUSH,
-    FLUSHED,
-    FRAME,
-    NOTICE,
-    RESTORE,
-    TO_AGENT,
-    TO_FEED,
+    ConnectionClosed,
+    Deactivate,
+    FeedReport,
+    Flush,
+    Flushed,
+    Frame,
+    Notice,
+    Restore,
+    ToAgent,
+    ToFeed,
+    ToGateway,
+    ToWorker,
 )
 from config.settings import Settings
 from core.spec import AgentSpec
-from core.taleweave import TakeoverEnded, TurnPrompt
 from providers.client import ChatStreamer, LLMSettings
 from providers.structured import request_fields
 
@@ -66,7 +68,7 @@ def llm_settings(settings: Settings) -> LLMSettings:
 class AgentHost:
     """All agents of one worker, keyed by (session, agent_id)."""
 
-    def __init__(self, settings: Settings, index: int, to_gateway: Callable[[tuple], None]) -> None:
+    def __init__(self, settings: Settings, index: int, to_gateway: Callable[[ToGateway], None]) -> None:
         self.settings = settings
         self.index = index
         self._to_gateway = to_gateway
@@ -81,34 +83,36 @@ class AgentHost:
         return request_fields(self.settings.llm_structured, spec)
 
     def emit(self, session: str, frame: dict) -> None:
-        self._to_gateway((FRAME, session, orjson.dumps(frame)))
+        self._to_gateway(Frame(session, orjson.dumps(frame)))
 
-    def report(self, session: str, report: TurnPrompt | TakeoverEnded) -> None:
+    def report(self, session: str, report: FeedReport) -> None:
         """Tell the session's /events feed what only the agent knows (queued in order with frames)."""
-        self._to_gateway((TO_FEED, session, report))
+        self._to_gateway(ToFeed(session, report))
 
-    def deliver(self, items: list[tuple]) -> None:
-        """Handle one batch from the gateway, item by item, in order."""
+    def deliver(self, items: list[ToWorker | Notice]) -> None:
+        """Handle one batch from the gateway (or a pool's ``Notice``), item by item, in order."""
         for item in items:
             try:
-                op = item[0]
-                if op == TO_AGENT:
-                    self._agent(item[1], item[2]).receive(item[3])
-                elif op == RESTORE:
-                    self._restore(item[1], item[2], item[3])
-                elif op == DEACTIVATE:
-                    self._deactivate(item[1], item[2])
-                elif op == CONNECTION_CLOSED:
-                    self._connection_closed(*item[1:])
-                elif op == FLUSH:  # answered once the logs asked for before it are written
-                    post_soon = asyncio.get_running_loop().call_soon_threadsafe
-                    self.logs.submit(partial(post_soon, self._to_gateway, (FLUSHED, item[1])))
-                elif op == NOTICE:
-                    self._to_gateway(item[1])
+                if isinstance(item, ToAgent):
+                    self._agent(item.session, item.agent_id).receive(item.message)
+                elif isinstance(item, Restore):
+                    self._restore(item.session, item.agent_id, item.facts or [])
+                elif isinstance(item, Deactivate):
+                    self._deactivate(item.session, item.agent_id)
+                elif isinstance(item, ConnectionClosed):
+                    self._connection_closed(item.session, item.connection_id, item.agent_ids, item.end_turns)
+                elif isinstance(item, Flush):  # answered once the logs asked for before it are written
+                    self._answer_flush(item.token)
+                elif isinstance(item, Notice):
+                    self._to_gateway(item.item)
                 else:
-                    logger.error("unknown item {!r} from the gateway", op)
+                    logger.error("unknown item {!r} from the gateway", type(item).__name__)
             except Exception:  # noqa: BLE001 - one item must not lose the rest of the batch
-                logger.exception("item {!r} failed", item[:3])
+                logger.exception("item {!r} failed", _summary(item))
+
+    def _answer_flush(self, token: int) -> None:
+        post_soon = asyncio.get_running_loop().call_soon_threadsafe
+        self.logs.submit(partial(post_soon, self._to_gateway, Flushed(token)))
 
     def _agent(self, session: str, agent_id: str) -> Agent:
         agent = self.agents.get((session, agent_id))
@@ -160,3 +164,8 @@ class AgentHost:
             agent.close()
         await self.llm.aclose()
         await asyncio.get_running_loop().run_in_executor(None, self.logs.close)
+
+
+def _summary(item: object) -> object:
+    """What a failed item's log line names: its kind, and its session and agent when it has them."""
+    return (type(item).__name__, getattr(item, "session", None), getattr(item, "agent_id", None))

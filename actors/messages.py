@@ -1,40 +1,40 @@
 """Messages between run.py, the gateway actor, the worker pool and the workers.
 
 Start-up, shut-down and supervision use one small class each, as Thespian messages. Everything on
-the hot path travels on each worker's own stream (``actors/link.py``) as plain tuples (cheap to
-pickle), tagged by their first element:
+the hot path travels on each worker's own stream (``actors/link.py``) as a ``NamedTuple`` per item,
+one class per kind: readers dispatch with ``isinstance`` (which type checkers follow) and read
+fields by name. A tuple subclass costs a little more to pickle than a plain tuple: see ``Frame``.
 
-gateway -> worker
-    (RESTORE, session, agent_id, facts)       the agent is placed here: rebuild it from these
-                                              journaled facts (before any other item for it)
-    (TO_AGENT, session, agent_id, message)    for one agent: a history fact (core.history.fact_of,
-                                              journaled), an agent_state_snapshot, or a
-                                              core.taleweave Takeover / PlayerInput from /events
-    (DEACTIVATE, session, agent_id)           the agent was idle: free it (its history is journaled)
-    (CONNECTION_CLOSED, session, connection_id, agent_ids, end_turns)
-                                              write the agents' logs; end their turns if end_turns
-    (FLUSH, token)                            answer (FLUSHED, token) once everything before it is done
-worker -> gateway
-    (FRAME, session, frame_bytes)             one JSON frame for the session's Godot connection
-    (TO_FEED, session, report)                a core.taleweave TurnPrompt / TakeoverEnded for /events
-    (FLUSHED, token)
-    (WORKER_GONE, index)                      worker ``index`` is gone for good (its node left); the
-                                              pool has a surviving worker pass this on
-    (NODE_REFUSED, node, reason)              the pool refuses node ``node`` (it kept being lost), passed on
-                                              the same way
-pool -> worker (a ``Notice`` message)
-    (NOTICE, item)                            pass ``item`` on to the gateway (the pool never sends
-                                              to the gateway itself: see actors/pool.py)
+gateway -> worker (``ToWorker``)
+    Restore           the agent is placed here: rebuild it from these journaled facts (before any
+                      other item for it)
+    ToAgent           for one agent: a history fact (core.history.fact_of, journaled), an
+                      agent_state_snapshot, or a core.takeover Takeover / PlayerInput from /events
+    Deactivate        the agent was idle: free it (its history is journaled)
+    ConnectionClosed  write the agents' logs; end their turns if ``end_turns``
+    Flush             answer ``Flushed(token)`` once everything before it is done
+worker -> gateway (``ToGateway``)
+    Frame             one JSON frame for the session's Godot connection
+    ToFeed            a core.takeover TurnPrompt / TakeoverEnded for /events
+    Flushed
+    WorkerGone        worker ``worker`` is gone for good (its node left); the pool has a surviving
+                      worker pass this on
+    NodeRefused       the pool refuses node ``node`` (it kept being lost), passed on the same way
+pool -> worker (a ``Notice``, a Thespian message)
+    Notice            the worker passes ``item`` on to the gateway (the pool never sends to the
+                      gateway itself: see actors/pool.py)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, TypeAlias
 
 from thespian.actors import ActorAddress
 
 from config.settings import Settings
+from core import protocol as p
+from core.takeover import PlayerInput, Takeover, TakeoverEnded, TurnPrompt
 
 # Capabilities of an actor system that hosts NPC workers (placement through Thespian): that it
 # does, its node's name, and how many workers it wants.
@@ -42,24 +42,82 @@ NPC_HOST = "NPC Host"
 NPC_NODE = "NPC Node"
 NPC_WORKERS = "NPC Workers"
 
-TO_AGENT = "agent"
-RESTORE = "restore"
-DEACTIVATE = "deactivate"
-CONNECTION_CLOSED = "closed"
-FLUSH = "flush"
-FRAME = "frame"
-TO_FEED = "feed"
-FLUSHED = "flushed"
-WORKER_GONE = "gone"
-NODE_REFUSED = "refused"
-NOTICE = "notice"
+# What an agent receives: a history fact (core.history.fact_of) or a message that changes none.
+AgentInput: TypeAlias = dict[str, Any] | p.AgentStateSnapshot | Takeover | PlayerInput
+# What an agent reports to the session's /events feed.
+FeedReport: TypeAlias = TurnPrompt | TakeoverEnded
+
+
+# --- gateway -> worker ---------------------------------------------------------------------
+
+
+class Restore(NamedTuple):
+    session: str
+    agent_id: str
+    facts: list[dict[str, Any]] | None  # None until the journal's thread has read them
+
+
+class ToAgent(NamedTuple):
+    session: str
+    agent_id: str
+    message: AgentInput
+
+
+class Deactivate(NamedTuple):
+    session: str
+    agent_id: str
+
+
+class ConnectionClosed(NamedTuple):
+    session: str
+    connection_id: str
+    agent_ids: list[str]
+    end_turns: bool  # False when a newer connection took the session over: its turns go on
+
+
+class Flush(NamedTuple):
+    token: int
+
+
+# --- worker -> gateway ---------------------------------------------------------------------
+
+
+class Frame(NamedTuple):
+    """The hot item: one per token streamed. Measured with pickle protocol 5, 50 frames a record:
+    about 0.9 us more to pickle and 0.3 us more to unpickle each than the plain tagged tuple it
+    replaced (a tuple subclass takes pickle's reduce path, and each record names the class)."""
+
+    session: str
+    data: bytes  # serialised once, in the worker; the gateway forwards it untouched
+
+
+class ToFeed(NamedTuple):
+    session: str
+    report: FeedReport
+
+
+class Flushed(NamedTuple):
+    token: int
+
+
+class WorkerGone(NamedTuple):
+    worker: int  # its index (not ``index``: a tuple's method)
+
+
+class NodeRefused(NamedTuple):
+    node: str
+    reason: str
+
+
+ToWorker: TypeAlias = Restore | ToAgent | Deactivate | ConnectionClosed | Flush
+ToGateway: TypeAlias = Frame | ToFeed | Flushed | WorkerGone | NodeRefused
 
 
 @dataclass
 class Notice:
     """From the pool, for a live worker to pass on to the gateway on its stream."""
 
-    item: tuple
+    item: WorkerGone | NodeRefused
 
 
 @dataclass

@@ -20,7 +20,7 @@ with the next generation. The gateway saw the dead worker's stream end and ended
 Godot; the new worker's ``WorkerReady`` lets it place the lost agents again (their history comes
 back from the journal). When a whole node leaves the convention (stopped, or silent for about
 three check-in periods), its workers are gone for good: a surviving worker passes that on to the
-gateway (``NOTICE``), which ends their turns and places their agents elsewhere.
+gateway (a ``Notice`` of ``WorkerGone``), which ends their turns and places their agents elsewhere.
 
 A lost node's workers may still run (a partition, not a death). Each slot's generation is the
 leader's: when the node comes back its slots are started again under a newer generation, the
@@ -42,15 +42,15 @@ from thespian.actors import Actor, ActorExitRequest, ActorSystemConventionUpdate
 
 from actors.lifeline import die_with_parent
 from actors.messages import (
-    NODE_REFUSED,
     NPC_HOST,
     NPC_NODE,
     NPC_WORKERS,
-    WORKER_GONE,
     ConfigureWorker,
     IdentifyPool,
+    NodeRefused,
     Notice,
     SpawnWorkers,
+    WorkerGone,
 )
 from actors.worker import WorkerActor
 from config.log import configure_logging
@@ -159,16 +159,16 @@ class WorkerPool(Actor):
                 self.send(slot.address, ActorExitRequest())  # reaches a node that is alive but missed check-ins
             slot.gone, slot.address = True, None
             slot.generation += 1
-            self._notice((WORKER_GONE, index))
+            self._notice(WorkerGone(index))
         reason = self.members.lost(node, address, time.monotonic())
         if reason:
             self._refuse(node, reason)
 
     def _refuse(self, node: str, reason: str) -> None:
         logger.error("node {} refused: {}. Fix that and restart the node (docs/deploy.md)", node, reason)
-        self._notice((NODE_REFUSED, node, reason))
+        self._notice(NodeRefused(node, reason))
 
-    def _notice(self, item: tuple) -> None:
+    def _notice(self, item: WorkerGone | NodeRefused) -> None:
         """Have a live worker (this node's first) pass ``item`` on to the gateway."""
         local = self.spawn.settings.node
         live = [index for index, slot in enumerate(self.slots) if slot.address is not None]

@@ -21,7 +21,7 @@ from actors.host import AgentHost
 from actors.lease import GatewayLease
 from actors.lifeline import die_with_parent
 from actors.link import LinkListener
-from actors.messages import NOTICE, NPC_HOST, NPC_NODE, ConfigureWorker, Notice, WorkerFailed, WorkerReady
+from actors.messages import NPC_HOST, NPC_NODE, ConfigureWorker, Notice, WorkerFailed, WorkerReady
 from config.log import configure_logging
 
 EXIT = "exit"  # bridge destination: the loop asks the actor to stop this worker
@@ -53,7 +53,7 @@ class WorkerActor(Actor):
                 if message.payload is GatewayLease:
                     self._check_lease()
             elif isinstance(message, Notice):
-                self.bridge.call(self.host.deliver, [(NOTICE, message.item)])
+                self.bridge.call(self.host.deliver, [message])
             elif isinstance(message, ConfigureWorker):
                 self._configure(message)
             elif isinstance(message, ActorExitRequest):

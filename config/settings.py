@@ -2,6 +2,11 @@
 
 One frozen, picklable object is built once in ``run.py`` and handed to every actor, so that all
 processes agree on the configuration and nothing re-reads files or the environment later.
+
+A setting's name in TOML, its environment variable (``GAME_AGENT_`` + the name in capitals) and
+its key in overrides are the attribute's name, except where ``ATTRIBUTES`` says otherwise: the
+setting ``token`` (``GAME_AGENT_TOKEN``) is the attribute ``auth_token``, so that in code it
+cannot be taken for an LLM token count such as ``llm_max_tokens``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ STANDARD_ENV = {
     "LLM_STALL_TIMEOUT_S": "llm_stall_timeout_s",
 }
 
+
+# Setting name (TOML, environment, overrides) -> attribute of Settings, where the two differ.
+ATTRIBUTES = {"token": "auth_token"}
 
 STRUCTURED_MODES = ("auto", "grammar", "json_schema", "off")  # providers/structured.py
 UNTAGGED_TEXT_MODES = ("say", "drop")
@@ -59,7 +67,7 @@ class Settings:
     data_dir: str
     journal_fsync: bool
     agent_idle_s: float
-    token: str = field(repr=False)
+    auth_token: str = field(repr=False)  # the setting ``token`` (GAME_AGENT_TOKEN): see ATTRIBUTES
     allowed_origins: str
     max_agents_per_session: int
     rate_limit_events_per_s: float
@@ -163,7 +171,7 @@ def load_settings(
         if name in env:
             values[key] = _coerce(key, env[name], default, name)
     _merge(values, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
-    settings = Settings(**values)
+    settings = Settings(**{ATTRIBUTES.get(key, key): value for key, value in values.items()})
     _check(settings)
     return settings
 

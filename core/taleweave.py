@@ -7,9 +7,9 @@ agents stay unaware of spectators. The feed keeps just enough world to fill the 
 latest spec and recent history, the players, the turn counter, the last snapshot and a bounded
 replay buffer for late joiners.
 
-Also here, because both sides of a takeover need them and they must stay pure: the messages
-between the gateway and an agent that a person plays, and the conversion of what that person
-types into the tag markup an LLM would have written.
+Also here, because both sides of a takeover need it and it must stay pure: the conversion of what
+a person playing an NPC types into the tag markup an LLM would have written. The messages between
+the gateway and that agent are in ``core.takeover``.
 
 Pure: no sockets, no clock. See docs/protocol.md, "/events".
 """
@@ -30,6 +30,7 @@ import orjson
 from core import protocol as p
 from core.history import to_messages
 from core.spec import DEFAULT_TAGS, NAME, AgentSpec, SpecError, as_text, parse_spec
+from core.takeover import PlayerInput, Takeover, TakeoverEnded, TurnPrompt
 
 UNKNOWN_ROOM = "Unknown location"  # the room of NPCs whose spec names no location (yet)
 MEMORY_ENTRIES = 50  # history entries per NPC kept for snapshots
@@ -57,49 +58,6 @@ TOO_MANY_INPUTS = "too_many_inputs"
 def wants_extensions(value: str | None) -> bool:
     """The ``?extended=`` query parameter: does this client take the events TaleWeave's do not know?"""
     return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
-
-
-# --- messages of a takeover ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Takeover:
-    """Gateway -> agent: ``client`` plays the NPC from now on (None: the LLM does).
-
-    ``grant`` numbers the takeovers of one NPC, so a late ``TakeoverEnded`` about an earlier one
-    cannot end a newer one.
-    """
-
-    client: str | None
-    grant: int
-
-
-@dataclass(frozen=True, slots=True)
-class PlayerInput:
-    """Gateway -> agent: the tag markup for the turn waiting for ``client``."""
-
-    client: str
-    markup: str
-
-
-@dataclass(frozen=True, slots=True)
-class TurnPrompt:
-    """Agent -> gateway: a turn that ``client`` plays has its spec and now needs their answer."""
-
-    agent_id: str
-    turn_id: str
-    client: str
-    prompt: str
-    actions: list[dict]
-
-
-@dataclass(frozen=True, slots=True)
-class TakeoverEnded:
-    """Agent -> gateway: the person did not answer in time, the LLM plays the NPC again."""
-
-    agent_id: str
-    client: str
-    grant: int
 
 
 def actions_of(spec: AgentSpec) -> list[dict]:
@@ -347,7 +305,7 @@ class Effects:
 
     broadcast: list[dict] = field(default_factory=list)  # events for the clients of the session (see Feed.view)
     reply: list[dict] = field(default_factory=list)  # events for the sender only (see Feed.view)
-    agents: list[tuple[str, object]] = field(default_factory=list)  # (agent_id, Takeover | PlayerInput)
+    agents: list[tuple[str, Takeover | PlayerInput]] = field(default_factory=list)  # (agent_id, message)
 
 
 class Feed:

@@ -46,7 +46,7 @@ class GatewayServer:
         self.runner: web.AppRunner | None = None
         self._flush_tokens = itertools.count(1)
         self._sweeper: asyncio.Task | None = None
-        self._token = settings.token.encode()
+        self._auth_token = settings.auth_token.encode()
 
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[auth_middleware(self.settings)])  # token, Origin
@@ -85,7 +85,7 @@ class GatewayServer:
         router = self.router
         live = router.live_workers()
         problems = self.problems()
-        details = bool(self._token) and has_token(request, self._token)
+        details = bool(self._auth_token) and has_token(request, self._auth_token)
         nodes = router.nodes()
         body: dict[str, object] = {
             "status": "unavailable" if problems else "ok",

@@ -30,7 +30,7 @@ PROTECTED = ("/ws", "/events")
 
 def auth_middleware(settings: Settings):
     """The middleware for ``settings``: token (when set) and Origin on /ws and /events."""
-    expected = settings.token.encode()
+    expected = settings.auth_token.encode()
     allowed = settings.origin_allow_list
 
     @web.middleware

@@ -21,7 +21,7 @@ import orjson
 from aiohttp import WSMsgType, web
 from loguru import logger
 
-from actors.messages import FRAME
+from actors.messages import Frame, ToFeed
 from config.settings import Settings
 from core import protocol as p
 from core.taleweave import Effects, Feed, coalesce, wants_extensions
@@ -106,26 +106,27 @@ class EventsEndpoint:
         except Exception:  # noqa: BLE001
             logger.exception("/events feed failed on {} from Godot", type(message).__name__)
 
-    def worker_items(self, items: list[tuple]) -> None:
+    def worker_items(self, items: list[Frame | ToFeed]) -> None:
         """One batch from a worker, in order: the frames sent to Godot (per token: keep this
         cheap) and the agents' reports. Its events go out once the batch is read, with each
         tag's pieces of text joined, so a burst makes few, larger messages."""
         touched: dict[Audience, list[dict]] = {}
-        for kind, session, payload in items:
+        for item in items:
+            session = item.session
             audience = self.sessions.get(session)
             if audience is None:
                 if session not in self.router.connections:
                     continue  # the end of a closed game's turns, and no one follows it
                 audience = self._session(session)
             try:
-                if kind == FRAME:
-                    events = audience.feed.godot_outbound(orjson.loads(payload))
+                if isinstance(item, Frame):
+                    events = audience.feed.godot_outbound(orjson.loads(item.data))
                 else:
-                    effects = audience.feed.agent_report(payload)
+                    effects = audience.feed.agent_report(item.report)
                     self._to_agents(audience, effects)
                     events = effects.broadcast
             except Exception:  # noqa: BLE001
-                logger.exception("/events feed failed on {!r}", payload[:200] if kind == FRAME else payload)
+                logger.exception("/events feed failed on {!r}", item.data[:200] if isinstance(item, Frame) else item)
                 continue
             if events:
                 touched.setdefault(audience, []).extend(events)

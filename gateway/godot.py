@@ -170,7 +170,7 @@ class GodotEndpoint:
         agent_ids = message.agent_ids if isinstance(message, p.NotificationEvent) else (message.agent_id,)
         routed = False
         for agent_id in agent_ids:
-            refused = self.router.to_agent(conn, agent_id, message)
+            refused = self.router.route_or_refuse(conn, agent_id, message)
             if refused is None:
                 routed = True
             else:

@@ -9,11 +9,12 @@ SQLite in WAL mode, from the standard library. Why: a commit is one fsync'd appe
 dropped by SQLite's own recovery (never fatal), and an agent's newest facts are one indexed range
 query away, which restoring an agent needs.
 
-One thread owns the connection. The gateway's loop hands it items in order; the thread writes
+One thread owns the connection. The gateway's loop hands it items in order (``record``: an item
+with the fact to make durable first; ``restore``: an agent's facts to read); the thread writes
 the facts of everything queued meanwhile in one transaction (group commit), fills in restores,
 and hands the items back to the loop, still in order, to go to the workers. An item that
-carries no fact skips the thread when nothing is queued before it, so the thread adds no
-latency to snapshots and nothing waits on a disk it does not need.
+carries no fact (``send_in_order``) skips the thread when nothing is queued before it, so the
+thread adds no latency to snapshots and nothing waits on a disk it does not need.
 
 A write that fails (the disk is full) loses no item: availability over durability, the items go
 on to the workers. But nobody is left unaware: each fact that is not durable is reported
@@ -36,7 +37,7 @@ from typing import Any
 import orjson
 from loguru import logger
 
-from actors.messages import RESTORE
+from actors.messages import Restore, ToWorker
 
 FILE_NAME = "journal.sqlite3"
 SCHEMA = """
@@ -58,7 +59,7 @@ _STOP = object()
 _PROBE = object()
 REF_KEYS = ("turn_id", "event_id")  # of a fact, named in the error about it
 
-Release = Callable[[list[tuple[Hashable, tuple]]], None]
+Release = Callable[[list[tuple[Hashable, ToWorker]]], None]
 Lost = Callable[[list[tuple[str, str, dict]], str], None]  # (session, agent_id, ref) each, and why
 
 
@@ -99,29 +100,34 @@ class Journal:
 
     # --- loop side ---------------------------------------------------------------------------
 
-    def send(self, destination: Hashable, item: tuple, fact: tuple[str, str, dict] | None = None) -> None:
-        """Hand ``item`` on to ``destination`` once ``fact`` (session, agent_id, fact) is durable."""
-        if fact is None and not self._queued:
+    def record(self, destination: Hashable, item: ToWorker, fact: tuple[str, str, dict]) -> None:
+        """Write ``fact`` (session, agent_id, fact) durably, then hand ``item`` on to ``destination``,
+        in order with every item handed to the journal before it."""
+        session, agent_id, body = fact
+        self.known.add((session, agent_id))
+        self._queued += 1
+        self._queue.put((destination, item, (session, agent_id, orjson.dumps(body))))
+
+    def send_in_order(self, destination: Hashable, item: ToWorker) -> None:
+        """Hand ``item``, which carries no fact, on to ``destination`` after every item handed to
+        the journal before it: at once when none is still being written."""
+        if not self._queued:
             self._release([(destination, item)])
             return
-        durable: tuple[str, str, bytes] | None = None  # the fact as the thread writes it
-        if fact is not None:
-            self.known.add((fact[0], fact[1]))
-            durable = (fact[0], fact[1], orjson.dumps(fact[2]))
         self._queued += 1
-        self._queue.put((destination, item, durable))
+        self._queue.put((destination, item, None))
 
     def restore(self, destination: Hashable, session: str, agent_id: str) -> None:
-        """Send ``(RESTORE, session, agent_id, facts)``: the agent's newest facts, read after
-        every fact queued before this call."""
+        """Send ``Restore(session, agent_id, facts)``: the agent's newest facts, read after every
+        fact queued before this call."""
         self._queued += 1
-        self._queue.put((destination, (RESTORE, session, agent_id, None), None))
+        self._queue.put((destination, Restore(session, agent_id, None), None))
 
     def probe(self) -> None:
         """Try a write in order with the rest; its outcome sets ``failure``."""
         self._queue.put(_PROBE)
 
-    def _released(self, items: list[tuple[Hashable, tuple]], failure: str | None, lost: list) -> None:
+    def _released(self, items: list[tuple[Hashable, ToWorker]], failure: str | None, lost: list) -> None:
         self._queued -= len(items)
         self.failure = failure
         if lost:
@@ -175,12 +181,12 @@ class Journal:
         db.executescript(SCHEMA)
         return db
 
-    def _write(self, db: sqlite3.Connection, batch: list) -> tuple[list[tuple[Hashable, tuple]], str | None, list]:
+    def _write(self, db: sqlite3.Connection, batch: list) -> tuple[list[tuple[Hashable, ToWorker]], str | None, list]:
         """One transaction for the batch's facts and probes; restores read inside it, in order.
         Returns the items to hand on, why the write failed (None: it did not), and the facts
         that are not durable."""
         entries = [entry for entry in batch if entry is not _PROBE]
-        out = []
+        out: list[tuple[Hashable, ToWorker]] = []
         facts = 0
         try:
             db.execute("begin")
@@ -191,8 +197,8 @@ class Journal:
                     db.execute("insert into facts (session, agent_id, fact) values (?, ?, ?)", fact)
                     db.execute("insert or ignore into agents values (?, ?)", fact[:2])
                     facts += 1
-                elif item[0] == RESTORE:
-                    item = (RESTORE, item[1], item[2], self._read(db, item[1], item[2]))
+                elif type(item) is Restore:
+                    item = item._replace(facts=self._read(db, item.session, item.agent_id))
                 out.append((destination, item))
             db.execute("commit")
             self.facts_written += facts
@@ -209,8 +215,8 @@ class Journal:
                 except sqlite3.Error:
                     pass
             for destination, item, _ in entries[len(out) :]:
-                if item[0] == RESTORE and item[3] is None:  # a full disk still reads
-                    item = (RESTORE, item[1], item[2], self._read_or_nothing(db, item[1], item[2]))
+                if type(item) is Restore and item.facts is None:  # a full disk still reads
+                    item = item._replace(facts=self._read_or_nothing(db, item.session, item.agent_id))
                 out.append((destination, item))
             return out, why, lost
 

@@ -17,27 +17,29 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 from loguru import logger
 
 from actors.messages import (
-    CONNECTION_CLOSED,
-    DEACTIVATE,
-    FLUSH,
-    FLUSHED,
-    FRAME,
-    NODE_REFUSED,
-    TO_AGENT,
-    TO_FEED,
-    WORKER_GONE,
+    ConnectionClosed,
+    Deactivate,
+    Flush,
+    Flushed,
+    Frame,
+    NodeRefused,
+    ToAgent,
+    ToFeed,
+    ToGateway,
+    ToWorker,
+    WorkerGone,
 )
 from config.settings import Settings
 from core import protocol as p
 from core.history import fact_of, starts_turn
 from core.openturns import OpenTurns
-from core.taleweave import Takeover, TakeoverEnded
+from core.takeover import PlayerInput, Takeover, TakeoverEnded
 from gateway.journal import Journal
 
 Key = tuple[str, str]  # (session, agent_id)
@@ -53,7 +55,7 @@ class Connection(Protocol):
 
 
 class Observer(Protocol):
-    def worker_items(self, items: list[tuple]) -> None: ...
+    def worker_items(self, items: list[Frame | ToFeed]) -> None: ...
 
 
 class Router:
@@ -110,10 +112,11 @@ class Router:
             if worker is not None:
                 by_worker.setdefault(worker, []).append(agent_id)
         for worker, agent_ids in by_worker.items():
-            self._send(worker, (CONNECTION_CLOSED, conn.session, conn.connection_id, agent_ids, still_held))
+            self._send(worker, ConnectionClosed(conn.session, conn.connection_id, agent_ids, still_held))
 
-    def to_agent(self, conn: Connection, agent_id: str, message: p.AgentMessage) -> dict | None:
-        """Send a message from Godot to the agent; an ``error`` frame instead when it cannot go."""
+    def route_or_refuse(self, conn: Connection, agent_id: str, message: p.AgentMessage) -> dict | None:
+        """Send a message from Godot on to the agent and return None; or, when it cannot go, send
+        nothing and return the ``error`` frame that refuses it (for the caller to send Godot)."""
         session = conn.session
         key = (session, agent_id)
         kind = type(message)
@@ -145,13 +148,15 @@ class Router:
             turn_id = uuid.uuid4().hex[:16]
             self.open.assigned(key, turn_id, getattr(message, "event_id", None))
         fact = fact_of(message, agent_id, turn_id)
-        if fact is None:
-            self._send(worker, (TO_AGENT, session, agent_id, message))
+        if fact is not None:
+            self._record(worker, ToAgent(session, agent_id, fact), (session, agent_id, fact))
+        elif type(message) is p.AgentStateSnapshot:  # the one message that changes no history
+            self._send(worker, ToAgent(session, agent_id, message))
         else:
-            self._send(worker, (TO_AGENT, session, agent_id, fact), (session, agent_id, fact))
+            logger.error("{} for agent {} has no history fact: not sent", type(message).__name__, agent_id)
         return None
 
-    def to_known_agent(self, session: str, agent_id: str, message: Takeover | Any) -> bool:
+    def to_known_agent(self, session: str, agent_id: str, message: Takeover | PlayerInput) -> bool:
         """Send a player's message (/events) to an agent Godot has named; False when there is none."""
         key = (session, agent_id)
         worker = self.placement.get(key)
@@ -162,7 +167,7 @@ class Router:
         if type(message) is Takeover:
             (self.pinned.add if message.client is not None else self.pinned.discard)(key)
         self.last_seen[key] = self.clock()
-        self._send(worker, (TO_AGENT, session, agent_id, message))
+        self._send(worker, ToAgent(session, agent_id, message))
         return True
 
     def _place(self, key: Key) -> int:
@@ -178,12 +183,17 @@ class Router:
             self.journal.restore((worker, self.generation[worker]), *key)
         return worker
 
-    def _send(self, worker: int, item: tuple, fact: tuple | None = None) -> None:
-        self.journal.send((worker, self.generation[worker]), item, fact)
+    def _send(self, worker: int, item: ToWorker) -> None:
+        """``item`` goes to ``worker`` after everything sent or recorded for it before."""
+        self.journal.send_in_order((worker, self.generation[worker]), item)
+
+    def _record(self, worker: int, item: ToAgent, fact: tuple[str, str, dict]) -> None:
+        """``item`` goes to ``worker`` once ``fact`` (session, agent_id, fact) is durable."""
+        self.journal.record((worker, self.generation[worker]), item, fact)
 
     # --- worker side -----------------------------------------------------------------------
 
-    def deliver(self, items: list[tuple], origin: int | None = None, generation: int = 0) -> None:
+    def deliver(self, items: list[ToGateway], origin: int | None = None, generation: int = 0) -> None:
         """Forward one batch from worker ``origin``; nothing from one that was lost or replaced."""
         if origin is not None:
             if not self._current(origin, generation):
@@ -191,29 +201,29 @@ class Router:
             self.relayed[origin] += len(items)
         connections = self.connections
         note = self.open.frame
-        observed = []  # FRAME and TO_FEED items, in order, for the observer
+        observed: list[Frame | ToFeed] = []  # in order, for the observer
         for item in items:
-            if item[0] == FRAME:
-                note(item[1], item[2])
-                conn = connections.get(item[1])
+            if isinstance(item, Frame):  # the hot one: first
+                note(item.session, item.data)
+                conn = connections.get(item.session)
                 if conn is not None:
-                    conn.send(item[2])
+                    conn.send(item.data)
                 observed.append(item)
-            elif item[0] == TO_FEED:
-                if type(item[2]) is TakeoverEnded:
-                    self.pinned.discard((item[1], item[2].agent_id))
+            elif isinstance(item, ToFeed):
+                if type(item.report) is TakeoverEnded:
+                    self.pinned.discard((item.session, item.report.agent_id))
                 observed.append(item)
-            elif item[0] == WORKER_GONE:
-                self.worker_gone(item[1])
-            elif item[0] == NODE_REFUSED:
-                self.refused_nodes[item[1]] = item[2]
-                logger.error("node {} is refused: {}", item[1], item[2])
-            elif item[0] == FLUSHED:
-                waiter = self._flush_waiters.get(item[1])
+            elif isinstance(item, WorkerGone):
+                self.worker_gone(item.worker)
+            elif isinstance(item, NodeRefused):
+                self.refused_nodes[item.node] = item.reason
+                logger.error("node {} is refused: {}", item.node, item.reason)
+            elif isinstance(item, Flushed):
+                waiter = self._flush_waiters.get(item.token)
                 if waiter is not None:
-                    waiter(item[1])
+                    waiter(item.token)
             else:
-                logger.error("unknown item {!r} from a worker", item[0])
+                logger.error("unknown item {!r} from a worker", type(item).__name__)
         if observed and self.observer is not None:
             self.observer.worker_items(observed)
 
@@ -230,7 +240,7 @@ class Router:
         """Ask every worker to report once all it was sent so far is handled."""
         self._flush_waiters[token] = done
         for worker in self.live_workers():
-            self._send(worker, (FLUSH, token))
+            self._send(worker, Flush(token))
 
     # --- workers coming and going --------------------------------------------------------------
 
@@ -294,11 +304,11 @@ class Router:
         """End the turns ``worker`` was running for Godot; its agents are placed again (with their
         history) when next addressed."""
         lost = [key for key, placed in self.placement.items() if placed == worker]
-        frames = []
+        frames: list[ToGateway] = []
         for key in lost:
             del self.placement[key]
             self.last_seen.pop(key, None)
-            frames += [(key[0], orjson.dumps(frame)) for frame in self.open.end(key, why)]
+            frames += [Frame(key[0], orjson.dumps(frame)) for frame in self.open.end(key, why)]
         self.load[worker] = 0
         logger.warning(
             "worker {} of node {} lost: {} agents will be restored, {} frames end their turns",
@@ -307,7 +317,7 @@ class Router:
             len(lost),
             len(frames),
         )
-        self.deliver([(FRAME, session, data) for session, data in frames])
+        self.deliver(frames)
 
     # --- idle agents -------------------------------------------------------------------------
 
@@ -323,7 +333,7 @@ class Router:
             worker = self.placement.pop(key)
             del self.last_seen[key]
             self.load[worker] -= 1
-            self._send(worker, (DEACTIVATE, *key))
+            self._send(worker, Deactivate(*key))
         return len(idle)
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.messages import RESTORE, TO_AGENT
+from actors.messages import Flush, Restore, ToAgent
 from core import protocol as p
 from core.history import PENDING, History, fact_of
 from core.openturns import OpenTurns
@@ -150,7 +150,7 @@ async def open_journal(path: Path, released: Released | None = None) -> Journal:
 
 
 def send_fact(journal: Journal, session: str, agent_id: str, fact: dict) -> None:
-    journal.send(0, (TO_AGENT, session, agent_id, fact), (session, agent_id, fact))
+    journal.record(0, ToAgent(session, agent_id, fact), (session, agent_id, fact))
 
 
 @pytest.mark.timeout(30)
@@ -158,23 +158,23 @@ async def test_items_come_out_in_order_and_restores_see_every_earlier_fact(tmp_p
     released = Released()
     journal = await open_journal(tmp_path, released)
     send_fact(journal, "s", "a", event("t1"))
-    journal.send(1, ("snapshot",))  # no fact, but queued behind one: keeps its place
+    journal.send_in_order(1, Flush(1))  # no fact, but queued behind one: keeps its place
     send_fact(journal, "s", "b", event("t9"))
     send_fact(journal, "s", "a", result("t1"))
     journal.restore(1, "s", "a")
     send_fact(journal, "s", "a", event("t2"))  # after the restore: not in it
     items = await released.wait(6)
-    assert [item[0] for _, item in items] == [TO_AGENT, "snapshot", TO_AGENT, TO_AGENT, RESTORE, TO_AGENT]
-    assert items[4] == (1, (RESTORE, "s", "a", [event("t1"), result("t1")]))
-    journal.send(2, ("idle",))  # nothing queued: straight through
-    assert released.items[-1] == (2, ("idle",))
+    assert [type(item) for _, item in items] == [ToAgent, Flush, ToAgent, ToAgent, Restore, ToAgent]
+    assert items[4] == (1, Restore("s", "a", [event("t1"), result("t1")]))
+    journal.send_in_order(2, Flush(2))  # nothing queued: straight through
+    assert released.items[-1] == (2, Flush(2))
     assert journal.known == {("s", "a"), ("s", "b")}
     await journal.close()
 
     reopened = await open_journal(tmp_path, released := Released())
     assert reopened.known == {("s", "a"), ("s", "b")}
     reopened.restore(0, "s", "a")
-    assert (await released.wait(1))[0][1][3] == [event("t1"), result("t1"), event("t2")]
+    assert (await released.wait(1))[0][1].facts == [event("t1"), result("t1"), event("t2")]
     await reopened.close()
 
 
@@ -198,7 +198,7 @@ async def test_a_torn_last_commit_is_dropped_and_never_fatal(tmp_path):
 
     restored = await open_journal(cut_dir, released := Released())
     restored.restore(0, "s", "a")
-    facts = (await released.wait(1))[0][1][3]
+    facts = (await released.wait(1))[0][1].facts
     assert facts == [event(f"t{number}", "x" * 3000) for number in range(4)]
     await restored.close()
 
@@ -226,10 +226,11 @@ async def test_a_failing_disk_loses_durability_not_the_game(tmp_path):
     send_fact(journal, "s", "a", event("t2"))
     items = await released.wait(3)
     assert [item for _, item in items] == [
-        (TO_AGENT, "s", "a", event("t1")),
-        (RESTORE, "s", "a", []),
-        (TO_AGENT, "s", "a", event("t2")),
+        ToAgent("s", "a", event("t1")),
+        Restore("s", "a", []),
+        ToAgent("s", "a", event("t2")),
     ]
-    journal.send(0, ("after",))
-    assert (await released.wait(4))[-1] == (0, ("after",))
+    assert [type(item) for _, item in items] == [ToAgent, Restore, ToAgent]
+    journal.send_in_order(0, Flush(3))
+    assert (await released.wait(4))[-1] == (0, Flush(3))
     await journal.close()

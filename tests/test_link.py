@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors.link import LinkListener, connect
+from actors.messages import Frame, ToAgent, WorkerGone
 from core.link import (
     MAX_RECORD_BYTES,
     LinkRefused,
@@ -106,17 +107,19 @@ async def test_items_flow_both_ways_in_order_and_each_end_sees_the_other_go(host
     if host is None:
         folder = os.path.dirname(address.removeprefix("unix:"))
         assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
-    listener.send(("notice", 0))  # before the gateway connected: kept for it
+    listener.send(WorkerGone(0))  # before the gateway connected: kept for it
     link = await connect(address, SECRET, 2, 5, at_gateway.extend, gateway_lost.set)
     for n in range(1000):
-        link.send(("agent", n))
+        link.send(ToAgent("s", f"a{n}", {"type": "notification_event", "event": {"n": n}}))
     await listener.connected.wait()
     for n in range(1000):
-        listener.send(("frame", n))
+        listener.send(Frame("s", b"%d" % n))
     while len(at_worker) < 1000 or len(at_gateway) < 1001:
         await asyncio.sleep(0.01)
-    assert at_worker == [("agent", n) for n in range(1000)]
-    assert at_gateway == [("notice", 0)] + [("frame", n) for n in range(1000)]
+    assert at_worker == [ToAgent("s", f"a{n}", {"type": "notification_event", "event": {"n": n}}) for n in range(1000)]
+    assert at_gateway == [WorkerGone(0)] + [Frame("s", b"%d" % n) for n in range(1000)]
+    assert {type(item) for item in at_worker} == {ToAgent}  # the named types survive the pickle
+    assert [type(item) for item in at_gateway[:2]] == [WorkerGone, Frame]
     if host is None:
         assert not os.path.exists(address.removeprefix("unix:")), "it stops listening once linked"
     await link.aclose()

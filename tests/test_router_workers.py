@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-from actors.messages import FRAME, NODE_REFUSED, WORKER_GONE
+from actors.messages import Frame, NodeRefused, WorkerGone
 from config.settings import load_settings
 from gateway.journal import Journal
 from gateway.router import Router
@@ -34,13 +34,13 @@ def router(tmp_path) -> tuple[Router, Sink]:
     return router, sink
 
 
-FRAME_ITEM = (FRAME, "s", orjson.dumps({"type": "agent_tag_chunk"}))
+FRAME_ITEM = Frame("s", orjson.dumps({"type": "agent_tag_chunk"}))
 
 
 def test_a_worker_gone_that_was_never_known_is_ignored(tmp_path):
     r, _ = router(tmp_path)
     r.worker_gone(7)  # its node left before its first WorkerReady: was IndexError
-    r.deliver([(WORKER_GONE, 9)], origin=0, generation=0)
+    r.deliver([WorkerGone(9)], origin=0, generation=0)
     assert r.live_workers() == [0, 1]
 
 
@@ -60,7 +60,7 @@ def test_nothing_is_taken_from_a_lost_replaced_or_unknown_worker(tmp_path):
 
 def test_a_refused_node_is_listed_until_its_workers_are_back(tmp_path):
     r, _ = router(tmp_path)
-    r.deliver([(NODE_REFUSED, "node-c", "cannot reach it")], origin=0, generation=0)
+    r.deliver([NodeRefused("node-c", "cannot reach it")], origin=0, generation=0)
     assert r.refused_nodes == {"node-c": "cannot reach it"}
     r.add_worker(2, 0, 103, "node-c")
     assert r.refused_nodes == {}

@@ -50,6 +50,17 @@ def test_the_key_never_shows_in_repr_and_settings_pickle():
     assert pickle.loads(pickle.dumps(s)) == s
 
 
+def test_the_setting_token_is_the_attribute_auth_token(tmp_path):
+    """TOML ``token``, GAME_AGENT_TOKEN and the override ``token`` all set ``auth_token``."""
+    config = tmp_path / "server.toml"
+    config.write_text('token = "from-file"\n')
+    assert load_settings(config, env={}).auth_token == "from-file"
+    assert load_settings(config, env={"GAME_AGENT_TOKEN": "from-env"}).auth_token == "from-env"
+    assert load_settings(env={}, overrides={"token": "from-flag"}).auth_token == "from-flag"
+    assert "from-env" not in repr(load_settings(env={"GAME_AGENT_TOKEN": "from-env"}))
+    assert not hasattr(load_settings(env={}), "token")
+
+
 @pytest.mark.parametrize(
     "content, words",
     [

@@ -8,16 +8,13 @@ import pytest
 from core import protocol as p
 from core.spec import parse_spec
 from core.tagstream import TagStreamParser
+from core.takeover import PlayerInput, Takeover, TakeoverEnded, TurnPrompt
 from core.taleweave import (
     MAX_QUEUED_INPUTS,
     UNKNOWN_ROOM,
     Effects,
     Feed,
     InputError,
-    PlayerInput,
-    Takeover,
-    TakeoverEnded,
-    TurnPrompt,
     actions_of,
     coalesce,
     player_markup,
