@@ -150,10 +150,9 @@ class Router:
         fact = fact_of(message, agent_id, turn_id)
         if fact is not None:
             self._record(worker, ToAgent(session, agent_id, fact), (session, agent_id, fact))
-        elif type(message) is p.AgentStateSnapshot:  # the one message that changes no history
-            self._send(worker, ToAgent(session, agent_id, message))
         else:
-            logger.error("{} for agent {} has no history fact: not sent", type(message).__name__, agent_id)
+            assert isinstance(message, p.AgentStateSnapshot)  # fact_of: the one message that is no history
+            self._send(worker, ToAgent(session, agent_id, message))
         return None
 
     def to_known_agent(self, session: str, agent_id: str, message: Takeover | PlayerInput) -> bool:
