@@ -25,10 +25,10 @@ from loguru import logger
 from actors.llm_input_log import LlmInputLog, spool_path
 from core import protocol as p
 from core.history import History
+from core.playerinput import actions_of
 from core.prompt import build_messages
 from core.spec import AgentSpec, SpecError, parse_spec
 from core.takeover import PlayerInput, Takeover, TakeoverEnded, TurnPrompt
-from core.taleweave import actions_of
 from core.turn import Output, Prompt, RecordAnswer, RequestState, Stream, TurnEnded, TurnMachine, turn_of_request
 from providers.client import LLMError
 

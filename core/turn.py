@@ -35,6 +35,7 @@ from core.tagstream import TagStreamParser
 
 __all__ = [
     "END_TYPES",
+    "OpenTag",
     "Output",
     "Phase",
     "Prompt",
@@ -281,25 +282,33 @@ def error_end(agent_id: str, turn_id: str, code: str, message: str) -> list[dict
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class OpenTag:
+    index: int
+    name: str
+    attrs: dict
+
+
 @dataclass(slots=True)
 class SeenTurn:
-    """A turn as its frames show it, to one who forwards them without running it (the gateway,
-    while the turn's machine runs in an agent on a worker). If that worker is lost, ``lost`` ends
-    the turn as its machine would have ended it in error, keeping the contract's promises."""
+    """A turn as its frames show it, to one who forwards them without running it: the gateway,
+    while the turn's machine runs in an agent on a worker (if that worker is lost, ``lost`` ends
+    the turn as its machine would have ended it in error, keeping the contract's promises), and
+    the /events feed, which tells the turn as world events."""
 
     agent_id: str
     turn_id: str
     event_id: str | None
     started: bool = False  # agent_turn_started went out
-    tag: tuple[int, str] | None = None  # the open tag: (index, name)
+    tag: OpenTag | None = None
 
     def seen(self, frame: dict) -> bool:
-        """Note one frame of this turn; True when it was the turn's end."""
+        """Note one frame of this turn (its chunks change nothing); True when it was the turn's end."""
         kind = frame["type"]
         if kind == "agent_turn_started":
             self.started = True
         elif kind == "agent_tag_open":
-            self.tag = (frame["index"], frame["tag"])
+            self.tag = OpenTag(frame["index"], frame["tag"], frame["attrs"])
         elif kind == "agent_tag_close":
             self.tag = None
         return kind in END_TYPES
@@ -309,5 +318,5 @@ class SeenTurn:
         asked for it gets its answer), its open tag's close, then its end in error."""
         frames = [] if self.started else [p.turn_started(self.agent_id, self.turn_id, self.event_id)]
         if self.tag is not None:
-            frames.append(p.tag_close(self.agent_id, self.turn_id, *self.tag))
+            frames.append(p.tag_close(self.agent_id, self.turn_id, self.tag.index, self.tag.name))
         return frames + error_end(self.agent_id, self.turn_id, code, why)
