@@ -260,3 +260,23 @@ async def test_an_unknown_tier_is_an_error_and_the_default_tier_answers(tmp_path
             assert [r["body"]["model"] for r in await ready["good"].requests()] == ["scripted-model"]
         finally:
             await godot.close()
+
+
+async def test_the_embedded_model_is_the_last_llm_rung_and_costs_no_budget(tmp_path, ready):
+    """A failing primary, and the embedded model started as a fallback: it answers (in the
+    spec's tags, whatever it samples); its tokens are not counted against the NPC's budget."""
+    config = "llm_fallback_embedded = true\nllm_npc_tokens_per_hour = 1\nllm_breaker_failures = 1\n"
+    async with ladder_server(tmp_path, ready["bad"], config) as proc:
+        assert "embedded model ready" in proc.server_log()
+        godot = await godot_of(proc)
+        godot.specs["bram"] = {"name": "Bram", "tags": ["say"], "fallback_lines": LINES}
+        try:
+            for why in ("endpoint_failed", "breaker_open"):  # not npc_budget: the model is free
+                frames = await godot.turn("bram", "Good evening.", timeout=120)
+                check_turn_order(frames)
+                assert frames[-1]["reason"] == "completed", frames[-3:]
+                assert frames[-1]["fallback"] == {"why": why, "rung": 1, "answered_by": "embedded"}
+                assert {tag["tag"] for tag in played_tags(frames)} <= {"say"}
+                await godot.confirm(frames)
+        finally:
+            await godot.close()
