@@ -57,6 +57,7 @@ def llm_settings(settings: Settings, endpoint: Endpoint) -> LLMSettings:
         api_key=endpoint.api_key,
         model=endpoint.model,
         temperature=settings.llm_temperature,
+        max_tokens=settings.llm_max_tokens,  # a turn asks for its tier's (AgentHost.extra_body)
         connect_timeout_s=settings.llm_connect_timeout_s,
         first_token_timeout_s=settings.llm_first_token_timeout_s,
         stall_timeout_s=settings.llm_stall_timeout_s,
