@@ -258,7 +258,7 @@ class Agent:
                 line = spec.fallback_lines[self.fallbacks_spoken % len(spec.fallback_lines)]
                 self.fallbacks_spoken += 1
                 return machine.fallback_spoken(line, {**(climb.fallback() or {}), "answered_by": LINES})
-            endpoint, max_tokens = host.endpoint(rung, tier)
+            endpoint, max_tokens = host.endpoint(rung, tier, over_budget)
             try:
                 await self._ask(turn, endpoint, max_tokens, spec, climb)
             except LLMError as exc:

@@ -39,7 +39,7 @@ from config.llm_endpoints import Endpoint, Tier
 from config.settings import Settings
 from core.breaker import Breakers
 from core.budget import TokenBudgets
-from core.ladder import EMBEDDED, LINES, rungs
+from core.ladder import EMBEDDED, rungs
 from core.spec import AgentSpec
 from providers.client import ChatStreamer, LLMSettings
 from providers.structured import request_fields
@@ -100,18 +100,16 @@ class AgentHost:
             lines=bool(spec.fallback_lines),
         )
 
-    def endpoint(self, rung: str, tier: Tier) -> tuple[Endpoint, int]:
-        """The endpoint of an LLM rung of a turn of ``tier`` and the ``max_tokens`` it is asked for."""
+    def endpoint(self, rung: str, tier: Tier, over_budget: str | None) -> tuple[Endpoint, int]:
+        """The endpoint of an LLM rung of a turn of ``tier`` and the ``max_tokens`` it is asked for:
+        the embedded model's, or those of the tier whose endpoints the turn has (``rungs``: its
+        cheaper tier's past a budget)."""
         if rung == EMBEDDED:
             assert self.embedded is not None  # EMBEDDED is a rung only then (rungs)
             return self.embedded, self.settings.embedded_max_tokens
-        assert rung != LINES
-        cheaper = self.settings.tier(tier.cheaper) if tier.cheaper else None
-        for candidate in (tier, cheaper) if cheaper is not None else (tier,):
-            for endpoint in candidate.endpoints:
-                if endpoint.key == rung:
-                    return endpoint, candidate.max_tokens
-        raise KeyError(rung)
+        source = tier if over_budget is None else self.settings.tier(tier.cheaper)
+        assert source is not None  # past a budget, endpoint rungs come from the cheaper tier only
+        return source.endpoint(rung), source.max_tokens
 
     def llm(self, endpoint: Endpoint) -> ChatStreamer:
         """The client of ``endpoint`` (one per endpoint and worker: its own connections and cap)."""

@@ -51,6 +51,10 @@ class Tier:
     max_tokens: int
     cheaper: str | None = None
 
+    def endpoint(self, key: str) -> Endpoint:
+        """Its endpoint of that ``Endpoint.key``."""
+        return next(endpoint for endpoint in self.endpoints if endpoint.key == key)
+
 
 def parse_fallbacks(tables: object, where: str, env: Mapping[str, str], structured: str) -> tuple[Endpoint, ...]:
     """``[[llm_fallbacks]]``-style tables: a list of endpoints."""

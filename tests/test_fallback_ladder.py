@@ -56,17 +56,14 @@ def endpoint(server: ScriptedLLM, model: str, key_env: str | None = None) -> str
 async def ladder_server(tmp: Path, primary: ScriptedLLM, config: str, **env: str) -> AsyncIterator[ServerProcess]:
     path = tmp / "ladder.toml"
     path.write_text(config)
-    proc = ServerProcess(
-        tmp,
-        primary.url,
-        workers=1,
-        GAME_AGENT_CONFIG=str(path),
-        GAME_AGENT_LLM_MAX_RETRIES=str(MAX_RETRIES),
-        GAME_AGENT_LLM_RETRY_BASE_S="0.01",
-        GAME_AGENT_LLM_FIRST_TOKEN_TIMEOUT_S=str(FIRST_TOKEN_TIMEOUT_S),
-        BACKUP_KEY=BACKUP_KEY,
-        **env,
-    )
+    settings = {
+        "GAME_AGENT_CONFIG": str(path),
+        "GAME_AGENT_LLM_MAX_RETRIES": str(MAX_RETRIES),
+        "GAME_AGENT_LLM_RETRY_BASE_S": "0.01",
+        "GAME_AGENT_LLM_FIRST_TOKEN_TIMEOUT_S": str(FIRST_TOKEN_TIMEOUT_S),
+        "BACKUP_KEY": BACKUP_KEY,
+    }
+    proc = ServerProcess(tmp, primary.url, workers=1, **{**settings, **env})
     try:
         yield proc
     finally:
@@ -266,7 +263,8 @@ async def test_the_embedded_model_is_the_last_llm_rung_and_costs_no_budget(tmp_p
     """A failing primary, and the embedded model started as a fallback: it answers (in the
     spec's tags, whatever it samples); its tokens are not counted against the NPC's budget."""
     config = "llm_fallback_embedded = true\nllm_npc_tokens_per_hour = 1\nllm_breaker_failures = 1\n"
-    async with ladder_server(tmp_path, ready["bad"], config) as proc:
+    # A 135M model on a busy 2-core machine may take seconds to its first token: no hurry here.
+    async with ladder_server(tmp_path, ready["bad"], config, GAME_AGENT_LLM_FIRST_TOKEN_TIMEOUT_S="60") as proc:
         assert "embedded model ready" in proc.server_log()
         godot = await godot_of(proc)
         godot.specs["bram"] = {"name": "Bram", "tags": ["say"], "fallback_lines": LINES}

@@ -169,6 +169,7 @@ def test_the_ladder_and_tiers_from_the_config_file(tmp_path):
     crowd = s.tier("crowd")
     assert [(e.base_url, e.model, e.api_key) for e in crowd.endpoints] == [("http://cheap/v1", "small-model", "")]
     assert s.tier("villain") is None
+    assert crowd.endpoint("small-model@http://cheap/v1") is crowd.endpoints[0]
     assert "sk-backup-77" not in repr(s) and "sk-primary" not in repr(s)
     assert pickle.loads(pickle.dumps(s)) == s
 
