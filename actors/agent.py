@@ -267,7 +267,10 @@ class Agent:
                 climb.failed(time.monotonic())
                 failure = exc
                 self.log.bind(turn_id=machine.turn_id).warning(
-                    "LLM rung {} failed before its first token: {}", endpoint.key, exc
+                    "LLM rung {} failed before its first token: {} (its breaker: {})",
+                    endpoint.key,
+                    exc,
+                    host.breakers[rung].state.value,
                 )
                 continue
             fallback = climb.fallback()
