@@ -278,3 +278,38 @@ async def test_the_embedded_model_is_the_last_llm_rung_and_costs_no_budget(tmp_p
                 await godot.confirm(frames)
         finally:
             await godot.close()
+
+
+async def test_each_rung_has_its_own_structured_mode(tmp_path, ready):
+    """A markup primary that fails, then a fallback asked for JSON (``structured``): its JSON
+    answer becomes the same tag frames, read by the reader of its rung."""
+    config = f'[[llm_fallbacks]]\n{endpoint(ready["good"], "json-model")}structured = "json_schema"\n'
+    await ready["good"].script({"content": '{"tags": [{"tag": "say", "text": "From JSON."}]}', "chunk_size": 5})
+    async with ladder_server(tmp_path, ready["bad"], config, GAME_AGENT_LLM_STRUCTURED="off") as proc:
+        godot = await godot_of(proc)
+        godot.specs["j"] = {"name": "Jason"}
+        try:
+            frames = await played(godot, "j")
+        finally:
+            await godot.close()
+    assert frames[-1]["fallback"]["answered_by"] == "json-model"
+    assert played_tags(frames) == [{"tag": "say", "attrs": {}, "text": "From JSON."}]
+    assert all("response_format" not in r["body"] for r in await ready["bad"].requests())
+    assert [r["body"]["response_format"]["type"] for r in await ready["good"].requests()] == ["json_schema"]
+
+
+async def test_a_rung_that_fails_after_its_first_token_is_not_followed_by_another(tmp_path, ready):
+    """Text has streamed: the turn ends in error as before, and no fallback speaks over it."""
+    config = f"[[llm_fallbacks]]\n{endpoint(ready['stall'], 'stall-model')}"
+    await ready["good"].script({"content": "<say>One two three four</say>", "chunk_size": 4, "reset_after_chunks": 3})
+    async with ladder_server(tmp_path, ready["good"], config) as proc:
+        godot = await godot_of(proc)
+        godot.specs["r"] = {"name": "Resa", "fallback_lines": LINES}
+        try:
+            frames = await godot.turn("r", timeout=30)
+        finally:
+            await godot.close()
+    check_turn_order(frames)
+    assert frames[-1]["reason"] == "error" and "fallback" not in frames[-1]
+    assert played_tags(frames) == [{"tag": "say", "attrs": {}, "text": "One two"}]
+    assert await ready["stall"].requests() == []
