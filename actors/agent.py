@@ -50,6 +50,7 @@ class Turn:
     llm_input: dict | None = None  # the LLM request's record, logged when the turn ends
     answer: list[str] = field(default_factory=list)  # the raw text the model sent back
     started_at: float = field(default_factory=time.monotonic)
+    waited_s: float = 0.0  # for the game's snapshot (npc_first_tag_seconds takes it out)
 
 
 class Agent:
@@ -210,11 +211,14 @@ class Agent:
         """Ask Godot for the latest spec; after the timeout the machine falls back to the last one known."""
         self._emit(step.frame)
         timeout = self.host.settings.snapshot_timeout_s
+        asked = time.monotonic()
         try:
             spec = await asyncio.wait_for(turn.spec_waiter, timeout)
         except TimeoutError:
             self.log.bind(turn_id=turn.machine.turn_id).warning("no agent_state_snapshot in time; using last spec")
             return turn.machine.state_timed_out(self.spec, timeout)
+        finally:
+            turn.waited_s = time.monotonic() - asked
         return turn.machine.state_received(spec)
 
     async def _prompt(self, turn: Turn, step: Prompt) -> list[Output]:
@@ -238,11 +242,17 @@ class Agent:
             "finish_reason": None,
             "usage": None,
         }
+        timer = self.host.metrics.turn_timer(turn.started_at, turn.waited_s, step.spec.speech_tag)
         async for delta in self.host.llm.stream(turn.messages, extra_body=self.host.extra_body(step.spec)):
             if delta.content:
+                if not turn.answer:
+                    timer.answered()
                 turn.answer.append(delta.content)
-                for frame in machine.llm_text(delta.content):
+                frames = machine.llm_text(delta.content)
+                for frame in frames:
                     self._emit(frame)
+                if frames:
+                    timer.frames(frames)
             if delta.finish_reason:
                 record["finish_reason"] = delta.finish_reason
             if delta.usage:
@@ -292,6 +302,7 @@ class Agent:
                     self._log_answer(turn, turn.llm_input)
                 turn.llm_input = None
             elif isinstance(out, TurnEnded):
+                self.host.metrics.turns.labels(out.reason).inc()
                 self.log.bind(turn_id=turn.machine.turn_id).debug(
                     "turn ended ({}) in {:.3f} s", out.reason, time.monotonic() - turn.started_at
                 )

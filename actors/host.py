@@ -30,11 +30,14 @@ from actors.messages import (
     Frame,
     Notice,
     Restore,
+    Scrape,
+    Scraped,
     ToAgent,
     ToFeed,
     ToGateway,
     ToWorker,
 )
+from actors.metrics import Metrics
 from config.settings import Settings
 from core.spec import AgentSpec
 from providers.client import ChatStreamer, LLMSettings
@@ -73,7 +76,8 @@ class AgentHost:
         self.index = index
         self._to_gateway = to_gateway
         self.agents: dict[tuple[str, str], Agent] = {}
-        self.llm = ChatStreamer(llm_settings(settings))
+        self.metrics = Metrics()
+        self.llm = ChatStreamer(llm_settings(settings), self.metrics.request_ended)
         self.logs = LogWriter(settings.log_dir, settings.log_retention_days, settings.log_max_bytes)
         self.changes = itertools.count(1)  # orders agents by their latest history change
         self.lives = itertools.count()  # names each agent life's spool, never shared with another life
@@ -103,6 +107,8 @@ class AgentHost:
                     self._connection_closed(item.session, item.connection_id, item.agent_ids, item.end_turns)
                 elif isinstance(item, Flush):  # answered once the logs asked for before it are written
                     self._answer_flush(item.token)
+                elif isinstance(item, Scrape):
+                    self._to_gateway(Scraped(item.token, self.metrics.snapshot()))
                 elif isinstance(item, Notice):
                     self._to_gateway(item.item)
                 else:

@@ -292,6 +292,12 @@ class SeenTurn:
     event_id: str | None
     started: bool = False  # agent_turn_started went out
     tag: tuple[int, str] | None = None  # the open tag: (index, name)
+    # For the latencies the gateway measures (core.openturns): when the gateway assigned the turn,
+    # when a newer turn of the agent cut into it, whether a tag and a speech tag opened yet.
+    assigned_at: float = 0.0
+    cut_at: float | None = None
+    tagged: bool = False
+    said: bool = False
 
     def seen(self, frame: dict) -> bool:
         """Note one frame of this turn; True when it was the turn's end."""
