@@ -37,6 +37,7 @@ class MetricsEndpoint:
     ) -> None:
         self.router, self.journal, self.godot, self.events = router, journal, godot, events
         self.timeout_s = settings.metrics_scrape_timeout_s
+        self.named_nodes = bool(settings.auth_token)  # node names hold host:port: only behind the token
         self.prices = {model: Price(**price) for model, price in settings.llm_prices.items()}
         self.totals = WorkerTotals()
         self._tokens = itertools.count(1)
@@ -97,8 +98,13 @@ class MetricsEndpoint:
         """What the gateway knows at this moment rather than counts: O(workers + /events sessions)."""
         router = self.router
         spectators = sum(len(audience.clients) for audience in self.events.sessions.values())
+        numbers: dict[str, str] = {}  # node -> "node-<n>", in the order of its first worker
         frames = tuple(
-            Sample("npc_frames_total", (("node", node), ("worker", str(worker))), float(router.relayed[worker]))
+            Sample(
+                "npc_frames_total",
+                (("node", self._node_label(node, numbers)), ("worker", str(worker))),
+                float(router.relayed[worker]),
+            )
             for worker, node in enumerate(router.worker_nodes)
             if node is not None
         )
@@ -118,6 +124,12 @@ class MetricsEndpoint:
                 frames,
             ),
         ]
+
+    def _node_label(self, node: str, numbers: dict[str, str]) -> str:
+        """The node's name with a token set (as /healthz shows it); else ``node-<n>``."""
+        if self.named_nodes:
+            return node
+        return numbers.setdefault(node, f"node-{len(numbers) + 1}")
 
 
 def _gauge(name: str, documentation: str, *values: tuple[Labels, float]) -> Family:

@@ -125,8 +125,9 @@ async def test_the_counts_are_what_was_played_on_both_workers(server, llm):
     assert value(text, "npc_agents_known") == len(AGENTS) + 1
     assert value(text, "npc_connections", endpoint="ws") == 1  # scraped while the game was connected
     assert value(text, "npc_connections", endpoint="events") == 0
+    [node] = health["nodes"]  # with the token set, nodes go by their names, as in /healthz
     for worker in ("0", "1"):
-        assert value(text, "npc_frames_total", worker=worker) > 0
+        assert value(text, "npc_frames_total", worker=worker, node=node["name"]) > 0
 
 
 async def test_counts_outlive_a_worker_that_dies(server, llm):
