@@ -43,6 +43,17 @@ def cpu_s(server) -> float:
     return total
 
 
+async def settle(server, limit_s: float = 60) -> None:
+    """Wait until the server idles (below 10% of a core over half a second): the NPCs' set-up,
+    and the disconnect logs of the game that placed them, are done."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        before = cpu_s(server)
+        await asyncio.sleep(0.5)
+        if cpu_s(server) - before < 0.05:
+            return
+
+
 async def scrapes(url: str, count: int, server) -> dict:
     """``count`` scrapes back to back; then as long idle, to take the idle CPU out."""
     walls, sizes = [], []
@@ -102,8 +113,10 @@ async def run(args: argparse.Namespace) -> dict:
     server = None
     try:
         server, url = start_server(tmp, llm_url, args.workers, False)
+        await settle(server)
         empty = await scrapes(url, args.scrapes, server)
         await place(url, args.npcs)
+        await settle(server)
         full = await scrapes(url, args.scrapes, server)
     finally:
         if server is not None:
