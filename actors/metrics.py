@@ -80,10 +80,7 @@ class Metrics:
             registry=registry,
         )
         self.llm_retries = Counter(
-            "npc_llm_retries_total",
-            "LLM requests sent again after a failure before the first token",
-            ["model"],
-            registry=registry,
+            "npc_llm_retries_total", "LLM requests sent again after a failure before the first token", registry=registry
         )
         self.llm_queue_wait = Histogram(
             "npc_llm_queue_wait_seconds",
@@ -124,7 +121,7 @@ class Metrics:
         """The LLM client's report of one request (``providers.client.ChatStreamer``)."""
         self.llm_requests.labels(ended.endpoint, ended.model, ended.outcome).inc()
         if ended.retries:
-            self.llm_retries.labels(ended.model).inc(ended.retries)
+            self.llm_retries.inc(ended.retries)
         if ended.queue_wait_s is not None:
             self.llm_queue_wait.observe(ended.queue_wait_s)
         if ended.first_token_s is not None:

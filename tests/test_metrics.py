@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -14,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import ScriptedLLM, ServerProcess
 from tests.godot_peer import END_TYPES, GodotPeer
 
+ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "metrics-test-token"
 PRICE = {"prompt": 1.5, "completion": 6.0}  # per million tokens
 AGENTS = [f"npc{i}" for i in range(6)]
@@ -71,7 +74,8 @@ async def test_the_counts_are_what_was_played_on_both_workers(server, llm):
         health = await server.health()
         assert sorted(health["worker_agents"]) == [3, 3], health
 
-        # One turn interrupted by a newer event (whose turn completes), one refused by the LLM.
+        # One turn interrupted by a newer event (whose turn completes), one answered on a retry, one
+        # refused by the LLM.
         await llm.script(
             {"content": "<say>" + "word " * 200 + "</say>", "chunk_size": 5, "chunk_delay_s": 0.02},
             {"content": "<say>Yes?</say>"},
@@ -86,6 +90,8 @@ async def test_the_counts_are_what_was_played_on_both_workers(server, llm):
             start=start,
         )
         played.append(godot.turn_frames(answer["turn_id"]))
+        await llm.script({"status": 503}, {"content": "<say>Again.</say>"})  # answered on the retry
+        played.append(await godot.turn(AGENTS[1]))
         await llm.script({"status": 400, "error_body": {"error": {"message": "no"}}})
         failed = await godot.turn(AGENTS[0])
         assert failed[-1]["reason"] == "error"
@@ -95,16 +101,16 @@ async def test_the_counts_are_what_was_played_on_both_workers(server, llm):
     finally:
         await godot.close()
 
-    assert value(text, "npc_turns_total", outcome="completed") == len(AGENTS) + 1
+    assert value(text, "npc_turns_total", outcome="completed") == len(AGENTS) + 2
     assert value(text, "npc_turns_total", outcome="new_event") == 1
     assert value(text, "npc_turns_total", outcome="error") == 1
     endpoint = {"endpoint": llm.url + "/v1", "model": "scripted-model"}
-    assert value(text, "npc_llm_requests_total", **endpoint, outcome="ok") == len(AGENTS) + 1
+    assert value(text, "npc_llm_requests_total", **endpoint, outcome="ok") == len(AGENTS) + 2
     assert value(text, "npc_llm_requests_total", **endpoint, outcome="cancelled") == 1
     assert value(text, "npc_llm_requests_total", **endpoint, outcome="llm_http_400") == 1
-    assert value(text, "npc_llm_queue_wait_seconds_count") == len(AGENTS) + 3
-    assert value(text, "npc_llm_first_token_seconds_count", model="scripted-model") == len(AGENTS) + 2
-    assert value(text, "npc_llm_retries_total") == 0
+    assert value(text, "npc_llm_queue_wait_seconds_count") == len(AGENTS) + 4
+    assert value(text, "npc_llm_first_token_seconds_count", model="scripted-model") == len(AGENTS) + 3
+    assert value(text, "npc_llm_retries_total") == 1
 
     usage = [turn[-1]["usage"] for turn in played]
     prompt = sum(u["prompt_tokens"] for u in usage)
@@ -114,7 +120,7 @@ async def test_the_counts_are_what_was_played_on_both_workers(server, llm):
     cost = (prompt * PRICE["prompt"] + completion * PRICE["completion"]) / 1e6
     assert value(text, "npc_llm_cost_total", model="scripted-model") == pytest.approx(cost)
 
-    tagged = len(AGENTS) + 2  # every turn but the refused one opened a say tag
+    tagged = len(AGENTS) + 3  # every turn but the refused one opened a say tag
     for span in ("end_to_end", "server"):
         assert value(text, "npc_first_tag_seconds_count", span=span) == tagged
         assert value(text, "npc_first_say_seconds_count", span=span) == tagged
@@ -125,6 +131,12 @@ async def test_the_counts_are_what_was_played_on_both_workers(server, llm):
     assert value(text, "npc_agents_known") == len(AGENTS) + 1
     assert value(text, "npc_connections", endpoint="ws") == 1  # scraped while the game was connected
     assert value(text, "npc_connections", endpoint="events") == 0
+    exported = {family.name for family in text_string_to_metric_families(text)}
+    documented = set(re.findall(r"`(npc_\w+)`", (ROOT / "docs" / "metrics.md").read_text()))
+    assert {name + "_total" if name + "_total" in documented else name for name in exported} <= documented
+    charted = set(re.findall(r"npc_\w+", (ROOT / "docs" / "grafana-dashboard.json").read_text())) - {"npc"}
+    series = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+    assert charted <= series | {"npc-turn-server"}, charted - series
     [node] = health["nodes"]  # with the token set, nodes go by their names, as in /healthz
     for worker in ("0", "1"):
         assert value(text, "npc_frames_total", worker=worker, node=node["name"]) > 0
