@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from loguru import logger
 
 from actors.llm_input_log import LlmInputLog, spool_path
+from actors.metrics import TurnTimer
 from core import protocol as p
 from core.history import History
 from core.prompt import build_messages
@@ -242,7 +243,7 @@ class Agent:
             "finish_reason": None,
             "usage": None,
         }
-        timer = self.host.metrics.turn_timer(turn.started_at, turn.waited_s, step.spec.speech_tag)
+        timer = TurnTimer(self.host.metrics, turn.started_at, turn.waited_s, step.spec.speech_tag)
         async for delta in self.host.llm.stream(turn.messages, extra_body=self.host.extra_body(step.spec)):
             if delta.content:
                 if not turn.answer:

@@ -97,9 +97,10 @@ class Metrics:
             buckets=COMMIT_BUCKETS,
             registry=registry,
         )
-        self._chunk = self.chunk_latency.observe
-        self._first_tag = self.first_tag.labels(SERVER).observe
-        self._first_say = self.first_say.labels(SERVER).observe
+        # What a TurnTimer observes, per delta: bound once.
+        self.chunk_gap = self.chunk_latency.observe
+        self.server_first_tag = self.first_tag.labels(SERVER).observe
+        self.server_first_say = self.first_say.labels(SERVER).observe
 
     def snapshot(self) -> list[Family]:
         """What this process counted so far, as plain data (to pickle, to add up)."""
@@ -132,9 +133,6 @@ class Metrics:
             if isinstance(tokens, int) and tokens > 0:
                 self.llm_tokens.labels(ended.model, kind).inc(tokens)
 
-    def turn_timer(self, started: float, waited: float, speech_tag: str | None) -> TurnTimer:
-        return TurnTimer(self, started, waited, speech_tag)
-
 
 class TurnTimer:
     """The worker's clock of one LLM turn, from its start (``started``, monotonic): the server's
@@ -162,12 +160,12 @@ class TurnTimer:
         now = time.monotonic()
         last, self._last = self._last, now
         if last is not None:
-            self._metrics._chunk(now - last)
+            self._metrics.chunk_gap(now - last)
         else:
-            self._metrics._first_tag(now - self._started - self._waited)
+            self._metrics.server_first_tag(now - self._started - self._waited)
         if not self._said:
             for frame in frames:
                 if frame["type"] == "agent_tag_open" and frame["tag"] == self._speech_tag:
                     self._said = True
-                    self._metrics._first_say(now - self._started - self._waited)
+                    self._metrics.server_first_say(now - self._started - self._waited)
                     break
