@@ -42,11 +42,16 @@ class MetricsEndpoint:
         self.totals = WorkerTotals()
         self._tokens = itertools.count(1)
         self._waiting: dict[int, tuple[set[int], asyncio.Future]] = {}  # scrape token -> workers yet to answer
+        self._asking: asyncio.Task | None = None  # the workers' round of the scrapes now in progress
         router.reports = self
         journal.committed = router.metrics.journal_commit.observe
 
     async def handle(self, request: web.Request) -> web.Response:
-        await self._ask_workers()
+        # Scrapes that come while the workers are being asked share that round: however many
+        # clients scrape at once, each worker answers one at a time.
+        if self._asking is None or self._asking.done():
+            self._asking = asyncio.get_running_loop().create_task(self._ask_workers())
+        await asyncio.shield(self._asking)  # a client that leaves does not cancel the others' round
         return web.Response(body=self.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def exposition(self) -> bytes:
@@ -120,7 +125,7 @@ class MetricsEndpoint:
             Family(
                 "npc_frames",
                 "counter",
-                "Items (frames, mostly) relayed from each worker to the gateway, per worker and its node",
+                "Frames relayed from each worker to the games, per worker and its node",
                 frames,
             ),
         ]

@@ -89,7 +89,7 @@ class Router:
         self.worker_nodes: list[str | None] = []
         self.alive: list[bool] = []
         self.unreachable: set[int] = set()  # workers whose stream ended, until replaced
-        self.relayed: list[int] = []  # items received from each worker (frames, mostly)
+        self.relayed: list[int] = []  # frames received from each worker
         self.refused_nodes: dict[str, str] = {}  # node -> why the pool refuses it (actors/pool.py, Flaps)
         self._ignored: set[tuple[int, int]] = set()  # (worker, generation) whose batches were dropped
         self.last_seen: dict[Key, float] = {}  # placed agents: when Godot or a player last addressed them
@@ -217,14 +217,13 @@ class Router:
 
     def deliver(self, items: list[ToGateway], origin: int | None = None, generation: int = 0) -> None:
         """Forward one batch from worker ``origin``; nothing from one that was lost or replaced."""
-        if origin is not None:
-            if not self._current(origin, generation):
-                return
-            self.relayed[origin] += len(items)
+        if origin is not None and not self._current(origin, generation):
+            return
         connections = self.connections
         note = self.open.frame
         now = self.clock()
         observed: list[Frame | ToFeed] = []  # in order, for the observer
+        others = 0  # items that are not frames: counted in the rare branches, not per frame
         for item in items:
             if isinstance(item, Frame):  # the hot one: first
                 note(item.session, item.data, now)
@@ -232,7 +231,9 @@ class Router:
                 if conn is not None:
                     conn.send(item.data)
                 observed.append(item)
-            elif isinstance(item, ToFeed):
+                continue
+            others += 1
+            if isinstance(item, ToFeed):
                 if type(item.report) is TakeoverEnded:
                     self.pinned.discard((item.session, item.report.agent_id))
                 observed.append(item)
@@ -250,6 +251,8 @@ class Router:
                     self.reports.scraped(origin, item)
             else:
                 logger.error("unknown item {!r} from a worker", type(item).__name__)
+        if origin is not None:
+            self.relayed[origin] += len(items) - others
         if observed and self.observer is not None:
             self.observer.worker_items(observed)
 

@@ -36,7 +36,14 @@ def server(llm, tmp_path_factory) -> ServerProcess:
     config.write_text(
         f'[llm_prices]\n"scripted-model" = {{ prompt = {PRICE["prompt"]}, completion = {PRICE["completion"]} }}\n'
     )
-    proc = ServerProcess(tmp, llm.url, workers=2, GAME_AGENT_TOKEN=TOKEN, GAME_AGENT_CONFIG=str(config))
+    proc = ServerProcess(
+        tmp,
+        llm.url,
+        workers=2,
+        GAME_AGENT_TOKEN=TOKEN,
+        GAME_AGENT_CONFIG=str(config),
+        GAME_AGENT_METRICS_SCRAPE_TIMEOUT_S="0.5",
+    )
     yield proc
     proc.stop()
 
@@ -45,6 +52,18 @@ async def scrape(server: ServerProcess, headers: dict | None = None) -> tuple[in
     headers = {"Authorization": f"Bearer {TOKEN}"} if headers is None else headers
     async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics", headers=headers) as response:
         return response.status, await response.text()
+
+
+async def play(server: ServerProcess, llm: ScriptedLLM, *agents: str) -> None:
+    """One completed turn for each of ``agents`` (so that a test has counts of its own)."""
+    await llm.reset()
+    godot = await GodotPeer.connect(server.url, server.query())
+    try:
+        for agent in agents:
+            godot.specs[agent] = {"name": agent.title()}
+            await godot.turn(agent)
+    finally:
+        await godot.close()
 
 
 def value(text: str, sample: str, **labels: str) -> float:
@@ -142,7 +161,25 @@ async def test_the_counts_are_what_was_played_on_both_workers(server, llm):
         assert value(text, "npc_frames_total", worker=worker, node=node["name"]) > 0
 
 
+async def test_a_late_worker_is_shown_with_its_previous_counts(server, llm):
+    await play(server, llm, "late0", "late1")  # spread over the workers by load
+    _, before = await scrape(server)
+    assert value(before, "npc_turns_total", outcome="completed") > 0
+    stopped = (await server.health())["worker_pids"][1]
+    os.kill(stopped, signal.SIGSTOP)  # it cannot answer the next scrape
+    try:
+        statuses_and_texts = await asyncio.gather(*(scrape(server) for _ in range(3)))  # they share one round
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    for status, text in statuses_and_texts:
+        assert status == 200
+        for name, labels in [("npc_turns_total", {}), ("npc_llm_tokens_total", {}), ("npc_frames_total", {})]:
+            assert value(text, name, **labels) == value(before, name, **labels), name
+    assert server.server_log().count("did not answer a scrape within 0.5 s") == 1  # one round for the three
+
+
 async def test_counts_outlive_a_worker_that_dies(server, llm):
+    await play(server, llm, "dies0", "dies1")
     _, before = await scrape(server)
     completed = value(before, "npc_turns_total", outcome="completed")
     assert completed > 0 and value(before, "npc_worker_restarts_total") == 0
