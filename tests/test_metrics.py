@@ -23,13 +23,6 @@ AGENTS = [f"npc{i}" for i in range(6)]
 
 
 @pytest.fixture(scope="module")
-def llm(tmp_path_factory) -> ScriptedLLM:
-    server = ScriptedLLM(tmp_path_factory.mktemp("llm"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def server(llm, tmp_path_factory) -> ServerProcess:
     tmp = tmp_path_factory.mktemp("server")
     config = tmp / "prices.toml"
