@@ -30,11 +30,14 @@ from actors.messages import (
     Frame,
     Notice,
     Restore,
+    Scrape,
+    Scraped,
     ToAgent,
     ToFeed,
     ToGateway,
     ToWorker,
 )
+from actors.metrics import Metrics
 from config.llm_endpoints import Endpoint, Tier
 from config.settings import Settings
 from core.breaker import Breakers
@@ -78,6 +81,7 @@ class AgentHost:
         self.index = index
         self._to_gateway = to_gateway
         self.agents: dict[tuple[str, str], Agent] = {}
+        self.metrics = Metrics()
         self.embedded = Endpoint(settings.embedded_url, EMBEDDED, "", "grammar") if settings.embedded_url else None
         # One client per endpoint of any tier's ladder, made when a turn first asks it.
         self._llms: dict[str, ChatStreamer] = {}
@@ -115,7 +119,9 @@ class AgentHost:
         """The client of ``endpoint`` (one per endpoint and worker: its own connections and cap)."""
         client = self._llms.get(endpoint.key)
         if client is None:
-            client = self._llms[endpoint.key] = ChatStreamer(llm_settings(self.settings, endpoint))
+            client = self._llms[endpoint.key] = ChatStreamer(
+                llm_settings(self.settings, endpoint), self.metrics.request_ended
+            )
         return client
 
     def extra_body(self, endpoint: Endpoint, max_tokens: int, spec: AgentSpec) -> dict:
@@ -144,6 +150,8 @@ class AgentHost:
                     self._connection_closed(item.session, item.connection_id, item.agent_ids, item.end_turns)
                 elif isinstance(item, Flush):  # answered once the logs asked for before it are written
                     self._answer_flush(item.token)
+                elif isinstance(item, Scrape):
+                    self._to_gateway(Scraped(item.token, self.metrics.snapshot()))
                 elif isinstance(item, Notice):
                     self._to_gateway(item.item)
                 else:

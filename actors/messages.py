@@ -13,10 +13,12 @@ gateway -> worker (``ToWorker``)
     Deactivate        the agent was idle: free it (its history is journaled)
     ConnectionClosed  write the agents' logs; end their turns if ``end_turns``
     Flush             answer ``Flushed(token)`` once everything before it is done
+    Scrape            answer ``Scraped(token, families)``: the worker's metrics so far (/metrics)
 worker -> gateway (``ToGateway``)
     Frame             one JSON frame for the session's Godot connection
     ToFeed            a core.takeover TurnPrompt / TakeoverEnded for /events
     Flushed
+    Scraped
     WorkerGone        worker ``worker`` is gone for good (its node left); the pool has a surviving
                       worker pass this on
     NodeRefused       the pool refuses node ``node`` (it kept being lost), passed on the same way
@@ -34,6 +36,7 @@ from thespian.actors import ActorAddress
 
 from config.settings import Settings
 from core import protocol as p
+from core.metrics import Family
 from core.takeover import PlayerInput, Takeover, TakeoverEnded, TurnPrompt
 
 # Capabilities of an actor system that hosts NPC workers (placement through Thespian): that it
@@ -79,6 +82,10 @@ class Flush(NamedTuple):
     token: int
 
 
+class Scrape(NamedTuple):
+    token: int
+
+
 # --- worker -> gateway ---------------------------------------------------------------------
 
 
@@ -100,6 +107,11 @@ class Flushed(NamedTuple):
     token: int
 
 
+class Scraped(NamedTuple):
+    token: int
+    families: list[Family]  # actors.metrics.Metrics.snapshot: cumulative since the worker started
+
+
 class WorkerGone(NamedTuple):
     worker: int  # its index (not ``index``: a tuple's method)
 
@@ -109,8 +121,8 @@ class NodeRefused(NamedTuple):
     reason: str
 
 
-ToWorker: TypeAlias = Restore | ToAgent | Deactivate | ConnectionClosed | Flush
-ToGateway: TypeAlias = Frame | ToFeed | Flushed | WorkerGone | NodeRefused
+ToWorker: TypeAlias = Restore | ToAgent | Deactivate | ConnectionClosed | Flush | Scrape
+ToGateway: TypeAlias = Frame | ToFeed | Flushed | Scraped | WorkerGone | NodeRefused
 
 
 @dataclass

@@ -82,6 +82,7 @@ class Settings:
     max_journal_bytes_per_frame: int
     ws_send_buffer_bytes: int
     slow_client_close_timeout_s: float
+    metrics_scrape_timeout_s: float
     log_level: str
     log_dir: str
     log_retention_days: float
@@ -104,6 +105,7 @@ class Settings:
     llm_max_concurrent: int
     llm_max_concurrent_per_worker: int
     llm_include_usage: bool
+    llm_prices: dict[str, dict[str, float]]  # model -> {"prompt": ..., "completion": ...} per million tokens
     llm_structured: str
     llm_fallbacks: tuple[Endpoint, ...]  # [[llm_fallbacks]] (config/llm_endpoints.py)
     llm_tiers: tuple[Tier, ...]  # [llm_tiers.NAME]
@@ -318,6 +320,7 @@ def _check(s: Settings) -> None:
                 f"the structured mode of {endpoint.key} must be one of {', '.join(STRUCTURED_MODES)}, "
                 f"got {endpoint.structured!r}"
             )
+    _check_prices(s.llm_prices)
     if not 0 < s.admin_port < 65536:
         raise SettingsError(f"setting 'admin_port' must be a TCP port, got {s.admin_port!r}")
     # --- /events
@@ -325,4 +328,21 @@ def _check(s: Settings) -> None:
         if not is_tag_name(tag):
             raise SettingsError(
                 f"settings 'events_speech_tag' and 'events_action_tags' must hold tag names, got {tag!r}"
+            )
+
+
+PRICE_KINDS = ("prompt", "completion")
+
+
+def _check_prices(prices: dict[str, Any]) -> None:
+    """``llm_prices``: per model, a table of exactly ``prompt`` and ``completion``, not negative."""
+    for model, price in prices.items():
+        if (
+            not isinstance(price, dict)
+            or sorted(price) != sorted(PRICE_KINDS)
+            or not all(type(price[kind]) in (int, float) and price[kind] >= 0 for kind in PRICE_KINDS)
+        ):
+            raise SettingsError(
+                f"setting 'llm_prices' for model {model!r} must be a table of prompt and completion prices "
+                f"(per million tokens, not negative), got {price!r}"
             )
