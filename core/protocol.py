@@ -98,6 +98,9 @@ JOURNAL_ERROR = "journal_error"
 TOO_MANY_RECIPIENTS = "too_many_recipients"
 EVENT_TOO_LARGE = "event_too_large"
 JOURNAL_LIMIT = "journal_limit"
+MEMORY_TOO_LARGE = "memory_too_large"
+TOO_MANY_MEMORIES = "too_many_memories"
+UNKNOWN_MEMORY = "unknown_memory"
 
 TURN_STATUSES = ("completed", "interrupted")
 RECENT_TURNS = 64  # an agent's turns that agent_turn_result / tool_results may still name
