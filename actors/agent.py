@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from loguru import logger
 
 from actors.llm_input_log import LlmInputLog, spool_path
+from actors.messages import AgentInput, SnapshotRecall
 from core import protocol as p
 from core.history import History
 from core.prompt import build_messages
+from core.recall import NOTHING_RECALLED, Recall
 from core.spec import AgentSpec, SpecError, parse_spec
 from core.takeover import PlayerInput, Takeover, TakeoverEnded, TurnPrompt
 from core.taleweave import actions_of
@@ -49,6 +51,7 @@ class Turn:
     messages: list[dict] = field(default_factory=list)  # the prompt, built once the spec is known
     llm_input: dict | None = None  # the LLM request's record, logged when the turn ends
     answer: list[str] = field(default_factory=list)  # the raw text the model sent back
+    recall: Recall | None = None  # what the journal recalled for this turn's event
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -64,6 +67,7 @@ class Agent:
         self.turn: Turn | None = None
         self.last_request_id: str | None = None
         self.takeover: Takeover | None = None  # the person playing this NPC, if any
+        self.recall = NOTHING_RECALLED  # the latest turn's: its pinned memories serve a turn without a spec
         self.changed_at: int | None = None  # the host's change count at the history's first change since its last log
         keep = host.settings.llm_input_log_turns
         self.llm_log = (
@@ -75,7 +79,7 @@ class Agent:
 
     # --- mailbox -------------------------------------------------------------------------
 
-    def receive(self, message: dict | p.AgentStateSnapshot | Takeover | PlayerInput) -> None:
+    def receive(self, message: AgentInput) -> None:
         """Handle one message: a history fact (``core.history.fact_of``, already journaled by the
         gateway) or a message that changes no history. Never raises: a bad Godot message becomes
         an ``error`` frame."""
@@ -133,6 +137,13 @@ class Agent:
         if turn is not None and turn.machine.request_id == msg.request_id and not turn.spec_waiter.done():
             turn.spec_waiter.set_result(spec)
 
+    def _on_recalled(self, msg: SnapshotRecall) -> None:
+        """The spec with what the journal recalled for the turn that asked for it."""
+        turn = self.turn
+        if msg.recall is not None and turn is not None and turn.machine.request_id == msg.snapshot.request_id:
+            turn.recall = self.recall = msg.recall
+        self._on_snapshot(msg.snapshot)
+
     def _on_takeover(self, msg: Takeover) -> None:
         """A person takes the NPC over, or gives it back; a turn waiting for the one who left
         goes on with the LLM."""
@@ -151,6 +162,7 @@ class Agent:
     _handlers: ClassVar[dict[type, Callable[[Agent, Any], None]]] = {
         dict: _on_fact,
         p.AgentStateSnapshot: _on_snapshot,
+        SnapshotRecall: _on_recalled,
         Takeover: _on_takeover,
         PlayerInput: _on_player_input,
     }
@@ -223,6 +235,8 @@ class Agent:
             self.history.entries,
             budget_chars=self.host.settings.history_budget_chars,
             json_answer=self.host.settings.llm_structured == "json_schema",
+            recall=turn.recall or Recall(self.recall.pinned, ()),
+            recall_budget_chars=self.host.settings.recall_budget_chars,
         )
         markup = await self._ask_player(turn, step.spec, turn.messages[-1]["content"])
         return turn.machine.person_answered(markup)

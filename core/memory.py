@@ -8,7 +8,7 @@ memory is in every prompt; any other is recalled like an old fact, when the new 
 A memory belongs to a *scope*: one NPC (``agent``), or a group named in the NPC's spec
 (``groups``: a faction, the town guard), so that what one guard is told every guard knows, and
 nobody else. Storage names a scope by its *owner*: ``agent:<agent_id>`` or ``group:<name>``,
-per session. An agent's owners are its own and those of its spec's groups (``owners_of``).
+per session. An NPC knows its own scope and those of its spec's groups (``scopes_of``).
 
 The operations (``AddMemory``, ``ForgetMemories``, ``ListMemories``) are plain data the journal's
 thread carries out in order with the history facts, so a memory added before an event is
@@ -18,15 +18,15 @@ recalled by that event's turn. Pure: no I/O, no clock.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from core import protocol as p
 
 NOTE = "note"  # added by the game (memory_add)
 SUMMARY = "summary"  # written by the server's summariser
 KINDS = (NOTE, SUMMARY)
-AGENT_SCOPE = "agent"
-GROUP_PREFIX = "group:"
+AGENT_SCOPE = p.AGENT_SCOPE
+GROUP_PREFIX = p.GROUP_PREFIX
 
 
 class MemoryRefused(ValueError):
@@ -43,6 +43,7 @@ class Limits:
 
     max_text_chars: int  # one memory's text
     max_per_scope: int  # memories of one NPC or one group
+    max_per_session: int  # memories of all NPCs and groups of one session
     max_pinned_per_scope: int  # of those, pinned (all of them are in every prompt)
     max_query_chars: int  # a list's or forget's query
     max_forget: int  # memories one forget by query may delete
@@ -75,23 +76,14 @@ class Memory:
 # --- scopes ---------------------------------------------------------------------------------
 
 
-def parse_scope(value: object) -> str:
-    """A scope as the game sends it: absent or ``"agent"``, or ``"group:<name>"``."""
-    if value is None or value == AGENT_SCOPE:
-        return AGENT_SCOPE
-    if isinstance(value, str) and value.startswith(GROUP_PREFIX) and value[len(GROUP_PREFIX) :].strip():
-        return value
-    raise ValueError(f'must be "agent" or "group:<name>" (a group named in the spec\'s groups), got {value!r}')
-
-
 def owner_of(agent_id: str, scope: str) -> str:
     """The storage owner of ``scope`` as seen by ``agent_id``: its own, or the group's."""
     return f"agent:{agent_id}" if scope == AGENT_SCOPE else scope
 
 
-def owners_of(agent_id: str, groups: tuple[str, ...]) -> tuple[str, ...]:
-    """Every owner whose memories ``agent_id`` knows: its own, then its groups'."""
-    return (f"agent:{agent_id}", *(f"{GROUP_PREFIX}{group}" for group in groups))
+def scopes_of(groups: tuple[str, ...]) -> tuple[str, ...]:
+    """Every scope whose memories an NPC of ``groups`` knows: its own, then its groups'."""
+    return (AGENT_SCOPE, *(f"{GROUP_PREFIX}{group}" for group in groups))
 
 
 # --- operations (carried out by the journal's thread, in order) -----------------------------
@@ -104,7 +96,7 @@ class AddMemory:
     scope: str
     memory_id: str  # assigned by the gateway, like a turn id
     text: str
-    kind: Literal["note", "summary"] = NOTE
+    kind: str = NOTE  # one of KINDS
     pinned: bool = False
 
 
@@ -121,18 +113,19 @@ class ForgetMemories:
 
 @dataclass(frozen=True, slots=True)
 class ListMemories:
-    """The memories ``agent_id`` knows (its own and its ``groups``'), matching ``query`` if given."""
+    """The memories of ``scopes`` (as ``agent_id`` sees them), matching ``query`` if given."""
 
     session: str
     agent_id: str
-    groups: tuple[str, ...]
+    scopes: tuple[str, ...]
     query: str | None
 
 
 MemoryOp = AddMemory | ForgetMemories | ListMemories
+TYPE_OF = {AddMemory: "memory_add", ForgetMemories: "memory_forget", ListMemories: "memory_list"}  # on the wire
 
 
-def check_add(op: AddMemory, limits: Limits, in_scope: int, pinned_in_scope: int) -> None:
+def check_add(op: AddMemory, limits: Limits, in_scope: int, pinned_in_scope: int, in_session: int) -> None:
     """Raise ``MemoryRefused`` when ``op`` would go over a bound (``in_scope`` memories are there)."""
     if not op.text.strip():
         raise MemoryRefused(p.BAD_FIELD, "memory_add.text must be a non-empty string")
@@ -147,6 +140,12 @@ def check_add(op: AddMemory, limits: Limits, in_scope: int, pinned_in_scope: int
             p.TOO_MANY_MEMORIES,
             f"{op.scope} of agent {op.agent_id!r} already holds {in_scope} memories, the limit "
             "(setting memory_max_per_scope): forget some first",
+        )
+    if in_session >= limits.max_per_session:
+        raise MemoryRefused(
+            p.TOO_MANY_MEMORIES,
+            f"session {op.session!r} already holds {in_session} memories, the limit "
+            "(setting memory_max_per_session): forget some first",
         )
     if op.pinned and pinned_in_scope >= limits.max_pinned_per_scope:
         raise MemoryRefused(
