@@ -323,7 +323,8 @@ def _parse_memory_add(obj: dict) -> MemoryAdd:
 def _parse_memory_forget(obj: dict) -> MemoryForget:
     memory_id, query = _string(obj, "memory_id", required=False), _string(obj, "query", required=False)
     if (memory_id is None) == (query is None):
-        raise ProtocolError(MISSING_FIELD, "memory_forget needs exactly one of 'memory_id' or 'query'", _ref(obj))
+        code = MISSING_FIELD if memory_id is None else BAD_FIELD
+        raise ProtocolError(code, "memory_forget needs exactly one of 'memory_id' or 'query'", _ref(obj))
     return MemoryForget(_string(obj, "agent_id"), memory_id, query, _scope(obj))
 
 

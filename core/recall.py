@@ -53,25 +53,35 @@ def terms(token: str, text: str) -> str:
     return " ".join(f"{token}x{word}" for word in dict.fromkeys(words(text)))
 
 
-def query_words(event: Mapping, location: str = "") -> list[str]:
-    """The words a turn's lookup uses: the event's text, kind, source and data, and where the NPC is."""
-    parts = [as_text(event[key]) for key in ("text", "source", "kind", "data") if event.get(key) not in (None, "")]
-    found = list(dict.fromkeys(words(" ".join([*parts, location]))))
-    return sorted(found, key=len, reverse=True)[:MAX_QUERY_WORDS]
+def query_words(event: Mapping, location: str = "") -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The words a turn's lookup uses: what the event says (its text and data), and its context
+    (its kind, who it is from, where the NPC is), which only adds weight to what the event says:
+    a fact that shares only "player" with the event is not about it. The longest first."""
+    said = _longest(" ".join(as_text(event[key]) for key in ("text", "data") if event.get(key) not in (None, "")))
+    context = [as_text(event[key]) for key in ("kind", "source") if event.get(key) not in (None, "")]
+    around = [word for word in _longest(" ".join([*context, location])) if word not in said]
+    return said, tuple(around[: max(0, MAX_QUERY_WORDS - len(said))])
 
 
-def rank(hits: Mapping[str, Sequence[int]], cap: int, k: int) -> list[int]:
-    """The ``k`` best of the index's hits, ``{word: [rowid, ...]}`` (at most ``cap`` per word):
-    a hit scores the sum over the words it has of ``log(1 + cap / hits of that word)``, so a word
-    found everywhere adds little; newer (higher rowid) first among equal scores."""
+def _longest(text: str) -> tuple[str, ...]:
+    return tuple(sorted(dict.fromkeys(words(text)), key=len, reverse=True)[:MAX_QUERY_WORDS])
+
+
+def rank(hits: Mapping[str, Sequence[int]], said: Iterable[str], cap: int, k: int) -> list[int]:
+    """The ``k`` best of the index's hits, ``{word: [rowid, ...]}`` (at most ``cap`` per word),
+    among those that have a word the event ``said``: a hit scores the sum over the words it has
+    of ``log(1 + cap / hits of that word)``, so a word found everywhere adds little; newer (higher
+    rowid) first among equal scores."""
+    eligible = {rowid for word in said for rowid in hits.get(word, ())}
     scores: dict[int, float] = {}
     for found in hits.values():
         if not found:
             continue
         weight = math.log1p(cap / len(found))
         for rowid in found:
-            scores[rowid] = scores.get(rowid, 0.0) + weight
-    return sorted(scores, key=lambda rowid: (-scores[rowid], -abs(rowid)))[:k]
+            if rowid in eligible:
+                scores[rowid] = scores.get(rowid, 0.0) + weight
+    return sorted(scores, key=lambda rowid: (-scores[rowid], -rowid))[:k]
 
 
 # --- what the index shows for a fact -------------------------------------------------------------
@@ -122,10 +132,12 @@ def window_lines(entries: Iterable[dict]) -> set[str]:
 
 @dataclass(frozen=True, slots=True)
 class RecallQuery:
-    """What the gateway looks up for a turn: the agent's owners (own, groups) and the event's words."""
+    """What the gateway looks up for a turn: the agent's owners (own, groups), and the words the
+    event said and its context's (``query_words``)."""
 
     owners: tuple[str, ...]
-    words: tuple[str, ...]
+    said: tuple[str, ...]
+    context: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

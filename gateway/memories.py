@@ -166,7 +166,7 @@ class MemoryStore:
         ).fetchall()
         tokens = [owner_token(session, owner) for owner in query.owners]
         hits = {}
-        for word in query.words:
+        for word in (*query.said, *query.context):
             match = " OR ".join(f'"{token}x{word}"' for token in tokens)
             hits[word] = [
                 rowid
@@ -175,7 +175,7 @@ class MemoryStore:
                     (match, self.hits_per_word),
                 )
             ]
-        best = rank(hits, self.hits_per_word, self.matches)
+        best = rank(hits, query.said, self.hits_per_word, self.matches)
         lines = dict(
             db.execute(f"select rowid, line from recall_index where rowid in ({', '.join('?' * len(best))})", best)
         )

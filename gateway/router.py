@@ -179,10 +179,8 @@ class Router:
         del self.turn_events[key]
         location = message.state.get("location")
         scopes = m.scopes_of(self.groups[key])
-        query = RecallQuery(
-            tuple(m.owner_of(key[1], scope) for scope in scopes),
-            tuple(query_words(asked[1], as_text(location) if location is not None else "")),
-        )
+        said, context = query_words(asked[1], as_text(location) if location is not None else "")
+        query = RecallQuery(tuple(m.owner_of(key[1], scope) for scope in scopes), said, context)
         self.journal.recall(
             (worker, self.generation[worker]), item._replace(message=SnapshotRecall(message, query, None))
         )
