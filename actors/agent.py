@@ -88,7 +88,8 @@ class Agent:
             handler(self, message)
         except Exception as exc:  # noqa: BLE001 - one bad message must not take the agent down
             self.log.exception("message {} failed", type(message).__name__)
-            kind = message.get("type") if type(message) is dict else p.TYPE_NAMES.get(type(message))
+            about = message.snapshot if type(message) is SnapshotRecall else message
+            kind = about.get("type") if type(about) is dict else p.TYPE_NAMES.get(type(about))
             if kind is not None:  # Godot knows nothing of takeovers
                 self._emit(
                     p.error(

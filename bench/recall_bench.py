@@ -108,7 +108,8 @@ async def retrieval(args: argparse.Namespace, settings, data_dir: str) -> None:
     queries = []
     for _ in range(args.queries):
         said, context = query_words({"kind": "speech", "source": "player", "text": sentence(rng)}, "the mill")
-        queries.append(RecallQuery((m.owner_of("npc", m.AGENT_SCOPE),), said, context))
+        owners = (m.owner_of("npc", m.AGENT_SCOPE),)
+        queries.append(RecallQuery("npc", owners, said, context, settings.history_budget_chars))
     times, cpu, found = [], [], []  # wall clock, and this thread's CPU time (what other processes cannot stretch)
     for query in queries:
         begun, begun_cpu = time.perf_counter(), time.thread_time()
@@ -195,7 +196,8 @@ async def five_hundred(settings, data_dir: str) -> None:
     question = f"{common} Where did I bury the silver amulet?"
     history.apply(event_fact("oren", question, "t500"))
     said, context = query_words({"kind": "speech", "source": "player", "text": question}, "the mill")
-    query = RecallQuery((m.owner_of("oren", m.AGENT_SCOPE),), said, context)
+    owners = (m.owner_of("oren", m.AGENT_SCOPE),)
+    query = RecallQuery("oren", owners, said, context, settings.history_budget_chars)
     released.clear()
     journal.recall(
         ("w", 0), ToAgent(SESSION, "oren", SnapshotRecall(p.AgentStateSnapshot("r", "oren", {}), query, None))

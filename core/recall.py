@@ -132,12 +132,15 @@ def window_lines(entries: Iterable[dict]) -> set[str]:
 
 @dataclass(frozen=True, slots=True)
 class RecallQuery:
-    """What the gateway looks up for a turn: the agent's owners (own, groups), and the words the
-    event said and its context's (``query_words``)."""
+    """What the gateway looks up for a turn: the agent's owners (own, groups), the words the event
+    said and its context's (``query_words``), and the prompt's history budget: the agent's newest
+    facts that surely fit it are in the window, so never worth a match."""
 
+    agent_id: str
     owners: tuple[str, ...]
     said: tuple[str, ...]
     context: tuple[str, ...]
+    window_chars: int
 
 
 @dataclass(frozen=True, slots=True)

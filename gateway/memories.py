@@ -40,19 +40,27 @@ create virtual table if not exists recall_index using fts5(terms, line unindexed
 """
 MEMORY_ROWIDS = 1 << 60  # memories' rowids in the recall index: above every fact's seq, newest first
 _COLUMNS = "seq, memory_id, text, kind, pinned, scope, agent_id"
+_NEWEST_LINES = (  # an agent's newest facts and the size of their lines in the index (none: nothing shown)
+    "select facts.seq, coalesce(length(recall_index.line), 0) from facts "
+    "left join recall_index on recall_index.rowid = facts.seq "
+    "where facts.session = ? and facts.agent_id = ? order by facts.seq desc limit ?"
+)
+_NOTES_CHARS = 64  # room the prompt keeps in its history budget for its own notes (core.prompt)
 
 
 class MemoryStore:
     """Thread-side: every method runs in the journal's thread, inside its open transaction."""
 
-    def __init__(self, limits: m.Limits, hits_per_word: int, matches: int) -> None:
+    def __init__(self, limits: m.Limits, hits_per_word: int, matches: int, window_facts: int) -> None:
         self.limits = limits
         self.hits_per_word = hits_per_word  # newest index hits read per word of a lookup
         self.matches = matches  # best matches handed to the agent
+        self.window_facts = window_facts  # at most this many of an agent's newest facts are in its window
 
     @classmethod
     def of(cls, settings: Settings) -> MemoryStore:
-        return cls(settings.memory_limits, settings.recall_hits_per_word, settings.recall_matches)
+        window = 2 * settings.history_max_entries  # what an agent can hold, as the journal restores it
+        return cls(settings.memory_limits, settings.recall_hits_per_word, settings.recall_matches, window)
 
     def create(self, db: sqlite3.Connection) -> None:
         db.executescript(MEMORY_SCHEMA)
@@ -165,14 +173,16 @@ class MemoryStore:
             (session, *query.owners),
         ).fetchall()
         tokens = [owner_token(session, owner) for owner in query.owners]
+        window = self._window_start(db, session, query.agent_id, query.window_chars)
         hits = {}
         for word in (*query.said, *query.context):
             match = " OR ".join(f'"{token}x{word}"' for token in tokens)
             hits[word] = [
                 rowid
                 for (rowid,) in db.execute(
-                    "select rowid from recall_index where recall_index match ? order by rowid desc limit ?",
-                    (match, self.hits_per_word),
+                    "select rowid from recall_index where recall_index match ? and (rowid >= ? or rowid < ?) "
+                    "order by rowid desc limit ?",
+                    (match, MEMORY_ROWIDS, window, self.hits_per_word),
                 )
             ]
         best = rank(hits, query.said, self.hits_per_word, self.matches)
@@ -185,6 +195,19 @@ class MemoryStore:
             if rowid in lines
         )
         return Recall(tuple(_memory(row) for row in pinned), matches)
+
+    def _window_start(self, db: sqlite3.Connection, session: str, agent_id: str, chars: int) -> int:
+        """The oldest of the agent's newest facts whose lines together fit ``chars``: a line is at
+        least as long as what the prompt shows of its fact (``core.recall.fact_line``), so these
+        are all in the window (the agent drops any other match the window shows)."""
+        start = MEMORY_ROWIDS
+        chars -= _NOTES_CHARS
+        for seq, size in db.execute(_NEWEST_LINES, (session, agent_id, self.window_facts)):
+            chars -= size + 1
+            if chars < 0:
+                break
+            start = seq
+        return start
 
 
 def _memory(row: tuple[Any, ...]) -> m.Memory:

@@ -180,7 +180,8 @@ class Router:
         location = message.state.get("location")
         scopes = m.scopes_of(self.groups[key])
         said, context = query_words(asked[1], as_text(location) if location is not None else "")
-        query = RecallQuery(tuple(m.owner_of(key[1], scope) for scope in scopes), said, context)
+        owners = tuple(m.owner_of(key[1], scope) for scope in scopes)
+        query = RecallQuery(key[1], owners, said, context, self.settings.history_budget_chars)
         self.journal.recall(
             (worker, self.generation[worker]), item._replace(message=SnapshotRecall(message, query, None))
         )

@@ -29,6 +29,7 @@ def server(llm, tmp_path_factory) -> ServerProcess:
         GAME_AGENT_MEMORY_MAX_TEXT_CHARS="200",
         GAME_AGENT_MEMORY_MAX_PINNED_PER_SCOPE="2",
         GAME_AGENT_MEMORY_MAX_FORGET="2",
+        GAME_AGENT_RECALL_MATCHES="2",
     )
     yield proc
     proc.stop()
@@ -84,6 +85,20 @@ async def test_an_old_fact_the_event_refers_to_is_recalled(godot, llm):
     assert "I will keep it secret." not in system  # its answer shares no word with the question
     assert "crooked willow" not in history_of(request)  # recalled, not in the window
     assert "Lovely weather" not in system  # nothing unrelated
+
+
+async def test_the_window_talking_of_it_does_not_crowd_the_old_fact_out(godot, llm):
+    """Only two matches reach the agent (recall_matches): the newest facts that share the words
+    are in the window, and the journal passes them over."""
+    godot.specs["nell"] = {"name": "Nell"}
+    await played(godot, llm, "nell", "I hid the silver amulet inside the old well")
+    for n in range(6):
+        await played(godot, llm, "nell", f"Lovely weather today, number {n}")
+    for n in range(3):
+        await played(godot, llm, "nell", f"Tell me of the silver amulet, part {n}")
+    request = await played(godot, llm, "nell", "So where is the silver amulet?")
+    assert "Tell me of the silver amulet, part 2" in history_of(request)
+    assert "inside the old well" in system_of(request)
 
 
 async def test_memories_are_added_listed_pinned_and_forgotten(godot, llm):

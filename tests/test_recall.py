@@ -161,11 +161,13 @@ def add(store, agent_id: str, text: str, scope: str = m.AGENT_SCOPE, pinned: boo
     return memories.run(db, m.AddMemory(session, agent_id, scope, f"id-{text}", text, pinned=pinned))
 
 
-def recall(store, agent_id: str, text: str, groups: tuple[str, ...] = (), session: str = "s") -> Recall:
+def recall(
+    store, agent_id: str, text: str, groups: tuple[str, ...] = (), session: str = "s", window_chars: int = 0
+) -> Recall:
     memories, db = store
     said, context = query_words({"text": text})
     owners = tuple(m.owner_of(agent_id, scope) for scope in m.scopes_of(groups))
-    return memories.recall(db, session, RecallQuery(owners, said, context))
+    return memories.recall(db, session, RecallQuery(agent_id, owners, said, context, window_chars))
 
 
 def test_recall_reads_only_its_own_and_its_groups(store):
@@ -201,3 +203,19 @@ def test_the_store_refuses_over_its_bounds_and_forgets_what_it_says(store):
     listed = memories.run(db, m.ListMemories("s", "ana", m.scopes_of(("g",)), None))
     assert [memory["text"] for memory in listed["memories"]] == ["pear", "in a group"]
     assert recall(store, "ana", "apple").matches == ()  # forgotten from the index too
+
+
+def test_facts_surely_in_the_window_are_never_matches(store):
+    write_fact(store, "s", "ana", "the key is under the mat")
+    for n in range(3):
+        write_fact(store, "s", "ana", f"the key, again {n}")
+    add(store, "ana", "the key opens the tower")
+    line = len("[event] the key, again 0") + 1
+    everything = recall(store, "ana", "key").matches
+    assert len(everything) == 5
+    found = recall(store, "ana", "key", window_chars=64 + 2 * line).matches  # the newest two fit
+    assert [match.text for match in found] == [
+        "the key opens the tower",
+        "[event] the key, again 0",
+        "[event] the key is under the mat",
+    ]
