@@ -140,6 +140,18 @@ async def test_memories_are_added_listed_pinned_and_forgotten(godot, llm):
     assert listed["memories"] == []
 
 
+async def test_a_turn_without_a_snapshot_keeps_the_pinned_memories(godot, llm):
+    godot.specs["otto"] = {"name": "Otto"}
+    await memory(
+        godot,
+        {"type": "memory_add", "agent_id": "otto", "text": "You are afraid of geese.", "pinned": True},
+        "memory_added",
+    )
+    assert "afraid of geese" in system_of(await played(godot, llm, "otto", "Hello"))
+    del godot.specs["otto"]  # the game stops answering get_agent_state: the last spec serves
+    assert "afraid of geese" in system_of(await played(godot, llm, "otto", "Hello again"))
+
+
 async def test_bad_memory_frames_get_clear_errors_and_change_nothing(godot):
     async def refused(frame: dict) -> dict:
         error = await memory(godot, frame)
