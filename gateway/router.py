@@ -4,7 +4,8 @@ Loop-side state of the gateway. An agent is placed on the least-loaded worker wh
 named (or first named again after its worker died, it was deactivated, or the server restarted)
 and stays there while it is active; when it had history, a restore from the journal goes to
 the worker before anything else for it. Every history fact goes through the journal on its way
-(``gateway.journal``); turn ids are assigned here, so the journal knows a turn before the agent.
+(``gateway.journal``) and is shown to the ``observer``; turn ids are assigned here, so the journal
+knows a turn before the agent.
 
 Frames coming back from workers are forwarded to the Godot connection currently holding the
 session, noted by ``OpenTurns`` and shown, with the agents' reports, to the ``observer`` (the
@@ -60,6 +61,8 @@ class Connection(Protocol):
 
 
 class Observer(Protocol):
+    def fact_recorded(self, session: str, agent_id: str, fact: dict) -> None: ...
+
     def worker_items(self, items: list[Frame | ToFeed]) -> None: ...
 
 
@@ -159,6 +162,8 @@ class Router:
         fact = fact_of(message, agent_id, turn_id)
         if fact is not None:
             self._record(worker, ToAgent(session, agent_id, fact), (session, agent_id, fact))
+            if self.observer is not None:
+                self.observer.fact_recorded(session, agent_id, fact)
         else:
             assert isinstance(message, p.AgentStateSnapshot)  # fact_of: the one message that is no history
             self._snapshot(worker, key, message)
