@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from loguru import logger
 
 from actors.llm_input_log import LlmInputLog, spool_path
+from actors.messages import AgentInput, SnapshotRecall
 from actors.metrics import TurnTimer
 from config.llm_endpoints import Endpoint
 from core import protocol as p
@@ -31,6 +32,7 @@ from core.history import History
 from core.ladder import EMBEDDED, LINES, Climb
 from core.playerinput import actions_of
 from core.prompt import build_messages
+from core.recall import NOTHING_RECALLED, Recall
 from core.spec import AgentSpec, SpecError, parse_spec
 from core.takeover import PlayerInput, Takeover, TakeoverEnded, TurnPrompt
 from core.turn import Output, Prompt, RecordAnswer, RequestState, Stream, TurnEnded, TurnMachine, turn_of_request
@@ -53,6 +55,7 @@ class Turn:
     messages: list[dict] = field(default_factory=list)  # the prompt, built once the spec is known
     llm_input: dict | None = None  # the LLM request's record, logged when the turn ends
     answer: list[str] = field(default_factory=list)  # the raw text the model sent back
+    recall: Recall | None = None  # what the journal recalled for this turn's event
     climb: Climb | None = None  # its way down the fallback ladder, once the LLM is asked
     rung: str | None = None  # the rung being asked
     started_at: float = field(default_factory=time.monotonic)
@@ -71,6 +74,7 @@ class Agent:
         self.turn: Turn | None = None
         self.last_request_id: str | None = None
         self.takeover: Takeover | None = None  # the person playing this NPC, if any
+        self.recall = NOTHING_RECALLED  # the latest turn's: its pinned memories serve a turn without a spec
         self.fallbacks_spoken = 0  # which of the spec's fallback_lines comes next
         self.changed_at: int | None = None  # the host's change count at the history's first change since its last log
         keep = host.settings.llm_input_log_turns
@@ -83,7 +87,7 @@ class Agent:
 
     # --- mailbox -------------------------------------------------------------------------
 
-    def receive(self, message: dict | p.AgentStateSnapshot | Takeover | PlayerInput) -> None:
+    def receive(self, message: AgentInput) -> None:
         """Handle one message: a history fact (``core.history.fact_of``, already journaled by the
         gateway) or a message that changes no history. Never raises: a bad Godot message becomes
         an ``error`` frame."""
@@ -92,7 +96,8 @@ class Agent:
             handler(self, message)
         except Exception as exc:  # noqa: BLE001 - one bad message must not take the agent down
             self.log.exception("message {} failed", type(message).__name__)
-            kind = message.get("type") if type(message) is dict else p.TYPE_NAMES.get(type(message))
+            about = message.snapshot if type(message) is SnapshotRecall else message
+            kind = about.get("type") if type(about) is dict else p.TYPE_NAMES.get(type(about))
             if kind is not None:  # Godot knows nothing of takeovers
                 self._emit(
                     p.error(
@@ -141,6 +146,13 @@ class Agent:
         if turn is not None and turn.machine.request_id == msg.request_id and not turn.spec_waiter.done():
             turn.spec_waiter.set_result(spec)
 
+    def _on_recalled(self, msg: SnapshotRecall) -> None:
+        """The spec with what the journal recalled for the turn that asked for it."""
+        turn = self.turn
+        if msg.recall is not None and turn is not None and turn.machine.request_id == msg.snapshot.request_id:
+            turn.recall = self.recall = msg.recall
+        self._on_snapshot(msg.snapshot)
+
     def _on_takeover(self, msg: Takeover) -> None:
         """A person takes the NPC over, or gives it back; a turn waiting for the one who left
         goes on with the LLM."""
@@ -159,6 +171,7 @@ class Agent:
     _handlers: ClassVar[dict[type, Callable[[Agent, Any], None]]] = {
         dict: _on_fact,
         p.AgentStateSnapshot: _on_snapshot,
+        SnapshotRecall: _on_recalled,
         Takeover: _on_takeover,
         PlayerInput: _on_player_input,
     }
@@ -230,12 +243,9 @@ class Agent:
         return turn.machine.state_received(spec)
 
     async def _prompt(self, turn: Turn, step: Prompt) -> list[Output]:
-        turn.messages = build_messages(
-            step.spec,
-            self.history.entries,
-            budget_chars=self.host.settings.history_budget_chars,
-            json_answer=self.host.settings.llm_structured == "json_schema",
-        )
+        settings = self.host.settings
+        json_answer = settings.llm_structured == "json_schema"
+        turn.messages = self._messages(turn, step.spec, settings.history_budget_chars, json_answer)
         markup = await self._ask_player(turn, step.spec, turn.messages[-1]["content"])
         return turn.machine.person_answered(markup)
 
@@ -289,7 +299,7 @@ class Agent:
         machine, settings = turn.machine, self.host.settings
         json_answer = endpoint.structured == "json_schema"
         budget = settings.embedded_history_budget_chars if turn.rung == EMBEDDED else settings.history_budget_chars
-        messages = build_messages(spec, self.history.entries, budget_chars=budget, json_answer=json_answer)
+        messages = self._messages(turn, spec, budget, json_answer)
         machine.llm_rung(json_answer)
         turn.llm_input = record = {
             "turn_id": machine.turn_id,
@@ -323,6 +333,18 @@ class Agent:
                 machine.llm_usage(delta.usage)
         if not answered:
             climb.answered()  # a whole reply without text is an answer too
+
+    def _messages(self, turn: Turn, spec: AgentSpec, budget: int, json_answer: bool) -> list[dict]:
+        """The turn's prompt: history in ``budget``, and what the NPC remembers (the turn's recall,
+        or the pinned memories of its previous turn when no spec came with one)."""
+        return build_messages(
+            spec,
+            self.history.entries,
+            budget_chars=budget,
+            json_answer=json_answer,
+            recall=turn.recall or Recall(self.recall.pinned, ()),
+            recall_budget_chars=self.host.settings.recall_budget_chars,
+        )
 
     async def _ask_player(self, turn: Turn, spec: AgentSpec, prompt: str) -> str | None:
         """Tell the gateway the turn needs an answer; when a person plays the NPC, wait for theirs.

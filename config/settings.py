@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from config.llm_endpoints import Endpoint, Tier, parse_fallbacks, parse_tiers
+from core.memory import Limits
 from core.tagstream import is_tag_name
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
@@ -64,10 +65,19 @@ class Settings:
     snapshot_timeout_s: float
     history_budget_chars: int
     history_max_entries: int
+    recall_budget_chars: int
+    recall_matches: int
+    recall_hits_per_word: int
     untagged_text: str
     data_dir: str
     journal_fsync: bool
     agent_idle_s: float
+    memory_max_text_chars: int
+    memory_max_per_scope: int
+    memory_max_pinned_per_scope: int
+    memory_max_per_session: int
+    memory_max_query_chars: int
+    memory_max_forget: int
     auth_token: str = field(repr=False)  # the setting ``token`` (GAME_AGENT_TOKEN): see ATTRIBUTES
     allowed_origins: str
     max_agents_per_session: int
@@ -155,6 +165,18 @@ class Settings:
     def action_tags(self) -> tuple[str, ...]:
         """The tags that are TaleWeave actions (events_action_tags, split)."""
         return tuple(tag.strip() for tag in self.events_action_tags.split(",") if tag.strip())
+
+    @property
+    def memory_limits(self) -> Limits:
+        """The bounds of the game's memories (settings memory_*)."""
+        return Limits(
+            max_text_chars=self.memory_max_text_chars,
+            max_per_scope=self.memory_max_per_scope,
+            max_per_session=self.memory_max_per_session,
+            max_pinned_per_scope=self.memory_max_pinned_per_scope,
+            max_query_chars=self.memory_max_query_chars,
+            max_forget=self.memory_max_forget,
+        )
 
     @property
     def origin_allow_list(self) -> tuple[str, ...]:
@@ -280,6 +302,7 @@ MAY_BE_ZERO = (
     "agent_idle_s",
     "log_retention_days",
     "log_max_bytes",
+    "recall_budget_chars",
     "llm_session_tokens_per_hour",
     "llm_npc_tokens_per_hour",
 )

@@ -1,4 +1,5 @@
-"""The prompt of one turn: a system message (instructions, output format, dossier), then history.
+"""The prompt of one turn: a system message (instructions, output format, dossier, what the NPC
+remembers: ``core.recall``), then history.
 
 It runs before every turn of every NPC, so trimming the history to its budget is one linear pass
 over whole entries, newest first. The result always has the shape chat models expect: the system
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from core.history import entry_size, to_messages
+from core.recall import Recall, remembered
 from core.spec import AgentSpec, TagSpec, ToolSpec, build_dossier, compact_json
 
 DEFAULT_INSTRUCTIONS = (
@@ -69,18 +71,29 @@ def _described(label: str, description: str) -> str:
 
 
 def build_messages(
-    spec: AgentSpec, history: Sequence[dict], *, budget_chars: int, json_answer: bool = False
+    spec: AgentSpec,
+    history: Sequence[dict],
+    *,
+    budget_chars: int,
+    json_answer: bool = False,
+    recall: Recall | None = None,
+    recall_budget_chars: int = 0,
 ) -> list[dict]:
-    """The chat messages of the agent's next turn, history trimmed to ``budget_chars``."""
+    """The chat messages of the agent's next turn, history trimmed to ``budget_chars``; what
+    ``recall`` found and the window does not show, in ``recall_budget_chars``."""
     entries, omitted = _trim(list(history), budget_chars)
+    memory = remembered(recall, entries, recall_budget_chars) if recall is not None else ""
     messages = to_messages(entries)
     if not messages or messages[-1]["role"] == "assistant":
         messages.append({"role": "user", "content": CONTINUE_NOTE})
     if omitted:
         messages[0] = {"role": "user", "content": f"{OMITTED_NOTE}\n{messages[0]['content']}"}
-    system = "\n\n".join(
-        [spec.system_prompt or DEFAULT_INSTRUCTIONS, output_format(spec, json_answer=json_answer), build_dossier(spec)]
-    )
+    parts = [
+        spec.system_prompt or DEFAULT_INSTRUCTIONS,
+        output_format(spec, json_answer=json_answer),
+        build_dossier(spec),
+    ]
+    system = "\n\n".join([*parts, memory] if memory else parts)
     return [{"role": "system", "content": system}, *messages]
 
 

@@ -62,6 +62,7 @@ class AgentSpec:
     prompt_parts: tuple[tuple[str, str], ...]
     tags: tuple[TagSpec, ...]
     tools: tuple[ToolSpec, ...]
+    groups: tuple[str, ...]  # the groups whose memories the NPC shares (core.memory)
     fallback_lines: tuple[str, ...]  # spoken when no LLM answers (the fallback ladder's last rung)
     model_tier: str | None  # the server's tier of models for this NPC (setting llm_tiers); None: the default
     extra: dict[str, object]
@@ -125,6 +126,7 @@ def parse_spec(state: object) -> AgentSpec:
         prompt_parts=_optional(state, "prompt_parts", _prompt_parts, ()),
         tags=_optional(state, "tags", _tags, ()) or DEFAULT_TAGS,
         tools=_optional(state, "tools", _tools, ()),
+        groups=groups_of(state),
         fallback_lines=_optional(state, "fallback_lines", _fallback_lines, ()),
         model_tier=_optional(state, "model_tier", _name, None),
         extra={key: value for key, value in state.items() if key not in _CONTRACT_KEYS},
@@ -132,6 +134,21 @@ def parse_spec(state: object) -> AgentSpec:
     if spec.fallback_lines and spec.speech_tag is None:
         raise SpecError("state.fallback_lines", f"are spoken in a {SPEECH_TAG!r} tag, which state.tags lacks")
     return spec
+
+
+MAX_GROUPS = 16  # groups one NPC may belong to: each adds an owner to every recall
+
+
+def groups_of(state: dict) -> tuple[str, ...]:
+    """``state.groups``: the names of the groups (a faction, the town guard) the NPC belongs to.
+    The gateway reads it from the raw ``state`` too, to look up the groups' memories."""
+    groups: tuple[str, ...] = _optional(state, "groups", _texts, ())
+    for index, group in enumerate(groups):
+        if not group.strip():
+            raise SpecError(f"state.groups[{index}]", "must be a non-empty group name")
+    if len(groups) > MAX_GROUPS:
+        raise SpecError("state.groups", f"names {len(groups)} groups; at most {MAX_GROUPS}")
+    return tuple(dict.fromkeys(groups))
 
 
 _CONTRACT_KEYS = frozenset(field.name for field in fields(AgentSpec)) - {"extra"}
@@ -335,6 +352,7 @@ def build_dossier(spec: AgentSpec) -> str:
         ("Inventory", _bullets(spec.inventory)),
         ("Relationships", _bullets(f"{name}: {relation}" for name, relation in spec.relationships.items())),
         ("Facts", _bullets(spec.facts)),
+        ("Groups", _bullets(spec.groups)),
         *spec.prompt_parts,
         ("Other details", _bullets(f"{key}: {as_text(value)}" for key, value in spec.extra.items())),
     ]

@@ -20,6 +20,7 @@ from gateway.auth import auth_middleware, has_token
 from gateway.events import WEB_DIR, EventsEndpoint, index
 from gateway.godot import GodotEndpoint
 from gateway.journal import Journal
+from gateway.memories import MemoryStore
 from gateway.metrics import MetricsEndpoint
 from gateway.router import Router
 from gateway.workers import WorkerLinks
@@ -37,7 +38,12 @@ class GatewayServer:
                 send(destination, item)
 
         self.journal = Journal(
-            settings.data_dir, settings.journal_fsync, 2 * settings.history_max_entries, release, self._not_saved
+            settings.data_dir,
+            settings.journal_fsync,
+            2 * settings.history_max_entries,
+            release,
+            self._not_saved,
+            memories=MemoryStore.of(settings),
         )
         self.router = Router(settings, self.journal)
         self.workers = WorkerLinks(link_secret, self.router)

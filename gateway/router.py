@@ -32,6 +32,7 @@ from actors.messages import (
     NodeRefused,
     Scrape,
     Scraped,
+    SnapshotRecall,
     ToAgent,
     ToFeed,
     ToGateway,
@@ -40,10 +41,14 @@ from actors.messages import (
 )
 from actors.metrics import END_TO_END, Metrics
 from config.settings import Settings
+from core import memory as m
 from core import protocol as p
 from core.history import fact_of, starts_turn
 from core.openturns import FIRST_SAY, FIRST_TAG, INTERRUPT, OpenTurns
+from core.recall import RecallQuery, query_words
+from core.spec import SpecError, as_text, groups_of
 from core.takeover import PlayerInput, Takeover, TakeoverEnded
+from core.turn import turn_of_request
 from gateway.journal import Journal
 
 Key = tuple[str, str]  # (session, agent_id)
@@ -103,6 +108,8 @@ class Router:
             INTERRUPT: self.metrics.interrupt.observe,
         }
         self.open = OpenTurns(lambda what, seconds: latencies[what](seconds))
+        self.turn_events: dict[Key, tuple[str, dict]] = {}  # placed agents: (turn_id, event) its recall looks up
+        self.groups: dict[Key, tuple[str, ...]] = {}  # placed agents: the groups of their latest spec
         self.session_agents: Counter[str] = Counter()
         self.connections: dict[str, Connection] = {}
         self._flush_waiters: dict[int, Callable[[int], None]] = {}
@@ -173,6 +180,8 @@ class Router:
         if starts_turn(message):
             turn_id = uuid.uuid4().hex[:16]
             self.open.assigned(key, turn_id, getattr(message, "event_id", None), now)
+            event = message.event if isinstance(message, p.InteractionEvent) else self.turn_events.get(key, ("", {}))[1]
+            self.turn_events[key] = (turn_id, event)
         fact = fact_of(message, agent_id, turn_id)
         if fact is not None:
             self._record(worker, ToAgent(session, agent_id, fact), (session, agent_id, fact))
@@ -180,8 +189,45 @@ class Router:
                 self.observer.fact_recorded(session, agent_id, fact)
         else:
             assert isinstance(message, p.AgentStateSnapshot)  # fact_of: the one message that is no history
-            self._send(worker, ToAgent(session, agent_id, message))
+            self._snapshot(worker, key, message)
         return None
+
+    def _snapshot(self, worker: int, key: Key, message: p.AgentStateSnapshot) -> None:
+        """The spec a turn asked for goes with what the journal recalls for the turn's event (who
+        is involved, where, in the groups the spec names); any other snapshot goes as it is."""
+        try:
+            self.groups[key] = groups_of(message.state)
+        except SpecError:
+            self.groups[key] = ()  # the agent refuses this spec, and tells Godot why
+        asked = self.turn_events.get(key)
+        item = ToAgent(*key, message)
+        if asked is None or asked[0] != turn_of_request(message.request_id) or not self.settings.recall_budget_chars:
+            self._send(worker, item)
+            return
+        del self.turn_events[key]
+        location = message.state.get("location")
+        scopes = m.scopes_of(self.groups[key])
+        said, context = query_words(asked[1], as_text(location) if location is not None else "")
+        owners = tuple(m.owner_of(key[1], scope) for scope in scopes)
+        query = RecallQuery(key[1], owners, said, context, self.settings.history_budget_chars)
+        self.journal.recall(
+            (worker, self.generation[worker]), item._replace(message=SnapshotRecall(message, query, None))
+        )
+
+    def memory(self, conn: Connection, message: p.MemoryMessage, done: Callable[[dict], None]) -> None:
+        """Carry out the game's memory operation in the journal's order; ``done(reply)`` once durable."""
+        session, agent_id = conn.session, message.agent_id
+        op: m.MemoryOp
+        if isinstance(message, p.MemoryAdd):
+            op = m.AddMemory(
+                session, agent_id, message.scope, uuid.uuid4().hex[:16], message.text, pinned=message.pinned
+            )
+        elif isinstance(message, p.MemoryForget):
+            op = m.ForgetMemories(session, agent_id, message.scope, message.memory_id, message.query)
+        else:
+            scopes = (message.scope,) if message.scope else m.scopes_of(self.groups.get((session, agent_id), ()))
+            op = m.ListMemories(session, agent_id, scopes, message.query)
+        self.journal.memory(op, done)
 
     def to_known_agent(self, session: str, agent_id: str, message: Takeover | PlayerInput) -> bool:
         """Send a player's message (/events) to an agent Godot has named; False when there is none."""
@@ -351,6 +397,7 @@ class Router:
         for key in lost:
             del self.placement[key]
             self.last_seen.pop(key, None)
+            self.turn_events.pop(key, None)
             for frame in self.open.end(key, why):
                 frames.append(Frame(key[0], orjson.dumps(frame)))
                 ended += frame["type"] == "agent_turn_finished"
@@ -381,6 +428,8 @@ class Router:
         for key in idle:
             worker = self.placement.pop(key)
             del self.last_seen[key]
+            self.turn_events.pop(key, None)
+            self.groups.pop(key, None)
             self.load[worker] -= 1
             self._send(worker, Deactivate(*key))
         return len(idle)

@@ -87,6 +87,7 @@ def test_full_spec_is_parsed():
         prompt_parts=(("Current quest", "Deliver the sword by dusk."), ("Rumours", "Wolves were seen near the mill.")),
         tags=(TagSpec("say", "spoken words", {}), TagSpec("emote", "a gesture", {"kind": "which gesture"})),
         tools=(ToolSpec("open_door", "Open a door", {"type": "object"}),),
+        groups=(),
         fallback_lines=(),
         model_tier=None,
         extra={"mood": "tired", "stats": {"hp": 10, "tags": ["strong"]}},
@@ -99,7 +100,7 @@ def test_full_dossier():
 
 def test_minimal_spec_and_dossier():
     spec = parse_spec({"name": "Mira"})
-    assert spec == AgentSpec("Mira", "", "", (), "", (), {}, (), None, (), DEFAULT_TAGS, (), (), None, {})
+    assert spec == AgentSpec("Mira", "", "", (), "", (), {}, (), None, (), DEFAULT_TAGS, (), (), (), None, {})
     assert build_dossier(spec) == "# Mira"
 
 
@@ -344,3 +345,25 @@ def test_a_name_the_spec_refuses_is_refused_everywhere(name):
         tags_grammar([name])
     with pytest.raises(ValueError):
         TagStreamParser([name])
+
+
+def test_groups_are_names_shown_in_the_dossier():
+    spec = parse_spec({"name": "Ana", "groups": ["town guard", "town guard", "Red Hand"]})
+    assert spec.groups == ("town guard", "Red Hand")
+    assert "## Groups\n- town guard\n- Red Hand" in build_dossier(spec)
+    assert parse_spec({"name": "Ana", "groups": "town guard"}).groups == ("town guard",)
+
+
+@pytest.mark.parametrize(
+    ("groups", "field"),
+    [
+        ([""], "state.groups[0]"),
+        ([{"x": 1}], "state.groups[0]"),
+        ({"a": 1}, "state.groups"),
+        ([str(i) for i in range(17)], "state.groups"),
+    ],
+)
+def test_bad_groups_name_the_field(groups, field):
+    with pytest.raises(SpecError) as caught:
+        parse_spec({"name": "Ana", "groups": groups})
+    assert caught.value.field == field
