@@ -30,6 +30,7 @@ from actors.messages import (
     Frame,
     Notice,
     Restore,
+    Retire,
     ToAgent,
     ToFeed,
     ToGateway,
@@ -42,10 +43,11 @@ from providers.structured import request_fields
 
 
 def llm_settings(settings: Settings) -> LLMSettings:
-    """This worker's share of the LLM settings (the global concurrency cap is split evenly)."""
+    """This worker's share of the LLM settings (the global concurrency cap is split evenly over the
+    most workers that may run: with placement "dedicated", max_dedicated_workers)."""
     caps = [settings.llm_max_concurrent_per_worker] if settings.llm_max_concurrent_per_worker else []
     if settings.llm_max_concurrent:
-        caps.append(math.ceil(settings.llm_max_concurrent / settings.worker_count))
+        caps.append(math.ceil(settings.llm_max_concurrent / settings.worker_processes))
     per_worker = min(caps, default=0)
     return LLMSettings(
         base_url=settings.llm_base_url,
@@ -68,10 +70,13 @@ def llm_settings(settings: Settings) -> LLMSettings:
 class AgentHost:
     """All agents of one worker, keyed by (session, agent_id)."""
 
-    def __init__(self, settings: Settings, index: int, to_gateway: Callable[[ToGateway], None]) -> None:
+    def __init__(
+        self, settings: Settings, index: int, to_gateway: Callable[[ToGateway], None], retire: Callable[[], None]
+    ) -> None:
         self.settings = settings
         self.index = index
         self._to_gateway = to_gateway
+        self._retire = retire  # ends this worker process (placement "dedicated": its NPC was deactivated)
         self.agents: dict[tuple[str, str], Agent] = {}
         self.llm = ChatStreamer(llm_settings(settings))
         self.logs = LogWriter(settings.log_dir, settings.log_retention_days, settings.log_max_bytes)
@@ -99,6 +104,14 @@ class AgentHost:
                     self._restore(item.session, item.agent_id, item.facts or [])
                 elif isinstance(item, Deactivate):
                     self._deactivate(item.session, item.agent_id)
+                elif isinstance(item, Retire):
+                    logger.info(
+                        "worker {} retires: agent {} of session {} was deactivated",
+                        self.index,
+                        item.agent_id,
+                        item.session,
+                    )
+                    self._retire()
                 elif isinstance(item, ConnectionClosed):
                     self._connection_closed(item.session, item.connection_id, item.agent_ids, item.end_turns)
                 elif isinstance(item, Flush):  # answered once the logs asked for before it are written
