@@ -221,7 +221,7 @@ class Router:
             p.TOO_MANY_WORKERS,
             f"all {limit} dedicated workers are running an NPC (setting max_dedicated_workers); "
             f"agent {agent_id!r} gets one when another NPC is deactivated (setting agent_idle_s)",
-            {"type": p.TYPE_NAMES[type(message)], "agent_id": agent_id},
+            {"type": p.TYPE_NAMES[type(message)], "agent_id": agent_id, **_event_id(message)},
         )
 
     def _send(self, worker: int, item: ToWorker) -> None:
@@ -394,6 +394,12 @@ class Router:
                 self.alive[worker] = False
                 self.dedicated.release(worker)
         return len(idle)
+
+
+def _event_id(message: p.AgentMessage) -> dict:
+    """``{"event_id": ...}`` for an error's ref, when the message has one."""
+    event_id = getattr(message, "event_id", None)
+    return {"event_id": event_id} if event_id is not None else {}
 
 
 def _unknown_agent(message: p.AgentMessage, agent_id: str, session: str) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import secrets
 import signal
 import subprocess
 import time
@@ -21,15 +20,12 @@ import orjson
 import psutil
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import TOKEN, ServerProcess
 from tests.godot_peer import END_TYPES, GodotPeer
 from tests.test_turns import check_turn_order, user_text
 
 pytestmark = pytest.mark.timeout(120)
 SLOW = {"content": "<say>" + " ".join(f"word{n}" for n in range(200)) + "</say>", "tokens_per_s": 20}
-
-
-TOKEN = "tok-recovery-" + secrets.token_hex(8)  # every server here has one: /healthz shows pids with it
 
 
 async def health(server: ServerProcess) -> dict:
@@ -53,31 +49,6 @@ async def prompt_of_next_turn(godot: GodotPeer, llm, agent_id: str) -> str:
     requests = await llm.requests()
     assert len(requests) > before
     return user_text(requests[-1])
-
-
-@pytest.fixture
-async def fresh(tmp_path, llm):
-    """Start servers on demand (``await fresh(...)``); all are stopped afterwards."""
-    started: list[ServerProcess] = []
-    peers: list[GodotPeer] = []
-
-    async def start(**env) -> ServerProcess:
-        server = await asyncio.to_thread(ServerProcess, tmp_path, llm.url, **{"GAME_AGENT_TOKEN": TOKEN, **env})
-        started.append(server)
-        return server
-
-    async def connect(server: ServerProcess, query: str = "") -> GodotPeer:
-        peer = await GodotPeer.connect(server.url, server.query(query))
-        peers.append(peer)
-        return peer
-
-    start.connect = connect
-    await llm.reset()
-    yield start
-    for peer in peers:
-        await peer.close()
-    for server in started:
-        server.stop(check=server.process.proc.poll() is None)
 
 
 async def test_a_killed_worker_is_replaced_and_only_its_agents_notice(fresh, llm):
