@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.godot_peer import END_TYPES
-from tests.test_recovery import SLOW, confirmed_turn, prompt_of_next_turn
+from tests.test_recovery import SLOW, confirmed_turn, prompt_of_next_turn, victim_and_bystander_streaming, victim_lost
 from tests.test_turns import check_turn_order, user_text
 
 pytestmark = pytest.mark.timeout(120)
@@ -98,22 +98,10 @@ async def test_a_killed_worker_ends_its_turn_and_its_npc_comes_back(fresh, llm):
     godot = await fresh.connect(server)
     godot.specs.update(victim={"name": "Vic"}, bystander={"name": "Bea"})
     await confirmed_turn(godot, llm, "victim", "alpha beta")
-    await llm.script({**SLOW, "match": "keep talking"}, {**SLOW, "match": "go on"})
-    start = len(godot.frames)
-    await godot.interact("victim", "keep talking")
-    await godot.interact("bystander", "go on")
-    for agent_id in ("victim", "bystander"):
-        await godot.wait_type("agent_tag_chunk", 20, start, agent_id=agent_id)
-    victim_turn = next(
-        f["turn_id"] for f in godot.frames[start:] if f["type"] == "agent_turn_started" and f["agent_id"] == "victim"
-    )
+    start, victim_turn = await victim_and_bystander_streaming(godot, llm)
     victim_pid, bystander_pid = await worker_pids(server)  # the victim's came first: slot 0
     os.kill(victim_pid, signal.SIGKILL)
-    finished = await godot.wait_type("agent_turn_finished", 10, start, turn_id=victim_turn)
-    assert finished["reason"] == "error"
-    check_turn_order(godot.turn_frames(victim_turn))
-    lost = [f for f in godot.frames[start:] if f["type"] == "error" and f["code"] == "worker_lost"]
-    assert [f["ref"] for f in lost] == [{"agent_id": "victim", "turn_id": victim_turn}]
+    await victim_lost(godot, start, victim_turn)
     # Not replaced: only the bystander's process runs, streaming on undisturbed.
     assert await worker_pids(server) == [bystander_pid]
     bystander_end = await godot.wait_for(lambda f: f["type"] in END_TYPES and f["agent_id"] == "bystander", 30, start)

@@ -51,15 +51,9 @@ async def prompt_of_next_turn(godot: GodotPeer, llm, agent_id: str) -> str:
     return user_text(requests[-1])
 
 
-async def test_a_killed_worker_is_replaced_and_only_its_agents_notice(fresh, llm):
-    server = await fresh(workers=2)
-    godot = await fresh.connect(server)
-    godot.specs.update(victim={"name": "Vic"}, bystander={"name": "Bea"})
-    await confirmed_turn(godot, llm, "victim", "alpha beta")  # victim on worker 0 (least loaded first)
-    before = await health(server)
-    assert before["worker_agents"] == [1, 0] and len(before["worker_pids"]) == 2
-
-    # Both agents stream; the victim's worker is killed mid-tag.
+async def victim_and_bystander_streaming(godot: GodotPeer, llm) -> tuple[int, str]:
+    """Agents ``victim`` and ``bystander`` both mid-tag in a long turn; returns the index of the
+    first frame since, and the victim's turn id."""
     await llm.script({**SLOW, "match": "keep talking"}, {**SLOW, "match": "go on"})
     start = len(godot.frames)
     await godot.interact("victim", "keep talking")
@@ -69,15 +63,34 @@ async def test_a_killed_worker_is_replaced_and_only_its_agents_notice(fresh, llm
     victim_turn = next(
         f["turn_id"] for f in godot.frames[start:] if f["type"] == "agent_turn_started" and f["agent_id"] == "victim"
     )
-    killed_at = time.monotonic()
-    os.kill(before["worker_pids"][0], signal.SIGKILL)
+    return start, victim_turn
 
-    finished = await godot.wait_type("agent_turn_finished", 10, start, turn_id=victim_turn)
+
+async def victim_lost(godot: GodotPeer, start: int, turn_id: str) -> list[dict]:
+    """Wait for the victim's ``turn_id`` to end as a lost worker's turn does (and no other turn
+    since ``start``); return its frames."""
+    finished = await godot.wait_type("agent_turn_finished", 10, start, turn_id=turn_id)
     assert finished["reason"] == "error"
-    frames = godot.turn_frames(victim_turn)
+    frames = godot.turn_frames(turn_id)
     check_turn_order(frames)  # the open tag was closed before the end
     lost = [f for f in godot.frames[start:] if f["type"] == "error" and f["code"] == "worker_lost"]
-    assert [f["ref"] for f in lost] == [{"agent_id": "victim", "turn_id": victim_turn}]
+    assert [f["ref"] for f in lost] == [{"agent_id": "victim", "turn_id": turn_id}]  # the bystander's goes on
+    return frames
+
+
+async def test_a_killed_worker_is_replaced_and_only_its_agents_notice(fresh, llm):
+    server = await fresh(workers=2)
+    godot = await fresh.connect(server)
+    godot.specs.update(victim={"name": "Vic"}, bystander={"name": "Bea"})
+    await confirmed_turn(godot, llm, "victim", "alpha beta")  # victim on worker 0 (least loaded first)
+    before = await health(server)
+    assert before["worker_agents"] == [1, 0] and len(before["worker_pids"]) == 2
+
+    # Both agents stream; the victim's worker is killed mid-tag.
+    start, victim_turn = await victim_and_bystander_streaming(godot, llm)
+    killed_at = time.monotonic()
+    os.kill(before["worker_pids"][0], signal.SIGKILL)
+    frames = await victim_lost(godot, start, victim_turn)
     while (replaced := await health(server))["worker_pids"][0] == before["worker_pids"][0]:
         assert time.monotonic() - killed_at < 10, "the worker was not replaced within 10 s"
         await asyncio.sleep(0.05)
