@@ -29,9 +29,6 @@ class DedicatedSlots:
     def full(self) -> bool:
         return len(self._owners) >= self.limit
 
-    def __len__(self) -> int:
-        return len(self._owners)
-
     def take(self, key: Hashable) -> tuple[int, int] | None:
         """A slot for ``key``'s new worker and that worker's generation; None when all are held."""
         if self.full:
@@ -51,6 +48,3 @@ class DedicatedSlots:
         if key is not None:
             heapq.heappush(self._free, slot)
         return key
-
-    def owner(self, slot: int) -> Hashable | None:
-        return self._owners.get(slot)

@@ -181,7 +181,7 @@ class Router:
             if key not in self.journal.known:
                 return False
             worker = self._place(key)
-            if worker is None:  # every dedicated worker is taken: the player's message is refused like Godot's
+            if worker is None:  # every dedicated worker is taken: the player's message goes nowhere
                 logger.warning("no dedicated worker is free for agent {} of session {}", agent_id, session)
                 return False
         if type(message) is Takeover:
@@ -326,15 +326,15 @@ class Router:
         "dedicated" it is not replaced (or it never started): its slot is free, its agent's next
         message starts another."""
         pid = self.worker_pids[worker]
-        if self.dedicated is not None:
+        if self.dedicated is None:
+            self.unreachable.add(worker)
+        else:
             self.alive[worker] = False
             self.dedicated.release(worker)
-            if pid is None:
-                self._lose(worker, "the worker process for this agent did not start; its turn is lost")
-                return
+        if pid is None:  # a dedicated worker given up before it was up (gateway/workers.py)
+            self._lose(worker, "the worker process for this agent did not start; its turn is lost")
         else:
-            self.unreachable.add(worker)
-        self._lose(worker, f"the worker process running this agent died (pid {pid}); its turn is lost")
+            self._lose(worker, f"the worker process running this agent died (pid {pid}); its turn is lost")
 
     def worker_replaced(self, worker: int, generation: int, pid: int) -> None:
         """A new generation of worker ``worker`` took the place of the one that died."""

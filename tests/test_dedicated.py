@@ -21,8 +21,8 @@ def test_slots_are_bounded_and_reused_lowest_first_with_a_newer_generation():
     assert slots.release(2) == "c" and slots.release(0) == "a"
     assert slots.release(0) is None  # already free: not freed twice
     assert slots.take("d") == (0, 1) and slots.take("e") == (2, 1)
-    assert slots.owner(0) == "d" and slots.owner(1) == "b" and len(slots) == 3
-    assert slots.take("f") is None
+    assert slots.full and slots.take("f") is None
+    assert slots.release(1) == "b" and slots.release(0) == "d" and not slots.full
 
 
 def test_churn_never_opens_more_slots_than_the_limit():
