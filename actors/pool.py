@@ -123,7 +123,12 @@ class WorkerPool(Actor):
 
     def _start_dedicated(self, message: StartWorker) -> None:
         """A worker of its own for one NPC, on this node, in the slot the gateway chose (a reused
-        slot's former process, if it still winds down, is no longer this slot's)."""
+        slot's former process, if it still winds down, is no longer this slot's). Asked twice (the
+        gateway asks a new pool again for what it asked of a dead one), it starts one."""
+        if message.index < len(self.slots):
+            slot = self.slots[message.index]
+            if slot.dedicated and slot.generation == message.generation and slot.address is not None:
+                return
         missing = message.index + 1 - len(self.slots)
         self.slots += [Slot(self.spawn.settings.node, gone=True, dedicated=True) for _ in range(max(0, missing))]
         self.slots[message.index] = Slot(self.spawn.settings.node, generation=message.generation, dedicated=True)

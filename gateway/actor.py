@@ -110,6 +110,8 @@ class GatewayActor(Actor):
             self.send(self.addresses[index], ActorExitRequest())
         self.pool = pool
         self.send(self.pool, SpawnWorkers(self.settings, self.myAddress, self.link_secret, first))
+        if self.server is not None and self.bridge is not None:  # after SpawnWorkers, which they need
+            self.bridge.call(self.server.pool_replaced)
 
     def _worker_ready(self, message: WorkerReady, sender) -> None:
         """A worker is ready: one of this node's at start, a new node's, or a replacement."""

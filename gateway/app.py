@@ -55,6 +55,11 @@ class GatewayServer:
         self.workers.expect(index, generation)
         self._to_pool(StartWorker(index, generation))
 
+    def pool_replaced(self) -> None:
+        """The pool died: the new one starts the dedicated workers the dead one was starting."""
+        for worker, generation in self.workers.awaited():
+            self._to_pool(StartWorker(worker, generation))
+
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[auth_middleware(self.settings)])  # token, Origin
         app.router.add_get("/ws", self.godot.handle)

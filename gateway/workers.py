@@ -40,6 +40,10 @@ class WorkerLinks:
         why = f"it was not up within {timeout:.0f} s (setting startup_timeout_s)"
         asyncio.get_running_loop().call_later(timeout, self._give_up, index, generation, why)
 
+    def awaited(self) -> list[tuple[int, int]]:
+        """The dedicated workers being started: (index, generation) each."""
+        return [(index, generation) for index, (generation, _) in self._awaited.items()]
+
     async def ready(self, ready: WorkerReady) -> bool:
         """Connect to a worker that reported ready; False (logged) when that fails, or when it is
         a dedicated worker that nothing waits for any more."""

@@ -15,7 +15,14 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.godot_peer import END_TYPES
-from tests.test_recovery import SLOW, confirmed_turn, prompt_of_next_turn, victim_and_bystander_streaming, victim_lost
+from tests.test_recovery import (
+    SLOW,
+    confirmed_turn,
+    prompt_of_next_turn,
+    service_processes,
+    victim_and_bystander_streaming,
+    victim_lost,
+)
 from tests.test_turns import check_turn_order, user_text
 
 pytestmark = pytest.mark.timeout(120)
@@ -136,3 +143,21 @@ async def test_past_max_dedicated_workers_an_npc_is_refused_until_one_is_free(fr
     await llm.script({"content": "<say>Finally.</say>", "match": "let me in"})
     frames = await godot.turn("three", "let me in")
     assert frames[-1]["reason"] == "completed"
+
+
+async def test_a_dead_pool_takes_the_dedicated_workers_and_their_npcs_come_back(fresh, llm):
+    server = await fresh(**DEDICATED)
+    godot = await fresh.connect(server)
+    godot.specs.update(survivor={"name": "Sur"}, newcomer={"name": "New"})
+    await confirmed_turn(godot, llm, "survivor", "gamma delta")
+    before = service_processes(server)
+    before["pool"].kill()  # its worker dies with it (PR_SET_PDEATHSIG)
+    await until(lambda: no_workers(server), "the dead pool's worker is still counted")
+    # A new NPC at once, maybe before the new pool is there: its worker is asked of the new pool.
+    await llm.script({"content": "<say>Hello.</say>", "match": "newcomer here"})
+    frames = await godot.turn("newcomer", "newcomer here")
+    assert frames[-1]["reason"] == "completed"
+    assert "gamma delta" in await prompt_of_next_turn(godot, llm, "survivor")
+    after = service_processes(server)
+    assert after["pool"].pid != before["pool"].pid and len(after["workers"]) == 2
+    assert not {worker.pid for worker in after["workers"]} & {worker.pid for worker in before["workers"]}
