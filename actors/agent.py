@@ -23,12 +23,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from loguru import logger
 
 from actors.llm_input_log import LlmInputLog, spool_path
+from actors.metrics import TurnTimer
+from config.llm_endpoints import Endpoint
 from core import protocol as p
+from core.budget import tokens_of
 from core.history import History
+from core.ladder import EMBEDDED, LINES, Climb
+from core.playerinput import actions_of
 from core.prompt import build_messages
 from core.spec import AgentSpec, SpecError, parse_spec
 from core.takeover import PlayerInput, Takeover, TakeoverEnded, TurnPrompt
-from core.taleweave import actions_of
 from core.turn import Output, Prompt, RecordAnswer, RequestState, Stream, TurnEnded, TurnMachine, turn_of_request
 from providers.client import LLMError
 
@@ -49,7 +53,10 @@ class Turn:
     messages: list[dict] = field(default_factory=list)  # the prompt, built once the spec is known
     llm_input: dict | None = None  # the LLM request's record, logged when the turn ends
     answer: list[str] = field(default_factory=list)  # the raw text the model sent back
+    climb: Climb | None = None  # its way down the fallback ladder, once the LLM is asked
+    rung: str | None = None  # the rung being asked
     started_at: float = field(default_factory=time.monotonic)
+    waited_s: float = 0.0  # for the game's snapshot (npc_first_tag_seconds takes it out)
 
 
 class Agent:
@@ -64,6 +71,7 @@ class Agent:
         self.turn: Turn | None = None
         self.last_request_id: str | None = None
         self.takeover: Takeover | None = None  # the person playing this NPC, if any
+        self.fallbacks_spoken = 0  # which of the spec's fallback_lines comes next
         self.changed_at: int | None = None  # the host's change count at the history's first change since its last log
         keep = host.settings.llm_input_log_turns
         self.llm_log = (
@@ -175,7 +183,6 @@ class Agent:
             turn_id,
             event_id,
             speak_untagged=self.host.settings.untagged_text == "say",
-            json_answer=self.host.settings.llm_structured == "json_schema",
         )
         turn = Turn(machine, spec_waiter=asyncio.get_running_loop().create_future())
         self.turn = turn
@@ -197,6 +204,8 @@ class Agent:
                         outputs = await self._stream(turn, step)
                 step = self._do(turn, outputs)
         except asyncio.CancelledError:
+            if turn.climb is not None:
+                turn.climb.abandoned()
             self._do(turn, machine.cancelled())  # nothing when the interrupter ended the turn
             raise
         except LLMError as exc:
@@ -210,11 +219,14 @@ class Agent:
         """Ask Godot for the latest spec; after the timeout the machine falls back to the last one known."""
         self._emit(step.frame)
         timeout = self.host.settings.snapshot_timeout_s
+        asked = time.monotonic()
         try:
             spec = await asyncio.wait_for(turn.spec_waiter, timeout)
         except TimeoutError:
             self.log.bind(turn_id=turn.machine.turn_id).warning("no agent_state_snapshot in time; using last spec")
             return turn.machine.state_timed_out(self.spec, timeout)
+        finally:
+            turn.waited_s = time.monotonic() - asked
         return turn.machine.state_received(spec)
 
     async def _prompt(self, turn: Turn, step: Prompt) -> list[Output]:
@@ -228,26 +240,89 @@ class Agent:
         return turn.machine.person_answered(markup)
 
     async def _stream(self, turn: Turn, step: Stream) -> list[Output]:
-        machine = turn.machine
+        """Ask the rungs of the fallback ladder in turn until one answers (``core.ladder``): the
+        tier's endpoints (or past a budget its cheaper tier's), the embedded model, the lines."""
+        machine, host, spec = turn.machine, self.host, step.spec
+        tier = host.settings.tier(spec.model_tier)
+        if tier is None:
+            known = ", ".join(t.name for t in host.settings.llm_tiers) or "none"
+            self._error(
+                p.BAD_STATE,
+                f"state.model_tier {spec.model_tier!r} names no tier of the server (known: {known}): "
+                "the default tier answers",
+                turn_id=machine.turn_id,
+            )
+            tier = host.settings.tier(None)
+            assert tier is not None
+        over_budget = host.budgets.spent(self.session, self.agent_id, time.monotonic())
+        turn.climb = climb = Climb(host.rungs(tier, over_budget, spec), host.breakers, over_budget)
+        failure: LLMError | None = None
+        while (rung := climb.next(time.monotonic())) is not None:
+            turn.rung = rung
+            if rung == LINES:
+                line = spec.fallback_lines[self.fallbacks_spoken % len(spec.fallback_lines)]
+                self.fallbacks_spoken += 1
+                return machine.fallback_spoken(line, {**(climb.fallback() or {}), "answered_by": LINES})
+            endpoint, max_tokens = host.endpoint(rung, tier, over_budget)
+            try:
+                await self._ask(turn, endpoint, max_tokens, spec, climb)
+            except LLMError as exc:
+                if turn.answer:
+                    raise  # text has streamed: the turn ends in error, never says anything twice
+                climb.failed(time.monotonic())
+                failure = exc
+                self.log.bind(turn_id=machine.turn_id).warning(
+                    "LLM rung {} failed before its first token: {} (its breaker: {})",
+                    endpoint.key,
+                    exc,
+                    host.breakers[rung].state.value,
+                )
+                continue
+            fallback = climb.fallback()
+            return machine.llm_finished(fallback and {**fallback, "answered_by": endpoint.model})
+        if failure is not None:
+            raise failure
+        raise LLMError("llm_budget_spent", f"the {over_budget} is spent and the NPC has nowhere to step down to")
+
+    async def _ask(self, turn: Turn, endpoint: Endpoint, max_tokens: int, spec: AgentSpec, climb: Climb) -> None:
+        """Stream one rung's answer into the turn; raises ``LLMError``."""
+        machine, settings = turn.machine, self.host.settings
+        json_answer = endpoint.structured == "json_schema"
+        budget = settings.embedded_history_budget_chars if turn.rung == EMBEDDED else settings.history_budget_chars
+        messages = build_messages(spec, self.history.entries, budget_chars=budget, json_answer=json_answer)
+        machine.llm_rung(json_answer)
         turn.llm_input = record = {
             "turn_id": machine.turn_id,
             "time": time.time(),
-            "model": self.host.settings.turn_model,
-            "messages": turn.messages,
+            "model": endpoint.model,
+            "messages": messages,
             "answer": None,
             "finish_reason": None,
             "usage": None,
         }
-        async for delta in self.host.llm.stream(turn.messages, extra_body=self.host.extra_body(step.spec)):
+        timer = TurnTimer(self.host.metrics, turn.started_at, turn.waited_s, spec.speech_tag)
+        answered = False
+        async for delta in self.host.llm(endpoint).stream(
+            messages, extra_body=self.host.extra_body(endpoint, max_tokens, spec)
+        ):
+            if not answered:
+                climb.answered()
+                answered = True
             if delta.content:
+                if not turn.answer:
+                    timer.answered()
                 turn.answer.append(delta.content)
-                for frame in machine.llm_text(delta.content):
+                frames = machine.llm_text(delta.content)
+                for frame in frames:
                     self._emit(frame)
+                if frames:
+                    timer.frames(frames)
             if delta.finish_reason:
                 record["finish_reason"] = delta.finish_reason
             if delta.usage:
                 machine.llm_usage(delta.usage)
-        return machine.llm_finished()
+        if not answered:
+            climb.answered()  # a whole reply without text is an answer too
 
     async def _ask_player(self, turn: Turn, spec: AgentSpec, prompt: str) -> str | None:
         """Tell the gateway the turn needs an answer; when a person plays the NPC, wait for theirs.
@@ -287,11 +362,14 @@ class Agent:
             if isinstance(out, dict):
                 self._emit(out)
             elif isinstance(out, RecordAnswer):
+                if turn.rung not in (None, EMBEDDED, LINES):  # the embedded model costs nothing
+                    self.host.budgets.charge(self.session, self.agent_id, tokens_of(out.usage), time.monotonic())
                 if turn.llm_input is not None:
                     turn.llm_input["usage"] = out.usage
                     self._log_answer(turn, turn.llm_input)
                 turn.llm_input = None
             elif isinstance(out, TurnEnded):
+                self.host.metrics.turns.labels(out.reason).inc()
                 self.log.bind(turn_id=turn.machine.turn_id).debug(
                     "turn ended ({}) in {:.3f} s", out.reason, time.monotonic() - turn.started_at
                 )

@@ -14,10 +14,12 @@ gateway -> worker (``ToWorker``)
     Retire            placement "dedicated": this worker's NPC was idle: stop the whole process
     ConnectionClosed  write the agents' logs; end their turns if ``end_turns``
     Flush             answer ``Flushed(token)`` once everything before it is done
+    Scrape            answer ``Scraped(token, families)``: the worker's metrics so far (/metrics)
 worker -> gateway (``ToGateway``)
     Frame             one JSON frame for the session's Godot connection
     ToFeed            a core.takeover TurnPrompt / TakeoverEnded for /events
     Flushed
+    Scraped
     WorkerGone        worker ``worker`` is gone for good (its node left); the pool has a surviving
                       worker pass this on
     NodeRefused       the pool refuses node ``node`` (it kept being lost), passed on the same way
@@ -37,6 +39,7 @@ from thespian.actors import ActorAddress
 
 from config.settings import Settings
 from core import protocol as p
+from core.metrics import Family
 from core.takeover import PlayerInput, Takeover, TakeoverEnded, TurnPrompt
 
 # Capabilities of an actor system that hosts NPC workers (placement through Thespian): that it
@@ -89,6 +92,10 @@ class Flush(NamedTuple):
     token: int
 
 
+class Scrape(NamedTuple):
+    token: int
+
+
 # --- worker -> gateway ---------------------------------------------------------------------
 
 
@@ -110,6 +117,11 @@ class Flushed(NamedTuple):
     token: int
 
 
+class Scraped(NamedTuple):
+    token: int
+    families: list[Family]  # actors.metrics.Metrics.snapshot: cumulative since the worker started
+
+
 class WorkerGone(NamedTuple):
     worker: int  # its index (not ``index``: a tuple's method)
 
@@ -119,8 +131,8 @@ class NodeRefused(NamedTuple):
     reason: str
 
 
-ToWorker: TypeAlias = Restore | ToAgent | Deactivate | Retire | ConnectionClosed | Flush
-ToGateway: TypeAlias = Frame | ToFeed | Flushed | WorkerGone | NodeRefused
+ToWorker: TypeAlias = Restore | ToAgent | Deactivate | Retire | ConnectionClosed | Flush | Scrape
+ToGateway: TypeAlias = Frame | ToFeed | Flushed | Scraped | WorkerGone | NodeRefused
 
 
 @dataclass

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from config.llm_endpoints import Endpoint, Tier, parse_fallbacks, parse_tiers
 from core.tagstream import is_tag_name
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
@@ -84,6 +85,7 @@ class Settings:
     max_journal_bytes_per_frame: int
     ws_send_buffer_bytes: int
     slow_client_close_timeout_s: float
+    metrics_scrape_timeout_s: float
     log_level: str
     log_dir: str
     log_retention_days: float
@@ -106,7 +108,15 @@ class Settings:
     llm_max_concurrent: int
     llm_max_concurrent_per_worker: int
     llm_include_usage: bool
+    llm_prices: dict[str, dict[str, float]]  # model -> {"prompt": ..., "completion": ...} per million tokens
     llm_structured: str
+    llm_fallbacks: tuple[Endpoint, ...]  # [[llm_fallbacks]] (config/llm_endpoints.py)
+    llm_tiers: tuple[Tier, ...]  # [llm_tiers.NAME]
+    llm_fallback_embedded: bool
+    llm_breaker_failures: int
+    llm_breaker_cooldown_s: float
+    llm_session_tokens_per_hour: int
+    llm_npc_tokens_per_hour: int
     embedded_model_threads: int
     embedded_history_budget_chars: int
     embedded_max_tokens: int
@@ -119,6 +129,9 @@ class Settings:
     events_max_frame_bytes: int
     events_takeover_timeout_s: float
     events_snapshot_interval_s: float
+    # Not a setting: the embedded model's base URL once the service has started it as the ladder's
+    # last LLM rung (llm_fallback_embedded).
+    embedded_url: str = ""
 
     @property
     def worker_count(self) -> int:
@@ -166,6 +179,23 @@ class Settings:
         """Origins allowed on /ws and /events besides the server's own (allowed_origins, split)."""
         return tuple(o.strip() for o in self.allowed_origins.split(",") if o.strip())
 
+    @property
+    def primary(self) -> Endpoint:
+        """The primary endpoint: llm_base_url (the embedded model's when none is configured)."""
+        return Endpoint(self.llm_base_url, self.turn_model, self.llm_api_key, self.llm_structured)
+
+    def tier(self, name: str | None) -> Tier | None:
+        """The tier an NPC's ``model_tier`` names, its endpoints on the primary's where they have
+        none; None (no name): the default tier, the primary and ``llm_fallbacks``. None for a name
+        that no tier has."""
+        if name is None:
+            return Tier("", (self.primary, *self.llm_fallbacks), self.llm_max_tokens)
+        tier = next((tier for tier in self.llm_tiers if tier.name == name), None)
+        if tier is None:
+            return None
+        url, mode = self.llm_base_url, self.llm_structured
+        return dataclasses.replace(tier, endpoints=tuple(endpoint.on(url, mode) for endpoint in tier.endpoints))
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -189,9 +219,27 @@ def load_settings(
         if name in env:
             values[key] = _coerce(key, env[name], default, name)
     _merge(values, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
+    values.update(_ladder(values, env))
     settings = Settings(**{ATTRIBUTES.get(key, key): value for key, value in values.items()})
     _check(settings)
     return settings
+
+
+def _ladder(values: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """The tables of the fallback ladder and the tiers, read into endpoints (keys from ``env``)."""
+    try:
+        fallbacks = parse_fallbacks(values["llm_fallbacks"], "llm_fallbacks", env, values["llm_structured"])
+        tiers = parse_tiers(
+            values["llm_tiers"],
+            env,
+            structured=values["llm_structured"],
+            primary_key=values["llm_api_key"],
+            fallbacks=fallbacks,
+            max_tokens=values["llm_max_tokens"],
+        )
+    except ValueError as exc:
+        raise SettingsError(f"setting {exc}") from None
+    return {"llm_fallbacks": fallbacks, "llm_tiers": tiers}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -213,6 +261,11 @@ def _merge(values: dict[str, Any], new: Mapping[str, Any], origin: str) -> None:
 def _coerce(key: str, value: Any, default: Any, origin: str) -> Any:
     """Give ``value`` the type of the default, accepting strings from the environment."""
     kind = type(default)
+    if kind in (list, dict):  # the ladder's tables: checked by _ladder
+        if not isinstance(value, kind):
+            shape = f"a list of tables ([[{key}]]" if kind is list else f"a table of tables ([{key}.NAME]"
+            raise SettingsError(f"setting {key!r} from {origin} must be {shape} in TOML: only a config file has them)")
+        return value
     try:
         if kind is bool:
             if isinstance(value, str):
@@ -245,6 +298,8 @@ MAY_BE_ZERO = (
     "agent_idle_s",
     "log_retention_days",
     "log_max_bytes",
+    "llm_session_tokens_per_hour",
+    "llm_npc_tokens_per_hour",
 )
 
 
@@ -278,6 +333,13 @@ def _check(s: Settings) -> None:
             f"setting 'max_journal_bytes_per_frame' ({s.max_journal_bytes_per_frame}) must not exceed "
             f"'rate_limit_journal_bytes_burst' ({s.rate_limit_journal_bytes_burst}): such a frame could never pass"
         )
+    for endpoint in (*s.llm_fallbacks, *(e for tier in s.llm_tiers for e in tier.endpoints)):
+        if endpoint.structured not in (*STRUCTURED_MODES, ""):
+            raise SettingsError(
+                f"the structured mode of {endpoint.key} must be one of {', '.join(STRUCTURED_MODES)}, "
+                f"got {endpoint.structured!r}"
+            )
+    _check_prices(s.llm_prices)
     if not 0 < s.admin_port < 65536:
         raise SettingsError(f"setting 'admin_port' must be a TCP port, got {s.admin_port!r}")
     # --- /events
@@ -285,4 +347,21 @@ def _check(s: Settings) -> None:
         if not is_tag_name(tag):
             raise SettingsError(
                 f"settings 'events_speech_tag' and 'events_action_tags' must hold tag names, got {tag!r}"
+            )
+
+
+PRICE_KINDS = ("prompt", "completion")
+
+
+def _check_prices(prices: dict[str, Any]) -> None:
+    """``llm_prices``: per model, a table of exactly ``prompt`` and ``completion``, not negative."""
+    for model, price in prices.items():
+        if (
+            not isinstance(price, dict)
+            or sorted(price) != sorted(PRICE_KINDS)
+            or not all(type(price[kind]) in (int, float) and price[kind] >= 0 for kind in PRICE_KINDS)
+        ):
+            raise SettingsError(
+                f"setting 'llm_prices' for model {model!r} must be a table of prompt and completion prices "
+                f"(per million tokens, not negative), got {price!r}"
             )

@@ -118,6 +118,9 @@ def _line(label: str, *parts: object) -> str:
 # --- the rules that change history -----------------------------------------------------------
 
 
+FACT_TYPES = frozenset(("interaction_event", "notification_event", "agent_turn_result", "tool_results"))
+
+
 def fact_of(message: p.AgentMessage, agent_id: str, turn_id: str | None = None) -> dict | None:
     """The journal fact of a message that changes ``agent_id``'s history, or None.
 

@@ -371,10 +371,15 @@ def turn_interrupted(agent_id: str, turn_id: str, reason: str, by_event_id: str 
     return frame
 
 
-def turn_finished(agent_id: str, turn_id: str, reason: str, usage: dict | None = None) -> dict:
+def turn_finished(
+    agent_id: str, turn_id: str, reason: str, usage: dict | None = None, fallback: dict | None = None
+) -> dict:
+    """``fallback``: how the turn stepped down the fallback ladder, when it did (docs/protocol.md)."""
     frame: dict[str, Any] = {"type": "agent_turn_finished", "agent_id": agent_id, "turn_id": turn_id, "reason": reason}
     if usage:
         frame["usage"] = usage
+    if fallback:
+        frame["fallback"] = fallback
     return frame
 
 

@@ -62,6 +62,8 @@ class AgentSpec:
     prompt_parts: tuple[tuple[str, str], ...]
     tags: tuple[TagSpec, ...]
     tools: tuple[ToolSpec, ...]
+    fallback_lines: tuple[str, ...]  # spoken when no LLM answers (the fallback ladder's last rung)
+    model_tier: str | None  # the server's tier of models for this NPC (setting llm_tiers); None: the default
     extra: dict[str, object]
 
     @property
@@ -110,7 +112,7 @@ def as_text(value: object) -> str:
 def parse_spec(state: object) -> AgentSpec:
     """Validate the ``state`` object of ``agent_state_snapshot``; raise ``SpecError`` if unusable."""
     state = _object(state, "state")
-    return AgentSpec(
+    spec = AgentSpec(
         name=_name(state.get("name"), "state.name"),
         description=_optional(state, "description", _text, ""),
         persona=_optional(state, "persona", _text, ""),
@@ -123,8 +125,13 @@ def parse_spec(state: object) -> AgentSpec:
         prompt_parts=_optional(state, "prompt_parts", _prompt_parts, ()),
         tags=_optional(state, "tags", _tags, ()) or DEFAULT_TAGS,
         tools=_optional(state, "tools", _tools, ()),
+        fallback_lines=_optional(state, "fallback_lines", _fallback_lines, ()),
+        model_tier=_optional(state, "model_tier", _name, None),
         extra={key: value for key, value in state.items() if key not in _CONTRACT_KEYS},
     )
+    if spec.fallback_lines and spec.speech_tag is None:
+        raise SpecError("state.fallback_lines", f"are spoken in a {SPEECH_TAG!r} tag, which state.tags lacks")
+    return spec
 
 
 _CONTRACT_KEYS = frozenset(field.name for field in fields(AgentSpec)) - {"extra"}
@@ -279,6 +286,24 @@ def _attrs(value: object, field: str) -> dict[str, str]:
         _xml_name(name, _key_field(field, name)): _optional_text(description, _key_field(field, name))
         for name, description in value.items()
     }
+
+
+MAX_FALLBACK_LINES, MAX_FALLBACK_LINE_CHARS = 100, 1000
+
+
+def _fallback_lines(value: object, field: str) -> tuple[str, ...]:
+    """Plain text lines, each spoken whole in the speech tag (markup in them is spoken as text)."""
+    lines = _items(_one_or_many(value), field, _fallback_line, "strings")
+    if len(lines) > MAX_FALLBACK_LINES:
+        raise SpecError(field, f"must hold at most {MAX_FALLBACK_LINES} lines, got {len(lines)}")
+    return lines
+
+
+def _fallback_line(value: object, field: str) -> str:
+    line = _name(value, field)
+    if len(line) > MAX_FALLBACK_LINE_CHARS:
+        raise SpecError(field, f"must be at most {MAX_FALLBACK_LINE_CHARS} characters long")
+    return line
 
 
 def _tools(value: object, field: str) -> tuple[ToolSpec, ...]:

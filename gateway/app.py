@@ -21,6 +21,7 @@ from gateway.auth import auth_middleware, has_token
 from gateway.events import WEB_DIR, EventsEndpoint, index
 from gateway.godot import GodotEndpoint
 from gateway.journal import Journal
+from gateway.metrics import MetricsEndpoint
 from gateway.router import Router
 from gateway.workers import WorkerLinks
 
@@ -45,6 +46,7 @@ class GatewayServer:
         self.events = EventsEndpoint(settings, self.router)
         self.router.observer = self.events
         self.godot = GodotEndpoint(self.router, settings, self.events)
+        self.metrics = MetricsEndpoint(settings, self.router, self.journal, self.godot, self.events)
         self.runner: web.AppRunner | None = None
         self._flush_tokens = itertools.count(1)
         self._sweeper: asyncio.Task | None = None
@@ -64,6 +66,7 @@ class GatewayServer:
         app = web.Application(middlewares=[auth_middleware(self.settings)])  # token, Origin
         app.router.add_get("/ws", self.godot.handle)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics.handle)
         app.router.add_get("/events", self.events.handle)
         app.router.add_get("/", index)
         app.router.add_static("/", WEB_DIR)  # last: the routes above take precedence
@@ -137,7 +140,7 @@ class GatewayServer:
         await site.start()
         host, port = self.runner.addresses[0][:2]
         url = f"http://{host}:{port}"
-        logger.info("gateway listening on {} (/ws, /events, /healthz, the web page at /)", url)
+        logger.info("gateway listening on {} (/ws, /events, /healthz, /metrics, the web page at /)", url)
         return url
 
     async def stop(self, timeout: float | None) -> None:

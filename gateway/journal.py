@@ -81,6 +81,7 @@ class Journal:
         self.known: set[tuple[str, str]] = set()  # agents with facts (loop side)
         self.facts_written = 0
         self.commits = 0
+        self.committed: Callable[[float], None] = lambda seconds: None  # each commit's duration (thread side)
 
     async def open(self) -> None:
         """Open (or create) the journal and load the known agents; start the writer thread."""
@@ -188,6 +189,7 @@ class Journal:
         entries = [entry for entry in batch if entry is not _PROBE]
         out: list[tuple[Hashable, ToWorker]] = []
         facts = 0
+        started = time.monotonic()
         try:
             db.execute("begin")
             if len(entries) < len(batch):
@@ -201,6 +203,7 @@ class Journal:
                     item = item._replace(facts=self._read(db, item.session, item.agent_id))
                 out.append((destination, item))
             db.execute("commit")
+            self.committed(time.monotonic() - started)
             self.facts_written += facts
             self.commits += 1
             return out, None, []

@@ -7,7 +7,8 @@ the worker before anything else for it. With placement "dedicated" it is placed 
 worker process of its own, started for it (``start_worker``: its items wait for it, in order, in
 gateway/workers.py) and retired when it is deactivated; a lost one is not replaced, the agent's
 next message starts another. Every history fact goes through the journal on its way
-(``gateway.journal``); turn ids are assigned here, so the journal knows a turn before the agent.
+(``gateway.journal``) and is shown to the ``observer``; turn ids are assigned here, so the journal
+knows a turn before the agent.
 
 Frames coming back from workers are forwarded to the Godot connection currently holding the
 session, noted by ``OpenTurns`` and shown, with the agents' reports, to the ``observer`` (the
@@ -33,17 +34,20 @@ from actors.messages import (
     Frame,
     NodeRefused,
     Retire,
+    Scrape,
+    Scraped,
     ToAgent,
     ToFeed,
     ToGateway,
     ToWorker,
     WorkerGone,
 )
+from actors.metrics import END_TO_END, Metrics
 from config.settings import Settings
 from core import protocol as p
 from core.dedicated import DedicatedSlots
 from core.history import fact_of, starts_turn
-from core.openturns import OpenTurns
+from core.openturns import FIRST_SAY, FIRST_TAG, INTERRUPT, OpenTurns
 from core.takeover import PlayerInput, Takeover, TakeoverEnded
 from gateway.journal import Journal
 
@@ -60,7 +64,16 @@ class Connection(Protocol):
 
 
 class Observer(Protocol):
+    def fact_recorded(self, session: str, agent_id: str, fact: dict) -> None: ...
+
     def worker_items(self, items: list[Frame | ToFeed]) -> None: ...
+
+
+class WorkerReports(Protocol):
+    """Who keeps the workers' metrics (gateway/metrics.py)."""
+
+    def scraped(self, worker: int, item: Scraped) -> None: ...
+    def lost(self, worker: int) -> None: ...
 
 
 class Router:
@@ -69,11 +82,14 @@ class Router:
         settings: Settings,
         journal: Journal,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
         start_worker: Callable[[int, int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.journal = journal
         self.clock = clock
+        self.metrics = metrics or Metrics()  # the gateway's own
+        self.reports: WorkerReports | None = None
         self.placement: dict[Key, int] = {}
         # Placement "dedicated": its slots, and how to start worker (index, generation) for one.
         self.dedicated = DedicatedSlots(settings.max_dedicated_workers) if settings.dedicated else None
@@ -85,12 +101,17 @@ class Router:
         self.worker_nodes: list[str | None] = []
         self.alive: list[bool] = []
         self.unreachable: set[int] = set()  # workers whose stream ended, until replaced
-        self.relayed: list[int] = []  # items received from each worker (frames, mostly)
+        self.relayed: list[int] = []  # frames received from each worker
         self.refused_nodes: dict[str, str] = {}  # node -> why the pool refuses it (actors/pool.py, Flaps)
         self._ignored: set[tuple[int, int]] = set()  # (worker, generation) whose batches were dropped
         self.last_seen: dict[Key, float] = {}  # placed agents: when Godot or a player last addressed them
         self.pinned: set[Key] = set()  # taken over by a person on /events: kept active
-        self.open = OpenTurns()
+        latencies = {
+            FIRST_TAG: self.metrics.first_tag.labels(END_TO_END).observe,
+            FIRST_SAY: self.metrics.first_say.labels(END_TO_END).observe,
+            INTERRUPT: self.metrics.interrupt.observe,
+        }
+        self.open = OpenTurns(lambda what, seconds: latencies[what](seconds))
         self.session_agents: Counter[str] = Counter()
         self.connections: dict[str, Connection] = {}
         self._flush_waiters: dict[int, Callable[[int], None]] = {}
@@ -160,14 +181,16 @@ class Router:
             if new:
                 self.session_agents[session] += 1
         conn.agents.add(agent_id)
-        self.last_seen[key] = self.clock()
+        self.last_seen[key] = now = self.clock()
         turn_id = None
         if starts_turn(message):
             turn_id = uuid.uuid4().hex[:16]
-            self.open.assigned(key, turn_id, getattr(message, "event_id", None))
+            self.open.assigned(key, turn_id, getattr(message, "event_id", None), now)
         fact = fact_of(message, agent_id, turn_id)
         if fact is not None:
             self._record(worker, ToAgent(session, agent_id, fact), (session, agent_id, fact))
+            if self.observer is not None:
+                self.observer.fact_recorded(session, agent_id, fact)
         else:
             assert isinstance(message, p.AgentStateSnapshot)  # fact_of: the one message that is no history
             self._send(worker, ToAgent(session, agent_id, message))
@@ -236,21 +259,23 @@ class Router:
 
     def deliver(self, items: list[ToGateway], origin: int | None = None, generation: int = 0) -> None:
         """Forward one batch from worker ``origin``; nothing from one that was lost or replaced."""
-        if origin is not None:
-            if not self._current(origin, generation):
-                return
-            self.relayed[origin] += len(items)
+        if origin is not None and not self._current(origin, generation):
+            return
         connections = self.connections
         note = self.open.frame
+        now = self.clock()
         observed: list[Frame | ToFeed] = []  # in order, for the observer
+        others = 0  # items that are not frames: counted in the rare branches, not per frame
         for item in items:
             if isinstance(item, Frame):  # the hot one: first
-                note(item.session, item.data)
+                note(item.session, item.data, now)
                 conn = connections.get(item.session)
                 if conn is not None:
                     conn.send(item.data)
                 observed.append(item)
-            elif isinstance(item, ToFeed):
+                continue
+            others += 1
+            if isinstance(item, ToFeed):
                 if type(item.report) is TakeoverEnded:
                     self.pinned.discard((item.session, item.report.agent_id))
                 observed.append(item)
@@ -263,8 +288,13 @@ class Router:
                 waiter = self._flush_waiters.get(item.token)
                 if waiter is not None:
                     waiter(item.token)
+            elif isinstance(item, Scraped):
+                if self.reports is not None and origin is not None:
+                    self.reports.scraped(origin, item)
             else:
                 logger.error("unknown item {!r} from a worker", type(item).__name__)
+        if origin is not None:
+            self.relayed[origin] += len(items) - others
         if observed and self.observer is not None:
             self.observer.worker_items(observed)
 
@@ -282,6 +312,13 @@ class Router:
         self._flush_waiters[token] = done
         for worker in self.live_workers():
             self._send(worker, Flush(token))
+
+    def scrape(self, token: int) -> list[int]:
+        """Ask every live worker for its metrics (answered with ``Scraped``); return which."""
+        live = self.live_workers()
+        for worker in live:
+            self._send(worker, Scrape(token))
+        return live
 
     # --- workers coming and going --------------------------------------------------------------
 
@@ -338,6 +375,7 @@ class Router:
 
     def worker_replaced(self, worker: int, generation: int, pid: int) -> None:
         """A new generation of worker ``worker`` took the place of the one that died."""
+        self.metrics.worker_restarts.inc()
         self.worker_lost(worker)  # nothing left to end when its stream's end was seen first
         self.generation[worker], self.worker_pids[worker] = generation, pid
         self.alive[worker] = True  # also a lost node's worker, started again when the node came back
@@ -359,11 +397,18 @@ class Router:
         history) when next addressed."""
         lost = [key for key, placed in self.placement.items() if placed == worker]
         frames: list[ToGateway] = []
+        ended = 0
         for key in lost:
             del self.placement[key]
             self.last_seen.pop(key, None)
-            frames += [Frame(key[0], orjson.dumps(frame)) for frame in self.open.end(key, why)]
+            for frame in self.open.end(key, why):
+                frames.append(Frame(key[0], orjson.dumps(frame)))
+                ended += frame["type"] == "agent_turn_finished"
         self.load[worker] = 0
+        if ended:
+            self.metrics.turns.labels("error").inc(ended)
+        if self.reports is not None:
+            self.reports.lost(worker)
         logger.warning(
             "worker {} of node {} lost: {} agents will be restored, {} frames end their turns",
             worker,
@@ -393,6 +438,8 @@ class Router:
                 self._send(worker, Retire(*key))
                 self.alive[worker] = False
                 self.dedicated.release(worker)
+                if self.reports is not None:  # its counters as of the last scrape stay, as a dead worker's
+                    self.reports.lost(worker)
         return len(idle)
 
 

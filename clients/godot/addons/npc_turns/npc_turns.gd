@@ -22,7 +22,8 @@ signal tag_opened(agent_id: String, turn_id: String, index: int, tag: String, at
 signal tag_chunk(agent_id: String, turn_id: String, index: int, tag: String, text: String)
 ## The tag is complete.
 signal tag_closed(agent_id: String, turn_id: String, index: int, tag: String)
-## The turn ended: [param reason] is "completed" or "error"; [param usage] is the token usage or {}.
+## The turn ended: [param reason] is "completed", "fallback" (no LLM answered: the NPC spoke one of
+## its fallback_lines) or "error"; [param usage] is the token usage or {}.
 signal turn_finished(agent_id: String, turn_id: String, reason: String, usage: Dictionary)
 ## The turn was cut: [param reason] is "new_event", "disconnected", "shutdown"...;
 ## [param by_event_id] is the id of the event that cut it, or "".
@@ -433,7 +434,7 @@ func _on_turn_frame(kind: String, msg: Dictionary) -> void:
 		"agent_turn_finished":
 			var reason := _str(msg, "reason")
 			var usage: Variant = msg.get("usage", {})
-			turn.status = "completed" if reason == "completed" else "interrupted"
+			turn.status = "completed" if reason in ["completed", "fallback"] else "interrupted"
 			turn_finished.emit(agent_id, turn_id, reason, usage if usage is Dictionary else {})
 			_end_turn(turn)
 		"agent_turn_interrupted":

@@ -21,7 +21,8 @@ signal tag_opened(agent_id, turn_id, index, tag, attrs)
 signal tag_chunk(agent_id, turn_id, index, tag, text)
 # The tag is complete.
 signal tag_closed(agent_id, turn_id, index, tag)
-# The turn ended: `reason` is "completed" or "error"; `usage` is the token usage or {}.
+# The turn ended: `reason` is "completed", "fallback" (no LLM answered: the NPC spoke one of its
+# fallback_lines) or "error"; `usage` is the token usage or {}.
 signal turn_finished(agent_id, turn_id, reason, usage)
 # The turn was cut: `reason` is "new_event", "disconnected", "shutdown"...;
 # `by_event_id` is the id of the event that cut it, or "".
@@ -436,7 +437,7 @@ func _on_turn_frame(kind: String, msg: Dictionary) -> void:
 		"agent_turn_finished":
 			var reason := _str(msg, "reason")
 			var usage = msg.get("usage", {})
-			turn.status = "completed" if reason == "completed" else "interrupted"
+			turn.status = "completed" if reason in ["completed", "fallback"] else "interrupted"
 			emit_signal("turn_finished", agent_id, turn_id, reason, usage if usage is Dictionary else {})
 			_end_turn(turn)
 		"agent_turn_interrupted":
