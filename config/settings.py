@@ -43,6 +43,7 @@ ATTRIBUTES = {"token": "auth_token"}
 STRUCTURED_MODES = ("auto", "grammar", "json_schema", "off")  # providers/structured.py
 UNTAGGED_TEXT_MODES = ("say", "drop")
 EVENT_LOOPS = ("uvloop", "asyncio")  # actors/bridge.py
+PLACEMENTS = ("pooled", "dedicated")  # gateway/router.py, actors/pool.py
 
 
 class SettingsError(ValueError):
@@ -62,6 +63,8 @@ class Settings:
     node_check_s: int
     startup_timeout_s: float
     event_loop: str
+    placement: str
+    max_dedicated_workers: int
     snapshot_timeout_s: float
     history_budget_chars: int
     history_max_entries: int
@@ -144,6 +147,21 @@ class Settings:
     def worker_count(self) -> int:
         """Workers to start: the configured count, or one per CPU."""
         return self.workers if self.workers > 0 else (os.cpu_count() or 1)
+
+    @property
+    def dedicated(self) -> bool:
+        """Each NPC in a worker process of its own (placement "dedicated"), not spread over a pool."""
+        return self.placement == "dedicated"
+
+    @property
+    def pooled_workers(self) -> int:
+        """Workers this node starts up front: none with dedicated placement (they start per NPC)."""
+        return 0 if self.dedicated else self.worker_count
+
+    @property
+    def worker_processes(self) -> int:
+        """The most worker processes this node runs at once: what a server-wide cap is split over."""
+        return self.max_dedicated_workers if self.dedicated else self.worker_count
 
     @property
     def node(self) -> str:
@@ -323,6 +341,7 @@ def _check(s: Settings) -> None:
         ("llm_structured", STRUCTURED_MODES),
         ("untagged_text", UNTAGGED_TEXT_MODES),
         ("event_loop", EVENT_LOOPS),
+        ("placement", PLACEMENTS),
     ):
         if getattr(s, name) not in modes:
             raise SettingsError(f"setting {name!r} must be one of {', '.join(modes)}, got {getattr(s, name)!r}")

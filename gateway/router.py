@@ -3,7 +3,10 @@
 Loop-side state of the gateway. An agent is placed on the least-loaded worker when it is first
 named (or first named again after its worker died, it was deactivated, or the server restarted)
 and stays there while it is active; when it had history, a restore from the journal goes to
-the worker before anything else for it. Every history fact goes through the journal on its way
+the worker before anything else for it. With placement "dedicated" it is placed instead on a
+worker process of its own, started for it (``start_worker``: its items wait for it, in order, in
+gateway/workers.py) and retired when it is deactivated; a lost one is not replaced, the agent's
+next message starts another. Every history fact goes through the journal on its way
 (``gateway.journal``) and is shown to the ``observer``; turn ids are assigned here, so the journal
 knows a turn before the agent.
 
@@ -30,6 +33,7 @@ from actors.messages import (
     Flushed,
     Frame,
     NodeRefused,
+    Retire,
     Scrape,
     Scraped,
     SnapshotRecall,
@@ -43,6 +47,7 @@ from actors.metrics import END_TO_END, Metrics
 from config.settings import Settings
 from core import memory as m
 from core import protocol as p
+from core.dedicated import DedicatedSlots
 from core.history import fact_of, starts_turn
 from core.openturns import FIRST_SAY, FIRST_TAG, INTERRUPT, OpenTurns
 from core.recall import RecallQuery, query_words
@@ -83,6 +88,7 @@ class Router:
         journal: Journal,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        start_worker: Callable[[int, int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.journal = journal
@@ -90,6 +96,9 @@ class Router:
         self.metrics = metrics or Metrics()  # the gateway's own
         self.reports: WorkerReports | None = None
         self.placement: dict[Key, int] = {}
+        # Placement "dedicated": its slots, and how to start worker (index, generation) for one.
+        self.dedicated = DedicatedSlots(settings.max_dedicated_workers) if settings.dedicated else None
+        self.start_worker = start_worker
         # Per worker index (add_worker): agents placed, generation, pid, node, and whether it lives.
         self.load: list[int] = []
         self.generation: list[int] = []
@@ -162,7 +171,8 @@ class Router:
             )
         worker = self.placement.get(key)
         if worker is None:
-            if key not in self.journal.known:
+            new = key not in self.journal.known
+            if new:
                 if kind is not p.InteractionEvent and kind is not p.NotificationEvent:
                     return _unknown_agent(message, agent_id, session)
                 if self.session_agents[session] >= self.settings.max_agents_per_session:
@@ -172,8 +182,11 @@ class Router:
                         f"{self.session_agents[session]} agents (setting max_agents_per_session)",
                         {"type": p.TYPE_NAMES[kind], "agent_id": agent_id},
                     )
-                self.session_agents[session] += 1
             worker = self._place(key)
+            if worker is None:
+                return self._no_worker(message, agent_id)
+            if new:
+                self.session_agents[session] += 1
         conn.agents.add(agent_id)
         self.last_seen[key] = now = self.clock()
         turn_id = None
@@ -237,24 +250,48 @@ class Router:
             if key not in self.journal.known:
                 return False
             worker = self._place(key)
+            if worker is None:  # every dedicated worker is taken: the player's message goes nowhere
+                logger.warning("no dedicated worker is free for agent {} of session {}", agent_id, session)
+                return False
         if type(message) is Takeover:
             (self.pinned.add if message.client is not None else self.pinned.discard)(key)
         self.last_seen[key] = self.clock()
         self._send(worker, ToAgent(session, agent_id, message))
         return True
 
-    def _place(self, key: Key) -> int:
+    def _place(self, key: Key) -> int | None:
         """Put ``key`` on the least-loaded live worker; it gets its history first if it has one.
         A worker whose stream just ended is passed over while another can take it (if none can,
-        the agent waits there for its replacement: what it is sent ends with the lost turns)."""
-        live = self.live_workers()
-        reachable = [worker for worker in live if worker not in self.unreachable]
-        worker = min(reachable or live, key=self.load.__getitem__)
+        the agent waits there for its replacement: what it is sent ends with the lost turns).
+        With placement "dedicated", on a worker started for it; None when all are taken."""
+        if self.dedicated is not None:
+            taken = self.dedicated.take(key)
+            if taken is None:
+                return None
+            worker, generation = taken
+            self._grow(worker)
+            self.generation[worker], self.worker_pids[worker] = generation, None
+            self.worker_nodes[worker] = self.settings.node
+            assert self.start_worker is not None  # the gateway gives one with placement "dedicated"
+            self.start_worker(worker, generation)
+        else:
+            live = self.live_workers()
+            reachable = [worker for worker in live if worker not in self.unreachable]
+            worker = min(reachable or live, key=self.load.__getitem__)
         self.placement[key] = worker
         self.load[worker] += 1
         if key in self.journal.known:
             self.journal.restore((worker, self.generation[worker]), *key)
         return worker
+
+    def _no_worker(self, message: p.AgentMessage, agent_id: str) -> dict:
+        limit = self.settings.max_dedicated_workers
+        return p.error(
+            p.TOO_MANY_WORKERS,
+            f"all {limit} dedicated workers are running an NPC (setting max_dedicated_workers); "
+            f"agent {agent_id!r} gets one when another NPC is deactivated (setting agent_idle_s)",
+            {"type": p.TYPE_NAMES[type(message)], "agent_id": agent_id, **_event_id(message)},
+        )
 
     def _send(self, worker: int, item: ToWorker) -> None:
         """``item`` goes to ``worker`` after everything sent or recorded for it before."""
@@ -347,7 +384,17 @@ class Router:
         return list(nodes.values())
 
     def add_worker(self, worker: int, generation: int, pid: int, node: str) -> None:
-        """A worker to place agents on: one of this node's, or a joining node's."""
+        """A worker to place agents on: one of this node's, or a joining node's (or, with placement
+        "dedicated", the one started for an agent)."""
+        self._grow(worker)
+        self.generation[worker], self.worker_pids[worker], self.worker_nodes[worker] = generation, pid, node
+        self.alive[worker] = True
+        self.unreachable.discard(worker)
+        self.refused_nodes.pop(node, None)
+        logger.info("worker {} of node {} (pid {}) takes agents", worker, node, pid)
+
+    def _grow(self, worker: int) -> None:
+        """Make room in the per-worker books for index ``worker``."""
         missing = worker + 1 - len(self.alive)
         if missing > 0:
             self.load += [0] * missing
@@ -356,18 +403,21 @@ class Router:
             self.worker_nodes += [None] * missing
             self.alive += [False] * missing
             self.relayed += [0] * missing
-        self.generation[worker], self.worker_pids[worker], self.worker_nodes[worker] = generation, pid, node
-        self.alive[worker] = True
-        self.unreachable.discard(worker)
-        self.refused_nodes.pop(node, None)
-        logger.info("worker {} of node {} (pid {}) takes agents", worker, node, pid)
 
     def worker_lost(self, worker: int) -> None:
-        """Worker ``worker``'s stream ended: it died, and Thespian will replace it."""
-        self.unreachable.add(worker)
-        self._lose(
-            worker, f"the worker process running this agent died (pid {self.worker_pids[worker]}); its turn is lost"
-        )
+        """Worker ``worker``'s stream ended: it died, and Thespian will replace it. With placement
+        "dedicated" it is not replaced (or it never started): its slot is free, its agent's next
+        message starts another."""
+        pid = self.worker_pids[worker]
+        if self.dedicated is None:
+            self.unreachable.add(worker)
+        else:
+            self.alive[worker] = False
+            self.dedicated.release(worker)
+        if pid is None:  # a dedicated worker given up before it was up (gateway/workers.py)
+            self._lose(worker, "the worker process for this agent did not start; its turn is lost")
+        else:
+            self._lose(worker, f"the worker process running this agent died (pid {pid}); its turn is lost")
 
     def worker_replaced(self, worker: int, generation: int, pid: int) -> None:
         """A new generation of worker ``worker`` took the place of the one that died."""
@@ -431,8 +481,21 @@ class Router:
             self.turn_events.pop(key, None)
             self.groups.pop(key, None)
             self.load[worker] -= 1
-            self._send(worker, Deactivate(*key))
+            if self.dedicated is None:
+                self._send(worker, Deactivate(*key))
+            else:  # its process ends, after everything sent to it before
+                self._send(worker, Retire(*key))
+                self.alive[worker] = False
+                self.dedicated.release(worker)
+                if self.reports is not None:  # its counters as of the last scrape stay, as a dead worker's
+                    self.reports.lost(worker)
         return len(idle)
+
+
+def _event_id(message: p.AgentMessage) -> dict:
+    """``{"event_id": ...}`` for an error's ref, when the message has one."""
+    event_id = getattr(message, "event_id", None)
+    return {"event_id": event_id} if event_id is not None else {}
 
 
 def _unknown_agent(message: p.AgentMessage, agent_id: str, session: str) -> dict:
