@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 GATEWAY, ADMIN, POOL = "the gateway", "Thespian's admin", "the worker pool"
 POOL_CRASH_LOOP_S = 30.0  # a replaced pool that dies as soon as this stops the service
+POOL_PARENT_GRACE_S = 0.5  # how long a dead pool's admin and gateway get to show they died with it
 
 
 class ServiceError(RuntimeError):
@@ -123,6 +124,14 @@ class Service:
             died = [fd for fd in ready if fd in self.watched]
             if not died:
                 return None
+            # The pool is the admin's child and dies with it, microseconds before or after the
+            # admin's end is seen: then the admin's end is the news (replacing the pool on a dead
+            # admin would block for the start-up timeout, then fail). So when only the pool is seen
+            # gone, the admin and the gateway get POOL_PARENT_GRACE_S to show they are gone too.
+            if all(self.watched[fd][0] == POOL for fd in died):
+                others = [fd for fd in self.watched if self.watched[fd][0] != POOL]
+                died += select.select(others, [], [], POOL_PARENT_GRACE_S)[0]
+            died.sort(key=lambda fd: self.watched[fd][0] == POOL)
             role, pid = self.watched[died[0]]
             if role != POOL:
                 return f"{role} (pid {pid}) exited"
