@@ -66,6 +66,8 @@ class Settings:
     untagged_text: str
     data_dir: str
     journal_fsync: bool
+    journal_retention_days: float
+    journal_compact_days: float
     agent_idle_s: float
     auth_token: str = field(repr=False)  # the setting ``token`` (GAME_AGENT_TOKEN): see ATTRIBUTES
     allowed_origins: str
@@ -226,6 +228,8 @@ MAY_BE_ZERO = (
     "events_replay",
     "agent_idle_s",
     "log_retention_days",
+    "journal_retention_days",
+    "journal_compact_days",
     "log_max_bytes",
 )
 

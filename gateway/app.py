@@ -20,6 +20,7 @@ from gateway.auth import auth_middleware, has_token
 from gateway.events import WEB_DIR, EventsEndpoint, index
 from gateway.godot import GodotEndpoint
 from gateway.journal import Journal
+from gateway.journal_upkeep import Upkeep
 from gateway.router import Router
 from gateway.workers import WorkerLinks
 
@@ -36,7 +37,12 @@ class GatewayServer:
                 send(destination, item)
 
         self.journal = Journal(
-            settings.data_dir, settings.journal_fsync, 2 * settings.history_max_entries, release, self._not_saved
+            settings.data_dir,
+            settings.journal_fsync,
+            2 * settings.history_max_entries,
+            release,
+            self._not_saved,
+            Upkeep(settings.journal_retention_days, settings.journal_compact_days),
         )
         self.router = Router(settings, self.journal)
         self.workers = WorkerLinks(link_secret, self.router)
