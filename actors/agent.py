@@ -25,8 +25,9 @@ from loguru import logger
 from actors.llm_input_log import LlmInputLog, spool_path
 from core import protocol as p
 from core.history import History
-from core.prompt import build_messages
+from core.prompt import build_messages, window_start
 from core.spec import AgentSpec, SpecError, parse_spec
+from core.summary import clip, covered_through, due, request_messages, summary_fact
 from core.takeover import PlayerInput, Takeover, TakeoverEnded, TurnPrompt
 from core.taleweave import actions_of
 from core.turn import Output, Prompt, RecordAnswer, RequestState, Stream, TurnEnded, TurnMachine, turn_of_request
@@ -64,6 +65,7 @@ class Agent:
         self.turn: Turn | None = None
         self.last_request_id: str | None = None
         self.takeover: Takeover | None = None  # the person playing this NPC, if any
+        self.summarising: asyncio.Task | None = None  # the summary request in flight, if any
         self.changed_at: int | None = None  # the host's change count at the history's first change since its last log
         keep = host.settings.llm_input_log_turns
         self.llm_log = (
@@ -163,6 +165,8 @@ class Agent:
 
     def close(self) -> None:
         self._interrupt("shutdown", None)
+        if self.summarising is not None:
+            self.summarising.cancel()
         if self.llm_log is not None:
             self.host.logs.submit(self.llm_log.close)  # after the logs that still read its spool
 
@@ -218,12 +222,20 @@ class Agent:
         return turn.machine.state_received(spec)
 
     async def _prompt(self, turn: Turn, step: Prompt) -> list[Output]:
+        settings = self.host.settings
+        entries = list(self.history.entries)
+        start = window_start(entries, settings.history_budget_chars)
+        summary = self.history.summary
         turn.messages = build_messages(
             step.spec,
-            self.history.entries,
-            budget_chars=self.host.settings.history_budget_chars,
-            json_answer=self.host.settings.llm_structured == "json_schema",
+            entries,
+            budget_chars=settings.history_budget_chars,
+            json_answer=settings.llm_structured == "json_schema",
+            start=start,
+            summary=summary["text"] if summary else None,
         )
+        if settings.summaries and self.summarising is None:
+            self._summarise(step.spec, entries, start)
         markup = await self._ask_player(turn, step.spec, turn.messages[-1]["content"])
         return turn.machine.person_answered(markup)
 
@@ -248,6 +260,41 @@ class Agent:
             if delta.usage:
                 machine.llm_usage(delta.usage)
         return machine.llm_finished()
+
+    # --- the summary ------------------------------------------------------------------------
+
+    def _summarise(self, spec: AgentSpec, entries: list[dict], start: int) -> None:
+        """Fold what left the prompt (``entries[:start]``) into the summary, when enough did:
+        a background LLM request (turns first: providers/slots.py), as a task of its own."""
+        settings = self.host.settings
+        summary = self.history.summary
+        fallen = due(entries, start, summary["through_seq"] if summary else None, settings.summary_min_chars)
+        if not fallen:
+            return
+        previous = summary["text"] if summary else None
+        messages = request_messages(spec.name, previous, fallen, settings.summary_max_chars)
+        task = asyncio.get_running_loop().create_task(self._summary(messages, covered_through(fallen)))
+        self.summarising = task
+
+    async def _summary(self, messages: list[dict], through_seq: int) -> None:
+        settings = self.host.settings
+        answer: list[str] = []
+        try:
+            limit = {"max_tokens": max(16, settings.summary_max_chars // 3)}  # a token is ~4 characters
+            async for delta in self.host.llm.stream(messages, extra_body=limit, background=True):
+                if delta.content:
+                    answer.append(delta.content)
+        except LLMError as exc:  # llm_busy (the LLM is taken by turns) or a failure: asked again later
+            self.log.debug("summary dropped: {} {}", exc.code, exc)
+            return
+        finally:
+            self.summarising = None
+        text = clip("".join(answer), settings.summary_max_chars)
+        if text:
+            fact = summary_fact(text, through_seq)
+            self.history.apply(fact)
+            self.host.summarised(self.session, self.agent_id, fact)
+            self.log.debug("summary of history through fact {}: {} characters", through_seq, len(text))
 
     async def _ask_player(self, turn: Turn, spec: AgentSpec, prompt: str) -> str | None:
         """Tell the gateway the turn needs an answer; when a person plays the NPC, wait for theirs.

@@ -17,6 +17,7 @@ worker -> gateway (``ToGateway``)
     Frame             one JSON frame for the session's Godot connection
     ToFeed            a core.takeover TurnPrompt / TakeoverEnded for /events
     Flushed
+    Summarised        an agent's new summary of its older history (core.summary), for the journal
     WorkerGone        worker ``worker`` is gone for good (its node left); the pool has a surviving
                       worker pass this on
     NodeRefused       the pool refuses node ``node`` (it kept being lost), passed on the same way
@@ -100,6 +101,12 @@ class Flushed(NamedTuple):
     token: int
 
 
+class Summarised(NamedTuple):
+    session: str
+    agent_id: str
+    fact: dict[str, Any]  # core.summary.summary_fact
+
+
 class WorkerGone(NamedTuple):
     worker: int  # its index (not ``index``: a tuple's method)
 
@@ -110,7 +117,7 @@ class NodeRefused(NamedTuple):
 
 
 ToWorker: TypeAlias = Restore | ToAgent | Deactivate | ConnectionClosed | Flush
-ToGateway: TypeAlias = Frame | ToFeed | Flushed | WorkerGone | NodeRefused
+ToGateway: TypeAlias = Frame | ToFeed | Flushed | Summarised | WorkerGone | NodeRefused
 
 
 @dataclass

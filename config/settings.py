@@ -63,6 +63,10 @@ class Settings:
     snapshot_timeout_s: float
     history_budget_chars: int
     history_max_entries: int
+    summaries: bool
+    summary_min_chars: int
+    summary_max_chars: int
+    summaries_per_worker: int
     untagged_text: str
     data_dir: str
     journal_fsync: bool

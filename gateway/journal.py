@@ -39,12 +39,12 @@ import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from loguru import logger
 
-from actors.messages import Restore, ToWorker
+from actors.messages import Restore, ToAgent, ToWorker
 from gateway.journal_upkeep import Upkeep
 
 FILE_NAME = "journal.sqlite3"
@@ -67,12 +67,14 @@ create table if not exists covered (
     session text not null,
     agent_id text not null,
     through_seq integer not null,  -- the newest fact the NPC's latest summary holds
+    summary_seq integer not null,  -- that summary's own fact
     primary key (session, agent_id)
 ) without rowid;
 """
 LOCK_SUFFIX = ".lock"  # flock'd by the server's journal thread while it runs, and by `run.py journal`
 UPKEEP_INTERVAL_S = 3600.0  # retention and compaction: at start, then hourly
 UPKEEP_AGAIN_S = 1.0  # or this soon while a pass left more to do
+NO_SEQ = 2**63 - 1  # greater than any seq
 _STOP = object()
 _PROBE = object()
 REF_KEYS = ("turn_id", "event_id")  # of a fact, named in the error about it
@@ -233,24 +235,30 @@ class Journal:
         """One transaction for the batch's facts and probes; restores read inside it, in order.
         Returns the items to hand on, why the write failed (None: it did not), and the facts
         that are not durable."""
-        entries = [entry for entry in batch if entry is not _PROBE]
+        summaries = [entry for entry in batch if type(entry) is _Summary]
+        entries = [entry for entry in batch if entry is not _PROBE and type(entry) is not _Summary]
         out: list[tuple[Hashable, ToWorker]] = []
-        facts = 0
+        written: list[tuple[ToWorker, int]] = []  # (item, the seq of its fact)
         now = time.time()
         try:
             db.execute("begin")
-            if len(entries) < len(batch):
+            if len(entries) + len(summaries) < len(batch):
                 db.execute("insert or replace into probe values (1, ?)", (time.time(),))
+            self._write_summaries(db, summaries, now)
             for destination, item, fact in entries:
                 if fact is not None:
-                    db.execute("insert into facts (session, agent_id, fact, at) values (?, ?, ?, ?)", (*fact, now))
+                    cursor = db.execute(
+                        "insert into facts (session, agent_id, fact, at) values (?, ?, ?, ?)", (*fact, now)
+                    )
                     db.execute("insert or ignore into agents values (?, ?)", fact[:2])
-                    facts += 1
+                    assert cursor.lastrowid is not None  # an insert
+                    written.append((item, cursor.lastrowid))
                 elif type(item) is Restore:
                     item = item._replace(facts=self._read(db, item.session, item.agent_id))
                 out.append((destination, item))
             db.execute("commit")
-            self.facts_written += facts
+            _stamp(written)
+            self.facts_written += len(written) + len(summaries)
             self.commits += 1
             return out, None, []
         except Exception as exc:  # noqa: BLE001 - the thread must live on, or every item would wait forever
@@ -277,20 +285,71 @@ class Journal:
             return []
 
     def _read(self, db: sqlite3.Connection, session: str, agent_id: str) -> list[dict]:
+        """The agent's newest facts, each with its ``seq``; its latest summary first when it is
+        older than those."""
         rows = db.execute(
-            "select fact from facts where session = ? and agent_id = ? order by seq desc limit ?",
+            "select seq, fact from facts where session = ? and agent_id = ? order by seq desc limit ?",
             (session, agent_id, self._restore_limit),
         ).fetchall()
+        rows.reverse()
+        rows[:0] = self._older_summary(db, session, agent_id, rows[0][0] if rows else None)
         facts = []
-        for (blob,) in reversed(rows):
+        for seq, blob in rows:
             try:
-                facts.append(orjson.loads(blob))
+                fact = orjson.loads(blob)
             except orjson.JSONDecodeError:
                 logger.warning("skipping an unreadable fact of agent {} in session {}", agent_id, session)
+                continue
+            fact["seq"] = seq
+            facts.append(fact)
         return facts
+
+    # --- summaries (core.summary) ----------------------------------------------------------------
+
+    def keep_summary(self, session: str, agent_id: str, fact: dict) -> None:
+        """Journal an agent's summary (it has it already: no item goes anywhere), in order with
+        the rest; compaction may then delete the facts it covers."""
+        self._queue.put(_Summary(session, agent_id, orjson.dumps(fact), fact["through_seq"]))
+
+    def _write_summaries(self, db: sqlite3.Connection, summaries: list[_Summary], now: float) -> None:
+        for session, agent_id, blob, through_seq in summaries:
+            cursor = db.execute(
+                "insert into facts (session, agent_id, fact, at) values (?, ?, ?, ?)", (session, agent_id, blob, now)
+            )
+            db.execute(
+                "insert into covered values (?, ?, ?, ?) on conflict (session, agent_id) do update set "
+                "through_seq = excluded.through_seq, summary_seq = excluded.summary_seq "
+                "where excluded.through_seq >= covered.through_seq",
+                (session, agent_id, through_seq, cursor.lastrowid),
+            )
+
+    def _older_summary(
+        self, db: sqlite3.Connection, session: str, agent_id: str, oldest: int | None
+    ) -> list[tuple[int, bytes]]:
+        """The agent's latest summary as a row, when it is older than ``oldest`` (the first fact read)."""
+        return db.execute(
+            "select f.seq, f.fact from covered c join facts f on f.seq = c.summary_seq "
+            "where c.session = ? and c.agent_id = ? and c.summary_seq < ?",
+            (session, agent_id, NO_SEQ if oldest is None else oldest),
+        ).fetchall()
 
     def stats(self) -> dict[str, Any]:
         return {"path": str(self.path), "known_agents": len(self.known), "facts_written": self.facts_written}
+
+
+class _Summary(NamedTuple):
+    session: str
+    agent_id: str
+    fact: bytes
+    through_seq: int
+
+
+def _stamp(written: list[tuple[ToWorker, int]]) -> None:
+    """Give each fact on its way to an agent the seq the journal wrote it under (once committed:
+    a seq of a rolled-back write may be given again)."""
+    for item, seq in written:
+        if type(item) is ToAgent and type(item.message) is dict:
+            item.message["seq"] = seq
 
 
 class JournalInUse(RuntimeError):

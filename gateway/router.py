@@ -29,6 +29,7 @@ from actors.messages import (
     Flushed,
     Frame,
     NodeRefused,
+    Summarised,
     ToAgent,
     ToFeed,
     ToGateway,
@@ -212,6 +213,8 @@ class Router:
                 if type(item.report) is TakeoverEnded:
                     self.pinned.discard((item.session, item.report.agent_id))
                 observed.append(item)
+            elif isinstance(item, Summarised):
+                self.journal.keep_summary(item.session, item.agent_id, item.fact)
             elif isinstance(item, WorkerGone):
                 self.worker_gone(item.worker)
             elif isinstance(item, NodeRefused):

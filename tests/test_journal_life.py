@@ -14,12 +14,14 @@ from pathlib import Path
 import orjson
 import pytest
 
+from core.history import History
 from core.retention import DAY_S, Row, Sweep, cutoff, sweep
+from core.summary import summary_fact
 from gateway import journal_upkeep as upkeep
 from gateway.journal import FILE_NAME, Journal, JournalInUse, connect, lock
 from tests.conftest import ROOT, ServerProcess
 from tests.godot_peer import GodotPeer
-from tests.test_journal import Released, event, open_journal, result, send_fact
+from tests.test_journal import Released, event, open_journal, result, send_fact, unseq
 from tests.test_recovery import confirmed_turn, prompt_of_next_turn
 
 # --- the rules -----------------------------------------------------------------------------
@@ -90,7 +92,7 @@ async def test_compaction_deletes_old_facts_a_summary_covers_and_nothing_else(tm
     age(tmp_path, 40)
     db = connect(tmp_path / FILE_NAME)
     a_seqs = [seq for (seq,) in db.execute("select seq from facts where agent_id = 'a' order by seq")]
-    db.execute("insert into covered values ('s', 'a', ?)", (a_seqs[2],))
+    db.execute("insert into covered values ('s', 'a', ?, ?)", (a_seqs[2], a_seqs[3]))
     assert upkeep.Upkeep(retention_days=0, compact_days=30).run(db, time.time()) == (3, False)
     assert [seq for (seq,) in db.execute("select seq from facts where agent_id = 'a'")] == a_seqs[3:]
     assert db.execute("select count(*) from facts where agent_id = 'b'").fetchone() == (4,)
@@ -111,7 +113,7 @@ async def test_the_journal_applies_retention_at_start_in_its_thread(tmp_path):
     journal.restore(0, "s", "a")
     journal.restore(0, "s", "b")
     items = await released.wait(2)
-    assert [item.facts for _, item in items] == [[], [event("t2")]]
+    assert [unseq(item.facts) for _, item in items] == [[], [event("t2")]]
     await journal.close()
 
 
@@ -195,7 +197,7 @@ async def test_the_cli_inspects_exports_and_deletes_for_good(tmp_path):
     exported = cli(data, "export", "--session", "save1", "--npc", "ann", "--out", str(out))
     assert exported.returncode == 0 and "exported 3 facts" in exported.stderr
     records = [orjson.loads(line) for line in out.read_bytes().splitlines()]
-    assert [record["fact"] for record in records] == [fact for _, _, fact in facts[:3]]
+    assert [record["fact"] for record in records] == unseq([fact for _, _, fact in facts[:3]])
     assert {(record["session"], record["agent_id"]) for record in records} == {("save1", "ann")}
     whole = cli(data, "export", "--session", "save1").stdout  # to stdout
     assert len(whole.splitlines()) == 4
@@ -256,3 +258,32 @@ async def test_beside_a_running_server_the_cli_reads_and_deletes_only_when_force
     finally:
         await godot.close()
         again.stop()
+
+
+@pytest.mark.timeout(30)
+async def test_a_restore_brings_the_summary_older_than_its_facts_and_compaction_keeps_it(tmp_path):
+    released = Released()
+    journal = Journal(str(tmp_path), True, restore_limit=2, release=released)
+    await journal.open()
+    send_fact(journal, "s", "a", event("t1"))
+    covered = (await released.wait(1))[0][1].message["seq"]  # as the agent was given it
+    journal.keep_summary("s", "a", summary_fact("Kee met Ann.", covered))
+    for turn in ("t2", "t3"):
+        send_fact(journal, "s", "a", event(turn))
+    journal.restore(0, "s", "a")
+    facts = (await released.wait(4))[3][1].facts
+    assert unseq(facts) == [summary_fact("Kee met Ann.", covered), event("t2"), event("t3")]
+    history = History(10)
+    history.replay(facts)
+    assert history.summary == {"text": "Kee met Ann.", "through_seq": covered}
+    await journal.close()
+
+    age(tmp_path, 40)
+    db = connect(tmp_path / FILE_NAME)
+    assert upkeep.Upkeep(retention_days=0, compact_days=30).run(db, time.time()) == (1, False)  # t1 alone
+    assert [orjson.loads(blob)["type"] for (blob,) in db.execute("select fact from facts order by seq")] == [
+        "summary",
+        "interaction_event",
+        "interaction_event",
+    ]
+    db.close()
