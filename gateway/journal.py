@@ -16,6 +16,11 @@ and hands the items back to the loop, still in order, to go to the workers. An i
 carries no fact (``send_in_order``) skips the thread when nothing is queued before it, so the
 thread adds no latency to snapshots and nothing waits on a disk it does not need.
 
+Each fact it wrote goes on to its agent stamped with its ``seq``, and so does each restored one:
+an NPC's summary (``keep_summary``, core/summary.py) names by it the facts it covers, which
+compaction may then delete; a restore brings the latest summary even when it is older than the
+facts it reads.
+
 Between batches the thread also applies retention and compaction (``gateway.journal_upkeep``),
 a bounded pass at a time, at start and hourly. While it runs it holds an flock on
 ``journal.sqlite3.lock``: ``python run.py journal`` tells from it whether a server has the journal
