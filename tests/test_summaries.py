@@ -200,3 +200,12 @@ async def test_with_summaries_off_nothing_is_asked(llm, tmp_path):
     finally:
         await godot.close()
         server.stop()
+
+
+async def test_background_starts_only_with_headroom_for_turns():
+    slots = Slots(limit=8, background_limit=8)  # HEADROOM 4: more than 2 of 8 slots must be free
+    async with slots.turn(), slots.turn(), slots.turn(), slots.turn(), slots.turn():  # 3 free
+        async with slots.background():  # 2 free now
+            with pytest.raises(Busy):
+                async with slots.background():
+                    pass
