@@ -23,13 +23,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from loguru import logger
 
 from actors.llm_input_log import LlmInputLog, spool_path
+from actors.messages import AgentInput, SnapshotRecall
+from config.llm_endpoints import Endpoint
 from core import protocol as p
+from core.budget import tokens_of
 from core.history import History
+from core.ladder import EMBEDDED, LINES, Climb
+from core.playerinput import actions_of
 from core.prompt import build_messages, window_start
+from core.recall import NOTHING_RECALLED, Recall
 from core.spec import AgentSpec, SpecError, parse_spec
 from core.summary import clip, covered_through, due, request_messages, summary_fact
 from core.takeover import PlayerInput, Takeover, TakeoverEnded, TurnPrompt
-from core.taleweave import actions_of
 from core.turn import Output, Prompt, RecordAnswer, RequestState, Stream, TurnEnded, TurnMachine, turn_of_request
 from providers.client import LLMError
 
@@ -50,6 +55,9 @@ class Turn:
     messages: list[dict] = field(default_factory=list)  # the prompt, built once the spec is known
     llm_input: dict | None = None  # the LLM request's record, logged when the turn ends
     answer: list[str] = field(default_factory=list)  # the raw text the model sent back
+    recall: Recall | None = None  # what the journal recalled for this turn's event
+    climb: Climb | None = None  # its way down the fallback ladder, once the LLM is asked
+    rung: str | None = None  # the rung being asked
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -66,6 +74,8 @@ class Agent:
         self.last_request_id: str | None = None
         self.takeover: Takeover | None = None  # the person playing this NPC, if any
         self.summarising: asyncio.Task | None = None  # the summary request in flight, if any
+        self.recall = NOTHING_RECALLED  # the latest turn's: its pinned memories serve a turn without a spec
+        self.fallbacks_spoken = 0  # which of the spec's fallback_lines comes next
         self.changed_at: int | None = None  # the host's change count at the history's first change since its last log
         keep = host.settings.llm_input_log_turns
         self.llm_log = (
@@ -77,7 +87,7 @@ class Agent:
 
     # --- mailbox -------------------------------------------------------------------------
 
-    def receive(self, message: dict | p.AgentStateSnapshot | Takeover | PlayerInput) -> None:
+    def receive(self, message: AgentInput) -> None:
         """Handle one message: a history fact (``core.history.fact_of``, already journaled by the
         gateway) or a message that changes no history. Never raises: a bad Godot message becomes
         an ``error`` frame."""
@@ -86,7 +96,8 @@ class Agent:
             handler(self, message)
         except Exception as exc:  # noqa: BLE001 - one bad message must not take the agent down
             self.log.exception("message {} failed", type(message).__name__)
-            kind = message.get("type") if type(message) is dict else p.TYPE_NAMES.get(type(message))
+            about = message.snapshot if type(message) is SnapshotRecall else message
+            kind = about.get("type") if type(about) is dict else p.TYPE_NAMES.get(type(about))
             if kind is not None:  # Godot knows nothing of takeovers
                 self._emit(
                     p.error(
@@ -135,6 +146,13 @@ class Agent:
         if turn is not None and turn.machine.request_id == msg.request_id and not turn.spec_waiter.done():
             turn.spec_waiter.set_result(spec)
 
+    def _on_recalled(self, msg: SnapshotRecall) -> None:
+        """The spec with what the journal recalled for the turn that asked for it."""
+        turn = self.turn
+        if msg.recall is not None and turn is not None and turn.machine.request_id == msg.snapshot.request_id:
+            turn.recall = self.recall = msg.recall
+        self._on_snapshot(msg.snapshot)
+
     def _on_takeover(self, msg: Takeover) -> None:
         """A person takes the NPC over, or gives it back; a turn waiting for the one who left
         goes on with the LLM."""
@@ -153,6 +171,7 @@ class Agent:
     _handlers: ClassVar[dict[type, Callable[[Agent, Any], None]]] = {
         dict: _on_fact,
         p.AgentStateSnapshot: _on_snapshot,
+        SnapshotRecall: _on_recalled,
         Takeover: _on_takeover,
         PlayerInput: _on_player_input,
     }
@@ -179,7 +198,6 @@ class Agent:
             turn_id,
             event_id,
             speak_untagged=self.host.settings.untagged_text == "say",
-            json_answer=self.host.settings.llm_structured == "json_schema",
         )
         turn = Turn(machine, spec_waiter=asyncio.get_running_loop().create_future())
         self.turn = turn
@@ -201,6 +219,8 @@ class Agent:
                         outputs = await self._stream(turn, step)
                 step = self._do(turn, outputs)
         except asyncio.CancelledError:
+            if turn.climb is not None:
+                turn.climb.abandoned()
             self._do(turn, machine.cancelled())  # nothing when the interrupter ended the turn
             raise
         except LLMError as exc:
@@ -223,34 +243,82 @@ class Agent:
 
     async def _prompt(self, turn: Turn, step: Prompt) -> list[Output]:
         settings = self.host.settings
-        entries = list(self.history.entries)
-        start = window_start(entries, settings.history_budget_chars)
-        summary = self.history.summary
-        turn.messages = build_messages(
-            step.spec,
-            entries,
-            budget_chars=settings.history_budget_chars,
-            json_answer=settings.llm_structured == "json_schema",
-            start=start,
-            summary=summary["text"] if summary else None,
-        )
+        json_answer = settings.llm_structured == "json_schema"
+        turn.messages = self._messages(turn, step.spec, settings.history_budget_chars, json_answer)
         if settings.summaries and self.summarising is None:
-            self._summarise(step.spec, entries, start)
+            entries = list(self.history.entries)
+            self._summarise(step.spec, entries, window_start(entries, settings.history_budget_chars))
         markup = await self._ask_player(turn, step.spec, turn.messages[-1]["content"])
         return turn.machine.person_answered(markup)
 
     async def _stream(self, turn: Turn, step: Stream) -> list[Output]:
-        machine = turn.machine
+        """Ask the rungs of the fallback ladder in turn until one answers (``core.ladder``): the
+        tier's endpoints (or past a budget its cheaper tier's), the embedded model, the lines."""
+        machine, host, spec = turn.machine, self.host, step.spec
+        tier = host.settings.tier(spec.model_tier)
+        if tier is None:
+            known = ", ".join(t.name for t in host.settings.llm_tiers) or "none"
+            self._error(
+                p.BAD_STATE,
+                f"state.model_tier {spec.model_tier!r} names no tier of the server (known: {known}): "
+                "the default tier answers",
+                turn_id=machine.turn_id,
+            )
+            tier = host.settings.tier(None)
+            assert tier is not None
+        over_budget = host.budgets.spent(self.session, self.agent_id, time.monotonic())
+        turn.climb = climb = Climb(host.rungs(tier, over_budget, spec), host.breakers, over_budget)
+        failure: LLMError | None = None
+        while (rung := climb.next(time.monotonic())) is not None:
+            turn.rung = rung
+            if rung == LINES:
+                line = spec.fallback_lines[self.fallbacks_spoken % len(spec.fallback_lines)]
+                self.fallbacks_spoken += 1
+                return machine.fallback_spoken(line, {**(climb.fallback() or {}), "answered_by": LINES})
+            endpoint, max_tokens = host.endpoint(rung, tier, over_budget)
+            try:
+                await self._ask(turn, endpoint, max_tokens, spec, climb)
+            except LLMError as exc:
+                if turn.answer:
+                    raise  # text has streamed: the turn ends in error, never says anything twice
+                climb.failed(time.monotonic())
+                failure = exc
+                self.log.bind(turn_id=machine.turn_id).warning(
+                    "LLM rung {} failed before its first token: {} (its breaker: {})",
+                    endpoint.key,
+                    exc,
+                    host.breakers[rung].state.value,
+                )
+                continue
+            fallback = climb.fallback()
+            return machine.llm_finished(fallback and {**fallback, "answered_by": endpoint.model})
+        if failure is not None:
+            raise failure
+        raise LLMError("llm_budget_spent", f"the {over_budget} is spent and the NPC has nowhere to step down to")
+
+    async def _ask(self, turn: Turn, endpoint: Endpoint, max_tokens: int, spec: AgentSpec, climb: Climb) -> None:
+        """Stream one rung's answer into the turn; raises ``LLMError``."""
+        machine, settings = turn.machine, self.host.settings
+        json_answer = endpoint.structured == "json_schema"
+        budget = settings.embedded_history_budget_chars if turn.rung == EMBEDDED else settings.history_budget_chars
+        messages = self._messages(turn, spec, budget, json_answer)
+        machine.llm_rung(json_answer)
         turn.llm_input = record = {
             "turn_id": machine.turn_id,
             "time": time.time(),
-            "model": self.host.settings.turn_model,
-            "messages": turn.messages,
+            "model": endpoint.model,
+            "messages": messages,
             "answer": None,
             "finish_reason": None,
             "usage": None,
         }
-        async for delta in self.host.llm.stream(turn.messages, extra_body=self.host.extra_body(step.spec)):
+        answered = False
+        async for delta in self.host.llm(endpoint).stream(
+            messages, extra_body=self.host.extra_body(endpoint, max_tokens, spec)
+        ):
+            if not answered:
+                climb.answered()
+                answered = True
             if delta.content:
                 turn.answer.append(delta.content)
                 for frame in machine.llm_text(delta.content):
@@ -259,7 +327,22 @@ class Agent:
                 record["finish_reason"] = delta.finish_reason
             if delta.usage:
                 machine.llm_usage(delta.usage)
-        return machine.llm_finished()
+        if not answered:
+            climb.answered()  # a whole reply without text is an answer too
+
+    def _messages(self, turn: Turn, spec: AgentSpec, budget: int, json_answer: bool) -> list[dict]:
+        """The turn's prompt: history in ``budget``, and what the NPC remembers (the turn's recall,
+        or the pinned memories of its previous turn when no spec came with one)."""
+        summary = self.history.summary
+        return build_messages(
+            spec,
+            self.history.entries,
+            budget_chars=budget,
+            json_answer=json_answer,
+            summary=summary["text"] if summary else None,
+            recall=turn.recall or Recall(self.recall.pinned, ()),
+            recall_budget_chars=self.host.settings.recall_budget_chars,
+        )
 
     # --- the summary ------------------------------------------------------------------------
 
@@ -281,7 +364,8 @@ class Agent:
         answer: list[str] = []
         try:
             limit = {"max_tokens": max(16, settings.summary_max_chars // 3)}  # a token is ~4 characters
-            async for delta in self.host.llm.stream(messages, extra_body=limit, background=True):
+            llm = self.host.llm(self.host.settings.primary)  # the primary endpoint, never a fallback's
+            async for delta in llm.stream(messages, extra_body=limit, background=True):
                 if delta.content:
                     answer.append(delta.content)
         except LLMError as exc:  # llm_busy (the LLM is taken by turns) or a failure: asked again later
@@ -334,6 +418,8 @@ class Agent:
             if isinstance(out, dict):
                 self._emit(out)
             elif isinstance(out, RecordAnswer):
+                if turn.rung not in (None, EMBEDDED, LINES):  # the embedded model costs nothing
+                    self.host.budgets.charge(self.session, self.agent_id, tokens_of(out.usage), time.monotonic())
                 if turn.llm_input is not None:
                     turn.llm_input["usage"] = out.usage
                     self._log_answer(turn, turn.llm_input)

@@ -36,24 +36,29 @@ from actors.messages import (
     ToGateway,
     ToWorker,
 )
+from config.llm_endpoints import Endpoint, Tier
 from config.settings import Settings
+from core.breaker import Breakers
+from core.budget import TokenBudgets
+from core.ladder import EMBEDDED, rungs
 from core.spec import AgentSpec
 from providers.client import ChatStreamer, LLMSettings
 from providers.structured import request_fields
 
 
-def llm_settings(settings: Settings) -> LLMSettings:
-    """This worker's share of the LLM settings (the global concurrency cap is split evenly)."""
+def llm_settings(settings: Settings, endpoint: Endpoint) -> LLMSettings:
+    """This worker's share of the LLM settings for one endpoint (the global concurrency cap is split
+    evenly; each endpoint has its own)."""
     caps = [settings.llm_max_concurrent_per_worker] if settings.llm_max_concurrent_per_worker else []
     if settings.llm_max_concurrent:
         caps.append(math.ceil(settings.llm_max_concurrent / settings.worker_count))
     per_worker = min(caps, default=0)
     return LLMSettings(
-        base_url=settings.llm_base_url,
-        api_key=settings.llm_api_key,
-        model=settings.turn_model,
+        base_url=endpoint.base_url,
+        api_key=endpoint.api_key,
+        model=endpoint.model,
         temperature=settings.llm_temperature,
-        max_tokens=settings.llm_max_tokens,
+        max_tokens=settings.llm_max_tokens,  # a turn asks for its tier's (AgentHost.extra_body)
         connect_timeout_s=settings.llm_connect_timeout_s,
         first_token_timeout_s=settings.llm_first_token_timeout_s,
         stall_timeout_s=settings.llm_stall_timeout_s,
@@ -75,14 +80,50 @@ class AgentHost:
         self.index = index
         self._to_gateway = to_gateway
         self.agents: dict[tuple[str, str], Agent] = {}
-        self.llm = ChatStreamer(llm_settings(settings))
+        self.embedded = Endpoint(settings.embedded_url, EMBEDDED, "", "grammar") if settings.embedded_url else None
+        # One client per endpoint of any tier's ladder, made when a turn first asks it.
+        self._llms: dict[str, ChatStreamer] = {}
+        self.breakers = Breakers(settings.llm_breaker_failures, settings.llm_breaker_cooldown_s)
+        self.budgets = TokenBudgets(
+            math.ceil(settings.llm_session_tokens_per_hour / settings.worker_count), settings.llm_npc_tokens_per_hour
+        )
         self.logs = LogWriter(settings.log_dir, settings.log_retention_days, settings.log_max_bytes)
         self.changes = itertools.count(1)  # orders agents by their latest history change
         self.lives = itertools.count()  # names each agent life's spool, never shared with another life
 
-    def extra_body(self, spec: AgentSpec) -> dict | None:
-        """Provider-specific request fields that force the agent's answer format (llm_structured)."""
-        return request_fields(self.settings.llm_structured, spec)
+    def rungs(self, tier: Tier, over_budget: str | None, spec: AgentSpec) -> tuple[str, ...]:
+        """The rungs of a turn of ``tier`` (``core.ladder.rungs``): endpoint keys, EMBEDDED, LINES."""
+        cheaper = self.settings.tier(tier.cheaper) if tier.cheaper else None
+        return rungs(
+            [endpoint.key for endpoint in tier.endpoints],
+            cheaper=None if cheaper is None else [endpoint.key for endpoint in cheaper.endpoints],
+            over_budget=over_budget,
+            embedded=self.embedded is not None,
+            lines=bool(spec.fallback_lines),
+        )
+
+    def endpoint(self, rung: str, tier: Tier, over_budget: str | None) -> tuple[Endpoint, int]:
+        """The endpoint of an LLM rung of a turn of ``tier`` and the ``max_tokens`` it is asked for:
+        the embedded model's, or those of the tier whose endpoints the turn has (``rungs``: its
+        cheaper tier's past a budget)."""
+        if rung == EMBEDDED:
+            assert self.embedded is not None  # EMBEDDED is a rung only then (rungs)
+            return self.embedded, self.settings.embedded_max_tokens
+        source = tier if over_budget is None else self.settings.tier(tier.cheaper)
+        assert source is not None  # past a budget, endpoint rungs come from the cheaper tier only
+        return source.endpoint(rung), source.max_tokens
+
+    def llm(self, endpoint: Endpoint) -> ChatStreamer:
+        """The client of ``endpoint`` (one per endpoint and worker: its own connections and cap)."""
+        client = self._llms.get(endpoint.key)
+        if client is None:
+            client = self._llms[endpoint.key] = ChatStreamer(llm_settings(self.settings, endpoint))
+        return client
+
+    def extra_body(self, endpoint: Endpoint, max_tokens: int, spec: AgentSpec) -> dict:
+        """The request fields of one rung: its ``max_tokens``, and the provider-specific fields that
+        force the agent's answer format (its structured mode)."""
+        return {"max_tokens": max_tokens, **(request_fields(endpoint.structured, spec) or {})}
 
     def emit(self, session: str, frame: dict) -> None:
         self._to_gateway(Frame(session, orjson.dumps(frame)))
@@ -168,7 +209,8 @@ class AgentHost:
     async def aclose(self) -> None:
         for agent in self.agents.values():
             agent.close()
-        await self.llm.aclose()
+        for client in self._llms.values():
+            await client.aclose()
         await asyncio.get_running_loop().run_in_executor(None, self.logs.close)
 
 

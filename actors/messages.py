@@ -9,7 +9,8 @@ gateway -> worker (``ToWorker``)
     Restore           the agent is placed here: rebuild it from these journaled facts (before any
                       other item for it)
     ToAgent           for one agent: a history fact (core.history.fact_of, journaled), an
-                      agent_state_snapshot, or a core.takeover Takeover / PlayerInput from /events
+                      agent_state_snapshot (a SnapshotRecall when it answers a turn: with what the
+                      journal recalls for it), or a core.takeover Takeover / PlayerInput from /events
     Deactivate        the agent was idle: free it (its history is journaled)
     ConnectionClosed  write the agents' logs; end their turns if ``end_turns``
     Flush             answer ``Flushed(token)`` once everything before it is done
@@ -35,6 +36,7 @@ from thespian.actors import ActorAddress
 
 from config.settings import Settings
 from core import protocol as p
+from core.recall import Recall, RecallQuery
 from core.takeover import PlayerInput, Takeover, TakeoverEnded, TurnPrompt
 
 # Capabilities of an actor system that hosts NPC workers (placement through Thespian): that it
@@ -43,8 +45,17 @@ NPC_HOST = "NPC Host"
 NPC_NODE = "NPC Node"
 NPC_WORKERS = "NPC Workers"
 
+
+class SnapshotRecall(NamedTuple):
+    """The spec a turn waits for, with the old facts and memories its event recalls (core.recall)."""
+
+    snapshot: p.AgentStateSnapshot
+    query: RecallQuery
+    recall: Recall | None  # None until the journal's thread has looked it up
+
+
 # What an agent receives: a history fact (core.history.fact_of) or a message that changes none.
-AgentInput: TypeAlias = dict[str, Any] | p.AgentStateSnapshot | Takeover | PlayerInput
+AgentInput: TypeAlias = dict[str, Any] | p.AgentStateSnapshot | SnapshotRecall | Takeover | PlayerInput
 # What an agent reports to the session's /events feed.
 FeedReport: TypeAlias = TurnPrompt | TakeoverEnded
 

@@ -202,7 +202,8 @@ class Agent:
 class Relay:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.llm = ChatStreamer(llm_settings(settings.replace(workers=1)))  # one process: the whole cap
+        one = settings.replace(workers=1)  # one process: the whole cap
+        self.llm = ChatStreamer(llm_settings(one, one.primary))
         self.agents: dict[tuple[str, str], Agent] = {}
         self.connections: set[web.WebSocketResponse] = set()
 

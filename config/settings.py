@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from config.llm_endpoints import Endpoint, Tier, parse_fallbacks, parse_tiers
+from core.memory import Limits
 from core.tagstream import is_tag_name
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
@@ -67,12 +69,21 @@ class Settings:
     summary_min_chars: int
     summary_max_chars: int
     summaries_per_worker: int
+    recall_budget_chars: int
+    recall_matches: int
+    recall_hits_per_word: int
     untagged_text: str
     data_dir: str
     journal_fsync: bool
     journal_retention_days: float
     journal_compact_days: float
     agent_idle_s: float
+    memory_max_text_chars: int
+    memory_max_per_scope: int
+    memory_max_pinned_per_scope: int
+    memory_max_per_session: int
+    memory_max_query_chars: int
+    memory_max_forget: int
     auth_token: str = field(repr=False)  # the setting ``token`` (GAME_AGENT_TOKEN): see ATTRIBUTES
     allowed_origins: str
     max_agents_per_session: int
@@ -110,6 +121,13 @@ class Settings:
     llm_max_concurrent_per_worker: int
     llm_include_usage: bool
     llm_structured: str
+    llm_fallbacks: tuple[Endpoint, ...]  # [[llm_fallbacks]] (config/llm_endpoints.py)
+    llm_tiers: tuple[Tier, ...]  # [llm_tiers.NAME]
+    llm_fallback_embedded: bool
+    llm_breaker_failures: int
+    llm_breaker_cooldown_s: float
+    llm_session_tokens_per_hour: int
+    llm_npc_tokens_per_hour: int
     embedded_model_threads: int
     embedded_history_budget_chars: int
     embedded_max_tokens: int
@@ -122,6 +140,9 @@ class Settings:
     events_max_frame_bytes: int
     events_takeover_timeout_s: float
     events_snapshot_interval_s: float
+    # Not a setting: the embedded model's base URL once the service has started it as the ladder's
+    # last LLM rung (llm_fallback_embedded).
+    embedded_url: str = ""
 
     @property
     def worker_count(self) -> int:
@@ -150,9 +171,38 @@ class Settings:
         return tuple(tag.strip() for tag in self.events_action_tags.split(",") if tag.strip())
 
     @property
+    def memory_limits(self) -> Limits:
+        """The bounds of the game's memories (settings memory_*)."""
+        return Limits(
+            max_text_chars=self.memory_max_text_chars,
+            max_per_scope=self.memory_max_per_scope,
+            max_per_session=self.memory_max_per_session,
+            max_pinned_per_scope=self.memory_max_pinned_per_scope,
+            max_query_chars=self.memory_max_query_chars,
+            max_forget=self.memory_max_forget,
+        )
+
+    @property
     def origin_allow_list(self) -> tuple[str, ...]:
         """Origins allowed on /ws and /events besides the server's own (allowed_origins, split)."""
         return tuple(o.strip() for o in self.allowed_origins.split(",") if o.strip())
+
+    @property
+    def primary(self) -> Endpoint:
+        """The primary endpoint: llm_base_url (the embedded model's when none is configured)."""
+        return Endpoint(self.llm_base_url, self.turn_model, self.llm_api_key, self.llm_structured)
+
+    def tier(self, name: str | None) -> Tier | None:
+        """The tier an NPC's ``model_tier`` names, its endpoints on the primary's where they have
+        none; None (no name): the default tier, the primary and ``llm_fallbacks``. None for a name
+        that no tier has."""
+        if name is None:
+            return Tier("", (self.primary, *self.llm_fallbacks), self.llm_max_tokens)
+        tier = next((tier for tier in self.llm_tiers if tier.name == name), None)
+        if tier is None:
+            return None
+        url, mode = self.llm_base_url, self.llm_structured
+        return dataclasses.replace(tier, endpoints=tuple(endpoint.on(url, mode) for endpoint in tier.endpoints))
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -177,9 +227,27 @@ def load_settings(
         if name in env:
             values[key] = _coerce(key, env[name], default, name)
     _merge(values, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
+    values.update(_ladder(values, env))
     settings = Settings(**{ATTRIBUTES.get(key, key): value for key, value in values.items()})
     _check(settings)
     return settings
+
+
+def _ladder(values: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """The tables of the fallback ladder and the tiers, read into endpoints (keys from ``env``)."""
+    try:
+        fallbacks = parse_fallbacks(values["llm_fallbacks"], "llm_fallbacks", env, values["llm_structured"])
+        tiers = parse_tiers(
+            values["llm_tiers"],
+            env,
+            structured=values["llm_structured"],
+            primary_key=values["llm_api_key"],
+            fallbacks=fallbacks,
+            max_tokens=values["llm_max_tokens"],
+        )
+    except ValueError as exc:
+        raise SettingsError(f"setting {exc}") from None
+    return {"llm_fallbacks": fallbacks, "llm_tiers": tiers}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -201,6 +269,11 @@ def _merge(values: dict[str, Any], new: Mapping[str, Any], origin: str) -> None:
 def _coerce(key: str, value: Any, default: Any, origin: str) -> Any:
     """Give ``value`` the type of the default, accepting strings from the environment."""
     kind = type(default)
+    if kind in (list, dict):  # the ladder's tables: checked by _ladder
+        if not isinstance(value, kind):
+            shape = f"a list of tables ([[{key}]]" if kind is list else f"a table of tables ([{key}.NAME]"
+            raise SettingsError(f"setting {key!r} from {origin} must be {shape} in TOML: only a config file has them)")
+        return value
     try:
         if kind is bool:
             if isinstance(value, str):
@@ -235,6 +308,9 @@ MAY_BE_ZERO = (
     "journal_retention_days",
     "journal_compact_days",
     "log_max_bytes",
+    "recall_budget_chars",
+    "llm_session_tokens_per_hour",
+    "llm_npc_tokens_per_hour",
 )
 
 
@@ -267,6 +343,12 @@ def _check(s: Settings) -> None:
             f"setting 'max_journal_bytes_per_frame' ({s.max_journal_bytes_per_frame}) must not exceed "
             f"'rate_limit_journal_bytes_burst' ({s.rate_limit_journal_bytes_burst}): such a frame could never pass"
         )
+    for endpoint in (*s.llm_fallbacks, *(e for tier in s.llm_tiers for e in tier.endpoints)):
+        if endpoint.structured not in (*STRUCTURED_MODES, ""):
+            raise SettingsError(
+                f"the structured mode of {endpoint.key} must be one of {', '.join(STRUCTURED_MODES)}, "
+                f"got {endpoint.structured!r}"
+            )
     if not 0 < s.admin_port < 65536:
         raise SettingsError(f"setting 'admin_port' must be a TCP port, got {s.admin_port!r}")
     # --- /events

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 from core import protocol as p
+from core.memory import SUMMARY  # the type of a summary fact (core.summary): the memory kind of its name
 from core.spec import as_text
 
 INTERRUPTED_NOTE = "[your previous turn was interrupted here]"
 PENDING = "pending"  # a turn not (yet) confirmed by Godot
-SUMMARY = "summary"  # the fact of an NPC's summary of its older history (core.summary)
 _ATTR_ESCAPES = {'"': "&quot;"}
 _ABSENT: tuple[object, ...] = (None, "", {}, [])
 
@@ -121,6 +121,9 @@ def _line(label: str, *parts: object) -> str:
 
 
 # --- the rules that change history -----------------------------------------------------------
+
+
+FACT_TYPES = frozenset(("interaction_event", "notification_event", "agent_turn_result", "tool_results"))
 
 
 def fact_of(message: p.AgentMessage, agent_id: str, turn_id: str | None = None) -> dict | None:

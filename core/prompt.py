@@ -1,4 +1,5 @@
-"""The prompt of one turn: a system message (instructions, output format, dossier), then history.
+"""The prompt of one turn: a system message (instructions, output format, dossier, what the NPC
+remembers: ``core.recall``), then history.
 
 It runs before every turn of every NPC, so trimming the history to its budget is one linear pass
 over whole entries, newest first. The result always has the shape chat models expect: the system
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from core.history import entry_size, to_messages
+from core.recall import Recall, remembered
 from core.spec import AgentSpec, TagSpec, ToolSpec, build_dossier, compact_json
 from core.summary import shown
 
@@ -77,12 +79,17 @@ def build_messages(
     json_answer: bool = False,
     start: int | None = None,
     summary: str | None = None,
+    recall: Recall | None = None,
+    recall_budget_chars: int = 0,
 ) -> list[dict]:
     """The chat messages of the agent's next turn, history trimmed to ``budget_chars`` (or from
-    ``start``, as ``window_start`` gave it), the NPC's ``summary`` of older history after the dossier."""
+    ``start``, as ``window_start`` gave it); the NPC's ``summary`` of older history after the
+    dossier; what ``recall`` found and the window does not show, in ``recall_budget_chars``."""
     entries = list(history)
     start = window_start(entries, budget_chars) if start is None else start
-    messages = to_messages(entries[start:])
+    entries = entries[start:]
+    memory = remembered(recall, entries, recall_budget_chars) if recall is not None else ""
+    messages = to_messages(entries)
     if not messages or messages[-1]["role"] == "assistant":
         messages.append({"role": "user", "content": CONTINUE_NOTE})
     if start:
@@ -94,6 +101,8 @@ def build_messages(
     ]
     if summary:
         parts.append(shown(summary))
+    if memory:
+        parts.append(memory)
     return [{"role": "system", "content": "\n\n".join(parts)}, *messages]
 
 

@@ -59,7 +59,33 @@ class ToolResults:
     cont: bool = True
 
 
-ClientMessage = Ping | InteractionEvent | NotificationEvent | AgentStateSnapshot | AgentTurnResult | ToolResults
+@dataclass(frozen=True, slots=True)
+class MemoryAdd:
+    agent_id: str
+    text: str
+    pinned: bool
+    scope: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryForget:
+    agent_id: str
+    memory_id: str | None
+    query: str | None
+    scope: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryList:
+    agent_id: str
+    query: str | None
+    scope: str | None  # None: the NPC's own and its latest spec's groups
+
+
+MemoryMessage = MemoryAdd | MemoryForget | MemoryList
+ClientMessage = (
+    Ping | InteractionEvent | NotificationEvent | AgentStateSnapshot | AgentTurnResult | ToolResults | MemoryMessage
+)
 AgentMessage = InteractionEvent | NotificationEvent | AgentStateSnapshot | AgentTurnResult | ToolResults
 
 
@@ -98,11 +124,16 @@ JOURNAL_ERROR = "journal_error"
 TOO_MANY_RECIPIENTS = "too_many_recipients"
 EVENT_TOO_LARGE = "event_too_large"
 JOURNAL_LIMIT = "journal_limit"
+MEMORY_TOO_LARGE = "memory_too_large"
+TOO_MANY_MEMORIES = "too_many_memories"
+UNKNOWN_MEMORY = "unknown_memory"
 
 TURN_STATUSES = ("completed", "interrupted")
 RECENT_TURNS = 64  # an agent's turns that agent_turn_result / tool_results may still name
 MAX_DEPTH = 64  # JSON nesting a frame may have: orjson reads 1024 levels but writes only ~254
 EVENT_STRING_FIELDS = ("kind", "source", "text")
+AGENT_SCOPE = "agent"  # a memory of one NPC (core.memory)
+GROUP_PREFIX = "group:"  # a memory of every NPC whose spec names the group
 
 
 def parse_frame(raw: str | bytes) -> ClientMessage:
@@ -270,6 +301,38 @@ def _parse_tool_results(obj: dict) -> ToolResults:
     return ToolResults(agent_id, turn_id, results, cont)
 
 
+def _scope(obj: dict) -> str:
+    """A memory's scope: absent or ``"agent"``, or ``"group:<name>"``."""
+    value = obj.get("scope")
+    if value is None or value == AGENT_SCOPE:
+        return AGENT_SCOPE
+    if isinstance(value, str) and value.startswith(GROUP_PREFIX) and value[len(GROUP_PREFIX) :].strip():
+        return value
+    raise ProtocolError(
+        BAD_FIELD, f'{obj["type"]}.scope must be "agent" or "group:<name>", got {_kind(value)} {value!r}', _ref(obj)
+    )
+
+
+def _parse_memory_add(obj: dict) -> MemoryAdd:
+    pinned = obj.get("pinned", False)
+    if not isinstance(pinned, bool):
+        raise ProtocolError(BAD_FIELD, "memory_add.pinned must be a boolean", _ref(obj))
+    return MemoryAdd(_string(obj, "agent_id"), _string(obj, "text"), pinned, _scope(obj))
+
+
+def _parse_memory_forget(obj: dict) -> MemoryForget:
+    memory_id, query = _string(obj, "memory_id", required=False), _string(obj, "query", required=False)
+    if (memory_id is None) == (query is None):
+        code = MISSING_FIELD if memory_id is None else BAD_FIELD
+        raise ProtocolError(code, "memory_forget needs exactly one of 'memory_id' or 'query'", _ref(obj))
+    return MemoryForget(_string(obj, "agent_id"), memory_id, query, _scope(obj))
+
+
+def _parse_memory_list(obj: dict) -> MemoryList:
+    scope = None if obj.get("scope") is None else _scope(obj)
+    return MemoryList(_string(obj, "agent_id"), _string(obj, "query", required=False), scope)
+
+
 _PARSERS: dict[str, Callable[[dict], ClientMessage]] = {
     "ping": _parse_ping,
     "interaction_event": _parse_interaction,
@@ -277,6 +340,9 @@ _PARSERS: dict[str, Callable[[dict], ClientMessage]] = {
     "agent_state_snapshot": _parse_snapshot,
     "agent_turn_result": _parse_turn_result,
     "tool_results": _parse_tool_results,
+    "memory_add": _parse_memory_add,
+    "memory_forget": _parse_memory_forget,
+    "memory_list": _parse_memory_list,
 }
 TYPE_NAMES = {
     Ping: "ping",
@@ -285,6 +351,9 @@ TYPE_NAMES = {
     AgentStateSnapshot: "agent_state_snapshot",
     AgentTurnResult: "agent_turn_result",
     ToolResults: "tool_results",
+    MemoryAdd: "memory_add",
+    MemoryForget: "memory_forget",
+    MemoryList: "memory_list",
 }
 
 # --- outbound frames -------------------------------------------------------------------------
@@ -370,11 +439,29 @@ def turn_interrupted(agent_id: str, turn_id: str, reason: str, by_event_id: str 
     return frame
 
 
-def turn_finished(agent_id: str, turn_id: str, reason: str, usage: dict | None = None) -> dict:
+def turn_finished(
+    agent_id: str, turn_id: str, reason: str, usage: dict | None = None, fallback: dict | None = None
+) -> dict:
+    """``fallback``: how the turn stepped down the fallback ladder, when it did (docs/protocol.md)."""
     frame: dict[str, Any] = {"type": "agent_turn_finished", "agent_id": agent_id, "turn_id": turn_id, "reason": reason}
     if usage:
         frame["usage"] = usage
+    if fallback:
+        frame["fallback"] = fallback
     return frame
+
+
+def memory_added(agent_id: str, memory_id: str, scope: str) -> dict:
+    return {"type": "memory_added", "agent_id": agent_id, "memory_id": memory_id, "scope": scope}
+
+
+def memory_forgotten(agent_id: str, memory_ids: list[str]) -> dict:
+    return {"type": "memory_forgotten", "agent_id": agent_id, "memory_ids": memory_ids, "count": len(memory_ids)}
+
+
+def memory_list_result(agent_id: str, memories: list[dict], scopes: tuple[str, ...]) -> dict:
+    """``scopes``: whose memories are listed ("agent", "group:<name>")."""
+    return {"type": "memory_list_result", "agent_id": agent_id, "memories": memories, "scopes": list(scopes)}
 
 
 def error(code: str, message: str, ref: dict | None = None) -> dict:

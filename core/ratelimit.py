@@ -36,6 +36,12 @@ class TokenBucket:
             return True
         return False
 
+    def spend(self, now: float, cost: int) -> None:
+        """Take ``cost`` tokens even if fewer are left: the bucket goes into debt, paid back by the
+        refill (a budget learns what a turn cost only after the turn)."""
+        self._refill(now)
+        self._tokens -= cost
+
     def can(self, now: float, cost: int = 1) -> bool:
         """Whether ``allow(now, cost)`` would take the tokens (it takes none)."""
         self._refill(now)
@@ -65,12 +71,19 @@ class KeyedBuckets:
         self._prune_at = PRUNE_FLOOR
 
     def allow(self, key: Hashable, now: float, cost: int = 1) -> bool:
+        return self._bucket(key, now).allow(now, cost)
+
+    def _bucket(self, key: Hashable, now: float) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self._prune_at:
                 self._prune(now)
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst)
-        return bucket.allow(now, cost)
+        return bucket
+
+    def spend(self, key: Hashable, now: float, cost: int) -> None:
+        """``TokenBucket.spend`` on the key's bucket."""
+        self._bucket(key, now).spend(now, cost)
 
     def can(self, key: Hashable, now: float, cost: int = 1) -> bool:
         bucket = self._buckets.get(key)

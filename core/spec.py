@@ -62,6 +62,9 @@ class AgentSpec:
     prompt_parts: tuple[tuple[str, str], ...]
     tags: tuple[TagSpec, ...]
     tools: tuple[ToolSpec, ...]
+    groups: tuple[str, ...]  # the groups whose memories the NPC shares (core.memory)
+    fallback_lines: tuple[str, ...]  # spoken when no LLM answers (the fallback ladder's last rung)
+    model_tier: str | None  # the server's tier of models for this NPC (setting llm_tiers); None: the default
     extra: dict[str, object]
 
     @property
@@ -110,7 +113,7 @@ def as_text(value: object) -> str:
 def parse_spec(state: object) -> AgentSpec:
     """Validate the ``state`` object of ``agent_state_snapshot``; raise ``SpecError`` if unusable."""
     state = _object(state, "state")
-    return AgentSpec(
+    spec = AgentSpec(
         name=_name(state.get("name"), "state.name"),
         description=_optional(state, "description", _text, ""),
         persona=_optional(state, "persona", _text, ""),
@@ -123,8 +126,29 @@ def parse_spec(state: object) -> AgentSpec:
         prompt_parts=_optional(state, "prompt_parts", _prompt_parts, ()),
         tags=_optional(state, "tags", _tags, ()) or DEFAULT_TAGS,
         tools=_optional(state, "tools", _tools, ()),
+        groups=groups_of(state),
+        fallback_lines=_optional(state, "fallback_lines", _fallback_lines, ()),
+        model_tier=_optional(state, "model_tier", _name, None),
         extra={key: value for key, value in state.items() if key not in _CONTRACT_KEYS},
     )
+    if spec.fallback_lines and spec.speech_tag is None:
+        raise SpecError("state.fallback_lines", f"are spoken in a {SPEECH_TAG!r} tag, which state.tags lacks")
+    return spec
+
+
+MAX_GROUPS = 16  # groups one NPC may belong to: each adds an owner to every recall
+
+
+def groups_of(state: dict) -> tuple[str, ...]:
+    """``state.groups``: the names of the groups (a faction, the town guard) the NPC belongs to.
+    The gateway reads it from the raw ``state`` too, to look up the groups' memories."""
+    groups: tuple[str, ...] = _optional(state, "groups", _texts, ())
+    for index, group in enumerate(groups):
+        if not group.strip():
+            raise SpecError(f"state.groups[{index}]", "must be a non-empty group name")
+    if len(groups) > MAX_GROUPS:
+        raise SpecError("state.groups", f"names {len(groups)} groups; at most {MAX_GROUPS}")
+    return tuple(dict.fromkeys(groups))
 
 
 _CONTRACT_KEYS = frozenset(field.name for field in fields(AgentSpec)) - {"extra"}
@@ -281,6 +305,24 @@ def _attrs(value: object, field: str) -> dict[str, str]:
     }
 
 
+MAX_FALLBACK_LINES, MAX_FALLBACK_LINE_CHARS = 100, 1000
+
+
+def _fallback_lines(value: object, field: str) -> tuple[str, ...]:
+    """Plain text lines, each spoken whole in the speech tag (markup in them is spoken as text)."""
+    lines = _items(_one_or_many(value), field, _fallback_line, "strings")
+    if len(lines) > MAX_FALLBACK_LINES:
+        raise SpecError(field, f"must hold at most {MAX_FALLBACK_LINES} lines, got {len(lines)}")
+    return lines
+
+
+def _fallback_line(value: object, field: str) -> str:
+    line = _name(value, field)
+    if len(line) > MAX_FALLBACK_LINE_CHARS:
+        raise SpecError(field, f"must be at most {MAX_FALLBACK_LINE_CHARS} characters long")
+    return line
+
+
 def _tools(value: object, field: str) -> tuple[ToolSpec, ...]:
     return _unique(_items(value, field, _tool, "objects"), field)
 
@@ -310,6 +352,7 @@ def build_dossier(spec: AgentSpec) -> str:
         ("Inventory", _bullets(spec.inventory)),
         ("Relationships", _bullets(f"{name}: {relation}" for name, relation in spec.relationships.items())),
         ("Facts", _bullets(spec.facts)),
+        ("Groups", _bullets(spec.groups)),
         *spec.prompt_parts,
         ("Other details", _bullets(f"{key}: {as_text(value)}" for key, value in spec.extra.items())),
     ]

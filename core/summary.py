@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from core.history import SUMMARY, entry_size, to_messages
 
-NOTE_TITLE = "## What you remember from before"
+NOTE_TITLE = "## Your summary of what happened before"
 
 INSTRUCTIONS = (
     "You keep the memory of {name}, a character in a video game. Rewrite the memory below so that it also "

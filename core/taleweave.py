@@ -5,11 +5,12 @@ matters (each validated Godot message, each frame sent to Godot, a short report 
 a turn asks for its prompt), so one state machine per session turns that into events, and the
 agents stay unaware of spectators. The feed keeps just enough world to fill the events: each NPC's
 latest spec and recent history, the players, the turn counter, the last snapshot and a bounded
-replay buffer for late joiners.
+replay buffer for late joiners. It follows each NPC by the rules the agent itself keeps: its
+history is a ``core.history.History`` fed the same journaled facts (so the feed shows what the NPC
+remembers, and refuses what it refuses), its running turn a ``core.turn.SeenTurn`` fed the frames.
 
-Also here, because both sides of a takeover need it and it must stay pure: the conversion of what
-a person playing an NPC types into the tag markup an LLM would have written. The messages between
-the gateway and that agent are in ``core.takeover``.
+What a person playing an NPC types becomes tags in ``core.playerinput``; the messages between the
+gateway and that agent are in ``core.takeover``.
 
 Pure: no sockets, no clock. See docs/protocol.md, "/events".
 """
@@ -17,20 +18,19 @@ Pure: no sockets, no clock. See docs/protocol.md, "/events".
 from __future__ import annotations
 
 import itertools
-import math
-import re
-from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from xml.sax.saxutils import escape
 
 import orjson
 
 from core import protocol as p
-from core.history import to_messages
-from core.spec import DEFAULT_TAGS, NAME, AgentSpec, SpecError, as_text, parse_spec
+from core.history import FACT_TYPES, History, to_messages
+from core.playerinput import TOOL_TAG, InputError, player_markup
+from core.spec import DEFAULT_TAGS, AgentSpec, SpecError, as_text, parse_spec
 from core.takeover import PlayerInput, Takeover, TakeoverEnded, TurnPrompt
+from core.turn import SeenTurn
 
 UNKNOWN_ROOM = "Unknown location"  # the room of NPCs whose spec names no location (yet)
 MEMORY_ENTRIES = 50  # history entries per NPC kept for snapshots
@@ -41,10 +41,6 @@ TALEWEAVE_EVENTS = frozenset(
     ("id", "generate", "action", "prompt", "reply", "result", "status", "snapshot", "player", "players", "render")
 )
 NO_RENDERER = "Nothing can render images here: this server has no renderer."
-TOOL_TAG = "tool"
-TEXT_PARAMETER = "text"  # the parameter of a tag's function that goes inside the tag
-_BOOLEANS = {"true": True, "yes": True, "y": True, "false": False, "no": False, "n": False}
-_ATTR_ESCAPES = {'"': "&quot;"}
 
 # Error codes of /events (the first five are the Godot socket's, with the same meaning).
 UNKNOWN_CHARACTER = "unknown_character"
@@ -58,170 +54,6 @@ TOO_MANY_INPUTS = "too_many_inputs"
 def wants_extensions(value: str | None) -> bool:
     """The ``?extended=`` query parameter: does this client take the events TaleWeave's do not know?"""
     return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
-
-
-def actions_of(spec: AgentSpec) -> list[dict]:
-    """What the NPC may do, as the OpenAI tools TaleWeave's client reads: its tags, then its tools.
-
-    A tag is a function whose parameters are its attributes and ``text`` (what goes inside it);
-    TaleWeave's client turns a chosen function into ``~name:param=value,...`` input, which
-    ``player_markup`` turns back into that tag or tool call.
-    """
-    tags = [
-        _function(
-            tag.name,
-            tag.description,
-            {
-                **{attr: {"type": "string", "description": about} for attr, about in tag.attrs.items()},
-                TEXT_PARAMETER: {"type": "string", "description": f"the text inside <{tag.name}>"},
-            },
-            [],
-        )
-        for tag in spec.tags
-    ]
-    tools = []
-    for tool in spec.tools:
-        schema = tool.parameters if isinstance(tool.parameters, dict) else {}
-        properties = schema.get("properties")
-        required = schema.get("required")
-        tools.append(
-            _function(
-                tool.name,
-                tool.description,
-                properties if isinstance(properties, dict) else {},
-                required if isinstance(required, list) else [],
-            )
-        )
-    return tags + tools
-
-
-def _function(name: str, description: str, properties: dict, required: list) -> dict:
-    """An OpenAI tool; ``description`` is the label of its button in TaleWeave's client, so never empty."""
-    return {
-        "type": "function",
-        "function": {
-            "name": name,
-            "description": description or name,
-            "parameters": {"type": "object", "properties": properties, "required": required},
-        },
-    }
-
-
-# --- what a person types, as tags ------------------------------------------------------------
-
-
-class InputError(ValueError):
-    """Input that cannot become the NPC's tags; the message says how to write it."""
-
-
-def player_markup(
-    text: str, allowed_tags: Sequence[str], speech_tag: str, action_tag: str, tools: Sequence[str] = ()
-) -> str:
-    """A person's input as the markup an LLM would have written for the NPC.
-
-    ``~name:param=value,other=value`` is TaleWeave's way to call one of the prompt's actions:
-    the NPC's tool ``name`` becomes a tool call with the parameters as JSON arguments, its tag
-    ``name`` that tag (``text`` inside it, the rest as attributes), any other name the action
-    tag ``<action name="name" .../>``. A value starting with ``~`` is taken literally, without
-    it. Input holding one of the NPC's tags is used as is; anything else is spoken, as the
-    speech tag with its entities escaped.
-    """
-    stripped = text.strip()
-    if not stripped:
-        raise InputError("input is empty")
-    allowed = {name.lower(): name for name in allowed_tags}
-    if stripped.startswith("~") and len(stripped) > 1:
-        name, params = _pseudo_call(stripped[1:])
-        tool = next((tool for tool in tools if tool.lower() == name.lower()), None)
-        if tool is not None:
-            return _tool_markup(tool, params, _allowed(TOOL_TAG, allowed))
-        if name.lower() in allowed and name.lower() != TOOL_TAG:
-            return _tag_markup(allowed[name.lower()], params)
-        return _action_markup(name, params, _allowed(action_tag, allowed))
-    tagged = re.compile(rf"</?(?:{'|'.join(map(re.escape, allowed))})(?=[\s/>])", re.IGNORECASE)
-    if allowed and tagged.search(stripped):
-        return stripped
-    tag = _allowed(speech_tag, allowed)
-    return f"<{tag}>{escape(stripped)}</{tag}>"
-
-
-def _allowed(tag: str, allowed: dict[str, str]) -> str:
-    name = allowed.get(tag.lower())
-    if name is None:
-        raise InputError(f"this character has no {tag!r} tag; it may use: {', '.join(allowed.values())}")
-    return name
-
-
-def _pseudo_call(body: str) -> tuple[str, dict[str, str]]:
-    """``give:item=spear,to=Mira`` as ``("give", {"item": "spear", "to": "Mira"})``, values as typed.
-
-    A piece without ``=`` after a parameter continues its value: TaleWeave's client writes
-    ``~say:text=Hello, friend`` for the words "Hello, friend".
-    """
-    name, _, params = body.partition(":")
-    name = name.strip()
-    if not name:
-        raise InputError("an action needs a name: ~action or ~action:param=value,param=value")
-    values: dict[str, str] = {}
-    key = None
-    for pair in params.split(","):
-        if not pair.strip():
-            continue
-        if "=" not in pair and key is not None:
-            values[key] += "," + pair
-            continue
-        key, equals, value = pair.partition("=")
-        key = key.strip()
-        if not equals or not NAME.fullmatch(key):
-            raise InputError(f"bad action parameter {pair.strip()!r}: write param=value, params separated by commas")
-        values[key] = value
-    return name, {key: value.strip() for key, value in values.items()}
-
-
-def _attributes(attrs: dict[str, str]) -> str:
-    return "".join(f' {key}="{escape(value, _ATTR_ESCAPES)}"' for key, value in attrs.items())
-
-
-def _action_markup(name: str, params: dict[str, str], tag: str) -> str:
-    """``give`` with ``item=spear`` as ``<action name="give" item="spear"/>``."""
-    if "name" in params:
-        raise InputError("the parameter 'name' is the action's own name: use another parameter name")
-    attrs = {"name": name, **{key: value.removeprefix("~") for key, value in params.items()}}
-    return f"<{tag}{_attributes(attrs)}/>"
-
-
-def _tag_markup(tag: str, params: dict[str, str]) -> str:
-    """``say`` with ``text=Hello`` as ``<say>Hello</say>``; empty attributes (the defaults of
-    TaleWeave's form) are left out."""
-    text = params.pop(TEXT_PARAMETER, "").removeprefix("~")
-    attrs = {key: value.removeprefix("~") for key, value in params.items() if value}
-    if not text and not attrs:
-        raise InputError(f"<{tag}> needs some text: ~{tag}:{TEXT_PARAMETER}=...")
-    if not text:
-        return f"<{tag}{_attributes(attrs)}/>"
-    return f"<{tag}{_attributes(attrs)}>{escape(text)}</{tag}>"
-
-
-def _tool_markup(tool: str, params: dict[str, str], tag: str) -> str:
-    """A call of ``tool`` with the parameters as JSON arguments, typed as TaleWeave types them."""
-    arguments = orjson.dumps({key: _typed(value) for key, value in params.items()}).decode()
-    return f'<{tag} name="{escape(tool, _ATTR_ESCAPES)}">{escape(arguments)}</{tag}>'
-
-
-def _typed(value: str) -> str | bool | int | float:
-    """TaleWeave's reading of a parameter: ``~`` literal, yes/no words, numbers, else text."""
-    if value.startswith("~"):
-        return value[1:]
-    if value.lower() in _BOOLEANS:
-        return _BOOLEANS[value.lower()]
-    for number in (int, float):
-        try:
-            parsed = number(value)
-        except ValueError:
-            continue
-        if math.isfinite(parsed):
-            return parsed
-    return value
 
 
 # --- entities ------------------------------------------------------------------------------
@@ -261,10 +93,9 @@ class Npc:
     spec: AgentSpec | None = None
     inventory: list = field(default_factory=list)  # the spec's raw inventory, for Items
     last_request: str | None = None  # request_id of the latest get_agent_state
-    turns: OrderedDict = field(default_factory=OrderedDict)  # recent turn_id -> confirmed
-    running: str | None = None  # turn_id of the turn streaming now
-    memory: deque = field(default_factory=lambda: deque(maxlen=MEMORY_ENTRIES))
-    tag: tuple | None = None  # (tag, attrs, text parts) of the open tag
+    memory: History = field(default_factory=lambda: History(MEMORY_ENTRIES))
+    turn: SeenTurn | None = None  # the turn running now, as its frames show it
+    said: list[str] = field(default_factory=list)  # the text of its open tag so far
     partner: str | None = None  # the source of the latest interaction_event: whom it answers
     player: str | None = None  # the client playing it
     grant: int = 0
@@ -435,31 +266,25 @@ class Feed:
     # --- what Godot sends ----------------------------------------------------------------------
 
     def godot_inbound(self, message: p.AgentMessage) -> list[dict]:
-        """A validated message from Godot that the gateway routed to its agent."""
-        npc: Npc | None
+        """A validated message from Godot that the gateway routed to its agent (after its facts)."""
         if isinstance(message, p.InteractionEvent):
-            npc = self._seen(message.agent_id)
-            npc.partner = message.event.get("source")
-            npc.memory.append({"kind": "event", "event_id": message.event_id, "event": message.event})
+            self._seen(message.agent_id).partner = message.event.get("source")
         elif isinstance(message, p.NotificationEvent):
-            entry = {"kind": "notification", "event": message.event}
             npcs = [self._seen(agent_id) for agent_id in message.agent_ids]
-            for npc in npcs:
-                npc.memory.append(entry)
-            self._status(_line(entry), npcs[0] if len(npcs) == 1 else None)
-        elif (npc := self.npcs.get(message.agent_id)) is None:
-            pass
-        elif isinstance(message, p.AgentStateSnapshot):
+            self._status(_line({"kind": "notification", "event": message.event}), npcs[0] if len(npcs) == 1 else None)
+        elif isinstance(message, p.AgentStateSnapshot) and (npc := self.npcs.get(message.agent_id)) is not None:
             self._on_spec(npc, message)
-        elif isinstance(message, p.AgentTurnResult):
-            if npc.turns.get(message.turn_id) is False and message.turn_id != npc.running:
-                npc.turns[message.turn_id] = True
-                npc.memory.append(
-                    {"kind": "turn", "turn_id": message.turn_id, "status": message.status, "tags": message.tags}
-                )
-        elif isinstance(message, p.ToolResults) and message.turn_id in npc.turns:
-            npc.memory.append({"kind": "tool_results", "turn_id": message.turn_id, "results": message.results})
-            for result in message.results:
+        return self._take()
+
+    def fact(self, agent_id: str, fact: dict) -> list[dict]:
+        """A history fact the gateway journaled for ``agent_id``: the NPC's memory takes it as
+        its agent does (``History``: a result for a turn it does not know is refused there too)."""
+        kind = fact["type"]
+        if kind not in FACT_TYPES:
+            return []
+        npc = self._seen(agent_id) if kind in ("interaction_event", "notification_event") else self.npcs.get(agent_id)
+        if npc is not None and npc.memory.apply(fact) is None and kind == "tool_results":
+            for result in fact["results"]:
                 self._emit(
                     "result",
                     result=as_text(result.get("output")),
@@ -511,10 +336,8 @@ class Feed:
 
     def _on_started(self, npc: Npc | None, frame: dict) -> None:
         if npc is not None:
-            npc.running = frame["turn_id"]
-            npc.turns[npc.running] = False
-            while len(npc.turns) > p.RECENT_TURNS:
-                npc.turns.popitem(last=False)
+            npc.turn = SeenTurn(npc.agent_id, frame["turn_id"], frame.get("event_id"))
+            npc.turn.seen(frame)
             self._stream(npc, frame, "start")
 
     def _on_state_request(self, npc: Npc | None, frame: dict) -> None:
@@ -522,22 +345,24 @@ class Feed:
             npc.last_request = frame["request_id"]
 
     def _on_open(self, npc: Npc | None, frame: dict) -> None:
-        if npc is not None:
-            npc.tag = (frame["tag"], frame["attrs"], [])
+        if npc is not None and npc.turn is not None:
+            npc.turn.seen(frame)
+            npc.said = []
             self._stream(npc, frame, "open", index=frame["index"], tag=frame["tag"], attrs=frame["attrs"])
 
     def _on_chunk(self, npc: Npc | None, frame: dict) -> None:
-        if npc is not None and npc.tag is not None:
-            npc.tag[2].append(frame["text"])
+        if npc is not None and npc.turn is not None and npc.turn.tag is not None:
+            npc.said.append(frame["text"])
             self._stream(npc, frame, "chunk", index=frame["index"], tag=frame["tag"], text=frame["text"])
 
     def _on_close(self, npc: Npc | None, frame: dict) -> None:
-        if npc is None or npc.tag is None:
+        if npc is None or npc.turn is None or npc.turn.tag is None:
             return
-        tag, attrs, parts = npc.tag
-        npc.tag = None
+        tag, attrs = npc.turn.tag.name, npc.turn.tag.attrs
+        npc.turn.seen(frame)
+        text, kind = "".join(npc.said), tag.lower()
+        npc.said = []
         self._stream(npc, frame, "close", index=frame["index"], tag=tag)
-        text, kind = "".join(parts), tag.lower()
         if kind == self.speech_tag:
             if text.strip():
                 room, speaker = self._room_of(npc), npc.character()
@@ -571,7 +396,7 @@ class Feed:
     def _on_end(self, npc: Npc | None, frame: dict) -> None:
         if npc is None:
             return
-        npc.running = npc.tag = npc.awaiting = None
+        npc.turn, npc.said, npc.awaiting = None, [], None
         reason = frame["reason"]
         self._stream(npc, frame, "end", reason=reason)
         if frame["type"] == "agent_turn_interrupted":
@@ -643,7 +468,7 @@ class Feed:
         memory = {
             npc.name: [
                 {"type": "ai" if m["role"] == "assistant" else "human", "content": m["content"]}
-                for m in to_messages(list(npc.memory))
+                for m in to_messages(npc.memory.entries)
             ]
             for npc in self.npcs.values()
         }

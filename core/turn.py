@@ -10,8 +10,9 @@ A turn goes through its phases in order, each ended by the event named::
 
     start()                 ->  STATE      wait for the agent_state_snapshot asked for (RequestState)
     state_received(spec)    ->  PROMPT     wait for a person's answer, if one plays the NPC (Prompt)
-    person_answered(None)   ->  STREAMING  stream the LLM's answer (Stream), llm_text per delta
-    llm_finished()          ->  ENDED
+    person_answered(None)   ->  STREAMING  stream the LLM's answer (Stream): llm_rung per rung of the
+                                       fallback ladder tried, llm_text per delta
+    llm_finished()          ->  ENDED      or fallback_spoken(), when no rung of the ladder answered
 
 and ends early on ``state_timed_out`` with no spec to fall back on, a spec whose tags the parser
 refuses, ``person_answered(markup)``, ``llm_failed``, ``failed``, ``cancelled`` or ``interrupt``.
@@ -35,6 +36,7 @@ from core.tagstream import TagStreamParser
 
 __all__ = [
     "END_TYPES",
+    "OpenTag",
     "Output",
     "Phase",
     "Prompt",
@@ -93,7 +95,8 @@ class Prompt:
 
 @dataclass(frozen=True, slots=True)
 class Stream:
-    """Ask the LLM: ``llm_text`` per delta, ``llm_usage``, then ``llm_finished`` or ``llm_failed``."""
+    """Ask the LLM, down the fallback ladder: ``llm_rung`` per rung tried, ``llm_text`` per delta,
+    ``llm_usage``, then ``llm_finished``, ``fallback_spoken`` or ``llm_failed``."""
 
     spec: AgentSpec
 
@@ -129,10 +132,10 @@ class TurnMachine:
         "request_id",
         "phase",
         "_speak_untagged",
-        "_json_answer",
         "_spec",
         "_parser",
         "_usage",
+        "_spoke",
     )
 
     def __init__(
@@ -142,21 +145,18 @@ class TurnMachine:
         event_id: str | None,
         *,
         speak_untagged: bool = True,
-        json_answer: bool = False,
     ) -> None:
-        """``speak_untagged``: text outside any tag is the spec's speech (setting ``untagged_text``);
-        ``json_answer``: the model answers in JSON (``llm_structured = json_schema``), a person in
-        markup either way."""
+        """``speak_untagged``: text outside any tag is the spec's speech (setting ``untagged_text``)."""
         self.agent_id = agent_id
         self.turn_id = turn_id
         self.event_id = event_id
         self.request_id = state_request_id(turn_id)
         self.phase = Phase.NEW
         self._speak_untagged = speak_untagged
-        self._json_answer = json_answer
         self._spec: AgentSpec | None = None
         self._parser: TagStreamParser | TagJsonReader | None = None
         self._usage: dict | None = None
+        self._spoke = False  # the LLM's text has reached the reader: no other rung may answer now
 
     def _reader(self, kind: type[TagStreamParser] | type[TagJsonReader], spec: AgentSpec):
         """The reader of this turn's answer: markup, or the model's JSON (same events either way)."""
@@ -207,29 +207,54 @@ class TurnMachine:
             return []
         assert self._spec is not None and self._parser is not None  # set on entering PROMPT
         if markup is None:
-            if self._json_answer:
-                self._parser = self._reader(TagJsonReader, self._spec)
             self.phase = Phase.STREAMING
             return [Stream(self._spec)]
         outputs: list[Output] = [*p.tag_frames(self.agent_id, self.turn_id, self._parser.feed(markup))]
         outputs += self._end([p.turn_finished(self.agent_id, self.turn_id, "completed")], stop=False)
         return outputs
 
+    def llm_rung(self, json_answer: bool) -> None:
+        """A rung of the ladder is asked; its answer comes as JSON (``llm_structured =
+        json_schema``) or as markup. Only before any text: a turn steps down only before its first
+        token, so the reader has read nothing yet."""
+        if self.phase is Phase.STREAMING and self._spec is not None and not self._spoke:
+            self._parser = self._reader(TagJsonReader if json_answer else TagStreamParser, self._spec)
+
     def llm_text(self, text: str) -> list[dict]:
         """One delta of the LLM's answer: its tag frames (the hot path: one call per token)."""
         parser = self._parser
         if self.phase is not Phase.STREAMING or parser is None:
             return []
+        self._spoke = True
         return p.tag_frames(self.agent_id, self.turn_id, parser.feed(text))
 
     def llm_usage(self, usage: dict) -> None:
         if self.phase is Phase.STREAMING:
             self._usage = usage
 
-    def llm_finished(self) -> list[Output]:
+    def llm_finished(self, fallback: dict | None = None) -> list[Output]:
+        """``fallback``: how the turn stepped down the ladder, if it did (``core.ladder``)."""
         if self.phase is not Phase.STREAMING:
             return []
-        return self._end([p.turn_finished(self.agent_id, self.turn_id, "completed", self._usage)], stop=False)
+        ending = p.turn_finished(self.agent_id, self.turn_id, "completed", self._usage, fallback)
+        return self._end([ending], stop=False)
+
+    def fallback_spoken(self, line: str, fallback: dict) -> list[Output]:
+        """No LLM rung answered: the NPC speaks ``line`` (plain text) in its speech tag, through the
+        same tag frames, and the turn ends with reason ``fallback``. Once the LLM's text has been
+        read it would speak over it: the turn ends in error instead."""
+        if self.phase is not Phase.STREAMING or self._spec is None:
+            return []
+        tag = self._spec.speech_tag
+        if self._spoke or tag is None:  # tag: parse_spec refuses fallback_lines without one
+            return self.llm_failed("the LLM failed after its first token")
+        parser = self._reader(TagStreamParser, self._spec)
+        text = line.replace("&", "&amp;").replace("<", "&lt;")
+        outputs: list[Output] = [*p.tag_frames(self.agent_id, self.turn_id, parser.feed(f"<{tag}>{text}</{tag}>"))]
+        self._parser = parser
+        return outputs + self._end(
+            [p.turn_finished(self.agent_id, self.turn_id, "fallback", None, fallback)], stop=False
+        )
 
     def llm_failed(self, message: str) -> list[Output]:
         return self._end_error(p.LLM_ERROR, message)
@@ -281,25 +306,33 @@ def error_end(agent_id: str, turn_id: str, code: str, message: str) -> list[dict
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class OpenTag:
+    index: int
+    name: str
+    attrs: dict
+
+
 @dataclass(slots=True)
 class SeenTurn:
-    """A turn as its frames show it, to one who forwards them without running it (the gateway,
-    while the turn's machine runs in an agent on a worker). If that worker is lost, ``lost`` ends
-    the turn as its machine would have ended it in error, keeping the contract's promises."""
+    """A turn as its frames show it, to one who forwards them without running it: the gateway,
+    while the turn's machine runs in an agent on a worker (if that worker is lost, ``lost`` ends
+    the turn as its machine would have ended it in error, keeping the contract's promises), and
+    the /events feed, which tells the turn as world events."""
 
     agent_id: str
     turn_id: str
     event_id: str | None
     started: bool = False  # agent_turn_started went out
-    tag: tuple[int, str] | None = None  # the open tag: (index, name)
+    tag: OpenTag | None = None
 
     def seen(self, frame: dict) -> bool:
-        """Note one frame of this turn; True when it was the turn's end."""
+        """Note one frame of this turn (its chunks change nothing); True when it was the turn's end."""
         kind = frame["type"]
         if kind == "agent_turn_started":
             self.started = True
         elif kind == "agent_tag_open":
-            self.tag = (frame["index"], frame["tag"])
+            self.tag = OpenTag(frame["index"], frame["tag"], frame["attrs"])
         elif kind == "agent_tag_close":
             self.tag = None
         return kind in END_TYPES
@@ -309,5 +342,5 @@ class SeenTurn:
         asked for it gets its answer), its open tag's close, then its end in error."""
         frames = [] if self.started else [p.turn_started(self.agent_id, self.turn_id, self.event_id)]
         if self.tag is not None:
-            frames.append(p.tag_close(self.agent_id, self.turn_id, *self.tag))
+            frames.append(p.tag_close(self.agent_id, self.turn_id, self.tag.index, self.tag.name))
         return frames + error_end(self.agent_id, self.turn_id, code, why)

@@ -21,6 +21,7 @@ from gateway.events import WEB_DIR, EventsEndpoint, index
 from gateway.godot import GodotEndpoint
 from gateway.journal import Journal
 from gateway.journal_upkeep import Upkeep
+from gateway.memories import MemoryStore
 from gateway.router import Router
 from gateway.workers import WorkerLinks
 
@@ -43,6 +44,7 @@ class GatewayServer:
             release,
             self._not_saved,
             Upkeep(settings.journal_retention_days, settings.journal_compact_days),
+            memories=MemoryStore.of(settings),
         )
         self.router = Router(settings, self.journal)
         self.workers = WorkerLinks(link_secret, self.router)

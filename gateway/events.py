@@ -106,6 +106,13 @@ class EventsEndpoint:
         except Exception:  # noqa: BLE001
             logger.exception("/events feed failed on {} from Godot", type(message).__name__)
 
+    def fact_recorded(self, session: str, agent_id: str, fact: dict) -> None:
+        try:
+            audience = self._session(session)
+            self._broadcast(audience, audience.feed.fact(agent_id, fact))
+        except Exception:  # noqa: BLE001
+            logger.exception("/events feed failed on a {} fact", fact.get("type"))
+
     def worker_items(self, items: list[Frame | ToFeed]) -> None:
         """One batch from a worker, in order: the frames sent to Godot (per token: keep this
         cheap) and the agents' reports. Its events go out once the batch is read, with each

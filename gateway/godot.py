@@ -158,6 +158,9 @@ class GodotEndpoint:
         if isinstance(message, p.Ping):
             conn.send_json(p.pong(message.id))
             return
+        if isinstance(message, p.MemoryAdd | p.MemoryForget | p.MemoryList):
+            self.on_memory(conn, message, len(data))
+            return
         try:
             journal_bytes = self.frame_limits.journal_bytes(message, len(data))
         except p.ProtocolError as exc:
@@ -178,6 +181,24 @@ class GodotEndpoint:
         if routed:
             self.observer.godot_inbound(conn.session, message)
 
+    def on_memory(self, conn: GodotConnection, message: p.MemoryMessage, frame_bytes: int) -> None:
+        """A memory operation: carried out by the journal, answered to whoever holds the session
+        then. It counts as journaled bytes (its frame's size) against the session's rate."""
+        over = take_all([(self.journal_rate, frame_bytes)], conn.session, time.monotonic())
+        if over is not None:
+            conn.send_json(
+                self._refused(over, conn.session, {"type": p.TYPE_NAMES[type(message)], "agent_id": message.agent_id})
+            )
+            return
+        connections, session = self.router.connections, conn.session
+
+        def answer(frame: dict) -> None:
+            holder = connections.get(session)
+            if holder is not None:
+                holder.send(orjson.dumps(frame))
+
+        self.router.memory(conn, message, answer)
+
     def rate_limited(self, session: str, message: p.AgentMessage, journal_bytes: int) -> dict | None:
         """The ``rate_limited`` error when ``session`` is over a rate this message counts against:
         turns started (interaction events, continuing tool_results), notification recipients, and
@@ -190,12 +211,16 @@ class GodotEndpoint:
         over = take_all(charges, session, time.monotonic())
         if over is None:
             return None
-        what, settings = self.rate_names[over]
         ref = {"type": p.TYPE_NAMES[type(message)]}
         if not isinstance(message, p.NotificationEvent):
             ref["agent_id"] = message.agent_id
         if isinstance(message, p.ToolResults | p.AgentTurnResult):
             ref["turn_id"] = message.turn_id
+        return self._refused(over, session, ref)
+
+    def _refused(self, over: KeyedBuckets, session: str, ref: dict) -> dict:
+        """The ``rate_limited`` error of a frame over the rate ``over`` counts."""
+        what, settings = self.rate_names[over]
         return p.error(
             p.RATE_LIMITED,
             f"too many {what}: session {session!r} may have {over.rate:g} per second and {over.burst} at once "

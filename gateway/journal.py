@@ -49,8 +49,12 @@ from typing import Any, NamedTuple
 import orjson
 from loguru import logger
 
-from actors.messages import Restore, ToAgent, ToWorker
+from actors.messages import Restore, SnapshotRecall, ToAgent, ToWorker
+from core import protocol as p
+from core.memory import TYPE_OF, MemoryOp
+from core.recall import NOTHING_RECALLED
 from gateway.journal_upkeep import Upkeep
+from gateway.memories import MEMORY_SCHEMA, MemoryStore
 
 FILE_NAME = "journal.sqlite3"
 SCHEMA = """
@@ -84,6 +88,15 @@ _STOP = object()
 _PROBE = object()
 REF_KEYS = ("turn_id", "event_id")  # of a fact, named in the error about it
 
+
+class MemoryRequest(NamedTuple):
+    """A memory operation of the game, carried out in order; ``done(reply)`` on the loop once committed."""
+
+    op: MemoryOp
+    done: Callable[[dict], None]
+    reply: dict | None
+
+
 Release = Callable[[list[tuple[Hashable, ToWorker]]], None]
 Lost = Callable[[list[tuple[str, str, dict]], str], None]  # (session, agent_id, ref) each, and why
 
@@ -99,6 +112,8 @@ class Journal:
         release: Release,
         lost: Lost = lambda facts, why: None,
         upkeep: Upkeep | None = None,
+        *,
+        memories: MemoryStore,
     ) -> None:
         self.path = Path(data_dir) / FILE_NAME
         self._fsync = fsync
@@ -106,6 +121,7 @@ class Journal:
         self._restore_limit = restore_limit
         self._release = release
         self._lost = lost
+        self._memories = memories  # used by the thread only
         self.failure: str | None = None  # why the latest write failed; None once one succeeds (loop side)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._queued = 0  # items handed to the thread and not yet back (loop side)
@@ -156,17 +172,42 @@ class Journal:
         self._queued += 1
         self._queue.put((destination, Restore(session, agent_id, None), None))
 
+    def recall(self, destination: Hashable, item: ToAgent) -> None:
+        """Send ``item`` (a ``SnapshotRecall``) with what its query finds, looked up after every
+        fact queued before this call."""
+        self._queued += 1
+        self._queue.put((destination, item, None))
+
+    def memory(self, op: MemoryOp, done: Callable[[dict], None]) -> None:
+        """Carry out the game's memory operation ``op`` in order with the facts, then ``done(reply)``
+        on the loop: the reply frame once durable, or the ``error`` frame that refuses it."""
+        self._queued += 1
+        self._queue.put((None, MemoryRequest(op, done, None), None))
+
     def probe(self) -> None:
         """Try a write in order with the rest; its outcome sets ``failure``."""
         self._queue.put(_PROBE)
 
-    def _released(self, items: list[tuple[Hashable, ToWorker]], failure: str | None, lost: list) -> None:
+    def _released(self, items: list[tuple[Hashable, Any]], failure: str | None, lost: list) -> None:
         self._queued -= len(items)
         self.failure = failure
         if lost:
             assert failure is not None  # facts are lost only by a write that failed
             self._lost(lost, failure)
-        self._release(items)
+        self._release(self._answer_memories(items, failure))
+
+    def _answer_memories(self, items: list[tuple[Hashable, Any]], failure: str | None) -> list[tuple[Hashable, Any]]:
+        """Answer the batch's memory requests (an ``error`` if its write failed); the rest go on."""
+        rest = []
+        for destination, item in items:
+            if type(item) is not MemoryRequest:
+                rest.append((destination, item))
+            elif failure is None and item.reply is not None:
+                item.done(item.reply)
+            else:
+                ref = {"type": TYPE_OF[type(item.op)], "agent_id": item.op.agent_id}
+                item.done(p.error(p.JOURNAL_ERROR, f"memory not saved: the journal cannot write ({failure})", ref))
+        return rest
 
     # --- the thread --------------------------------------------------------------------------
 
@@ -257,9 +298,14 @@ class Journal:
                     )
                     db.execute("insert or ignore into agents values (?, ?)", fact[:2])
                     assert cursor.lastrowid is not None  # an insert
+                    self._memories.index_fact(db, cursor.lastrowid, *fact)
                     written.append((item, cursor.lastrowid))
                 elif type(item) is Restore:
                     item = item._replace(facts=self._read(db, item.session, item.agent_id))
+                elif type(item) is ToAgent and type(item.message) is SnapshotRecall:
+                    item = self._recall(db, item)
+                elif type(item) is MemoryRequest:
+                    item = item._replace(reply=self._memories.run(db, item.op))
                 out.append((destination, item))
             db.execute("commit")
             _stamp(written)
@@ -279,8 +325,24 @@ class Journal:
             for destination, item, _ in entries[len(out) :]:
                 if type(item) is Restore and item.facts is None:  # a full disk still reads
                     item = item._replace(facts=self._read_or_nothing(db, item.session, item.agent_id))
+                elif type(item) is ToAgent and type(item.message) is SnapshotRecall and item.message.recall is None:
+                    item = self._recall(db, item)
                 out.append((destination, item))
             return out, why, lost
+
+    def _recall(self, db: sqlite3.Connection, item: ToAgent) -> ToAgent:
+        """``item`` with what its ``SnapshotRecall`` finds (nothing when the read fails: the turn
+        goes on without recall)."""
+        asked = item.message
+        assert type(asked) is SnapshotRecall
+        try:
+            found = self._memories.recall(db, item.session, asked.query)
+        except sqlite3.Error as exc:
+            logger.error(
+                "recall failed: {} of session {} gets no recall this turn: {}", item.agent_id, item.session, exc
+            )
+            found = NOTHING_RECALLED
+        return item._replace(message=asked._replace(recall=found))
 
     def _read_or_nothing(self, db: sqlite3.Connection, session: str, agent_id: str) -> list[dict]:
         try:
@@ -381,6 +443,7 @@ def connect(path: Path, fsync: bool = True) -> sqlite3.Connection:
     db.execute(f"pragma synchronous={'full' if fsync else 'normal'}")
     db.execute("pragma secure_delete=on")  # what is deleted is overwritten, not left in free pages
     db.executescript(SCHEMA)
+    db.executescript(MEMORY_SCHEMA)  # gateway/memories.py: its tables are the journal's too
     _add_write_times(db)
     return db
 

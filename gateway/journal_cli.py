@@ -119,8 +119,8 @@ def _inspect(db: sqlite3.Connection, path: Path, session: str | None, running: b
 
 def _delete(db: sqlite3.Connection, args: argparse.Namespace, log_dir: str, running: bool) -> int:
     what = f"session {args.session!r}" if args.npc is None else f"NPC {args.npc!r} of session {args.session!r}"
-    count = upkeep.delete(db, args.session, args.npc)
-    print(f"deleted {count} facts of {what}")
+    count, memories = upkeep.delete(db, args.session, args.npc)
+    print(f"deleted {count} facts and {memories} memories of {what}")
     if not args.keep_logs:
         print(f"deleted {delete_logs(log_dir, args.session, args.npc)} log files under {log_dir}")
     _finish(db, args.vacuum)

@@ -24,7 +24,9 @@ from typing import IO, Any, NamedTuple
 import orjson
 
 from core import retention
+from core.memory import AGENT_SCOPE, owner_of
 from core.retention import Key, Row
+from gateway.memories import MEMORY_ROWIDS
 
 CHUNK = 1000  # rows per transaction and per pass
 
@@ -34,23 +36,32 @@ class Scrubbed(NamedTuple):
     wal_pages: int
 
 
-def delete(db: sqlite3.Connection, session: str, agent_id: str | None = None) -> int:
-    """Delete every fact of ``session`` (or of one NPC of it), ``CHUNK`` rows per transaction;
-    then the NPCs' rows. Returns the facts deleted."""
+def delete(db: sqlite3.Connection, session: str, agent_id: str | None = None) -> tuple[int, int]:
+    """Delete every fact of ``session`` (or of one NPC of it) with its line in the recall index,
+    ``CHUNK`` rows per transaction; then the NPCs' rows and their memories (an NPC's: those it
+    owns, not its groups'); then merge the recall index, whose segments keep a deleted entry's
+    words until merged. Returns the facts and the memories deleted."""
     where, args = _scope(session, agent_id)
     deleted = 0
     while True:
         with _transaction(db):
-            count = db.execute(
-                f"delete from facts where seq in (select seq from facts where {where} limit {CHUNK})", args
-            ).rowcount
-        deleted += count
-        if count < CHUNK:
+            seqs = [(seq,) for (seq,) in db.execute(f"select seq from facts where {where} limit {CHUNK}", args)]
+            _unindex(db, seqs)
+            db.executemany("delete from facts where seq = ?", seqs)
+        deleted += len(seqs)
+        if len(seqs) < CHUNK:
             break
+    owned = "session = ?" if agent_id is None else "session = ? and owner = ?"
+    owners = (session,) if agent_id is None else (session, owner_of(agent_id, AGENT_SCOPE))
     with _transaction(db):
         db.execute(f"delete from agents where {where}", args)
         db.execute(f"delete from covered where {where}", args)
-    return deleted
+        memories = [(MEMORY_ROWIDS + seq,) for (seq,) in db.execute(f"select seq from memories where {owned}", owners)]
+        db.executemany("delete from recall_index where rowid = ?", memories)
+        db.execute(f"delete from memories where {owned}", owners)
+    with _transaction(db):
+        db.execute("insert into recall_index (recall_index) values ('optimize')")
+    return deleted, len(memories)
 
 
 def scrub(db: sqlite3.Connection) -> Scrubbed:
@@ -127,10 +138,16 @@ class Upkeep:
                     self._cursors[walk] = cursor
                     more = True
                 if doomed:
+                    _unindex(db, [(seq,) for seq in doomed])
                     db.executemany("delete from facts where seq = ?", ((seq,) for seq in doomed))
                     _forget_empty(db, {row.key for row in rows if row.seq in set(doomed)})
                     deleted += len(doomed)
         return deleted, more
+
+
+def _unindex(db: sqlite3.Connection, seqs: list[tuple[int]]) -> None:
+    """The facts' lines leave the recall index with them (gateway/memories.py: rowid = seq)."""
+    db.executemany("delete from recall_index where rowid = ?", seqs)
 
 
 def _covered(db: sqlite3.Connection, keys: set[Key]) -> dict[Key, int]:

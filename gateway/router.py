@@ -4,7 +4,8 @@ Loop-side state of the gateway. An agent is placed on the least-loaded worker wh
 named (or first named again after its worker died, it was deactivated, or the server restarted)
 and stays there while it is active; when it had history, a restore from the journal goes to
 the worker before anything else for it. Every history fact goes through the journal on its way
-(``gateway.journal``); turn ids are assigned here, so the journal knows a turn before the agent.
+(``gateway.journal``) and is shown to the ``observer``; turn ids are assigned here, so the journal
+knows a turn before the agent.
 
 Frames coming back from workers are forwarded to the Godot connection currently holding the
 session, noted by ``OpenTurns`` and shown, with the agents' reports, to the ``observer`` (the
@@ -29,6 +30,7 @@ from actors.messages import (
     Flushed,
     Frame,
     NodeRefused,
+    SnapshotRecall,
     Summarised,
     ToAgent,
     ToFeed,
@@ -37,10 +39,14 @@ from actors.messages import (
     WorkerGone,
 )
 from config.settings import Settings
+from core import memory as m
 from core import protocol as p
 from core.history import fact_of, starts_turn
 from core.openturns import OpenTurns
+from core.recall import RecallQuery, query_words
+from core.spec import SpecError, as_text, groups_of
 from core.takeover import PlayerInput, Takeover, TakeoverEnded
+from core.turn import turn_of_request
 from gateway.journal import Journal
 
 Key = tuple[str, str]  # (session, agent_id)
@@ -56,6 +62,8 @@ class Connection(Protocol):
 
 
 class Observer(Protocol):
+    def fact_recorded(self, session: str, agent_id: str, fact: dict) -> None: ...
+
     def worker_items(self, items: list[Frame | ToFeed]) -> None: ...
 
 
@@ -77,6 +85,8 @@ class Router:
         self._ignored: set[tuple[int, int]] = set()  # (worker, generation) whose batches were dropped
         self.last_seen: dict[Key, float] = {}  # placed agents: when Godot or a player last addressed them
         self.pinned: set[Key] = set()  # taken over by a person on /events: kept active
+        self.turn_events: dict[Key, tuple[str, dict]] = {}  # placed agents: (turn_id, event) its recall looks up
+        self.groups: dict[Key, tuple[str, ...]] = {}  # placed agents: the groups of their latest spec
         self.open = OpenTurns()
         self.session_agents: Counter[str] = Counter()
         self.connections: dict[str, Connection] = {}
@@ -148,13 +158,54 @@ class Router:
         if starts_turn(message):
             turn_id = uuid.uuid4().hex[:16]
             self.open.assigned(key, turn_id, getattr(message, "event_id", None))
+            event = message.event if isinstance(message, p.InteractionEvent) else self.turn_events.get(key, ("", {}))[1]
+            self.turn_events[key] = (turn_id, event)
         fact = fact_of(message, agent_id, turn_id)
         if fact is not None:
             self._record(worker, ToAgent(session, agent_id, fact), (session, agent_id, fact))
+            if self.observer is not None:
+                self.observer.fact_recorded(session, agent_id, fact)
         else:
             assert isinstance(message, p.AgentStateSnapshot)  # fact_of: the one message that is no history
-            self._send(worker, ToAgent(session, agent_id, message))
+            self._snapshot(worker, key, message)
         return None
+
+    def _snapshot(self, worker: int, key: Key, message: p.AgentStateSnapshot) -> None:
+        """The spec a turn asked for goes with what the journal recalls for the turn's event (who
+        is involved, where, in the groups the spec names); any other snapshot goes as it is."""
+        try:
+            self.groups[key] = groups_of(message.state)
+        except SpecError:
+            self.groups[key] = ()  # the agent refuses this spec, and tells Godot why
+        asked = self.turn_events.get(key)
+        item = ToAgent(*key, message)
+        if asked is None or asked[0] != turn_of_request(message.request_id) or not self.settings.recall_budget_chars:
+            self._send(worker, item)
+            return
+        del self.turn_events[key]
+        location = message.state.get("location")
+        scopes = m.scopes_of(self.groups[key])
+        said, context = query_words(asked[1], as_text(location) if location is not None else "")
+        owners = tuple(m.owner_of(key[1], scope) for scope in scopes)
+        query = RecallQuery(key[1], owners, said, context, self.settings.history_budget_chars)
+        self.journal.recall(
+            (worker, self.generation[worker]), item._replace(message=SnapshotRecall(message, query, None))
+        )
+
+    def memory(self, conn: Connection, message: p.MemoryMessage, done: Callable[[dict], None]) -> None:
+        """Carry out the game's memory operation in the journal's order; ``done(reply)`` once durable."""
+        session, agent_id = conn.session, message.agent_id
+        op: m.MemoryOp
+        if isinstance(message, p.MemoryAdd):
+            op = m.AddMemory(
+                session, agent_id, message.scope, uuid.uuid4().hex[:16], message.text, pinned=message.pinned
+            )
+        elif isinstance(message, p.MemoryForget):
+            op = m.ForgetMemories(session, agent_id, message.scope, message.memory_id, message.query)
+        else:
+            scopes = (message.scope,) if message.scope else m.scopes_of(self.groups.get((session, agent_id), ()))
+            op = m.ListMemories(session, agent_id, scopes, message.query)
+        self.journal.memory(op, done)
 
     def to_known_agent(self, session: str, agent_id: str, message: Takeover | PlayerInput) -> bool:
         """Send a player's message (/events) to an agent Godot has named; False when there is none."""
@@ -310,6 +361,7 @@ class Router:
         for key in lost:
             del self.placement[key]
             self.last_seen.pop(key, None)
+            self.turn_events.pop(key, None)
             frames += [Frame(key[0], orjson.dumps(frame)) for frame in self.open.end(key, why)]
         self.load[worker] = 0
         logger.warning(
@@ -334,6 +386,8 @@ class Router:
         for key in idle:
             worker = self.placement.pop(key)
             del self.last_seen[key]
+            self.turn_events.pop(key, None)
+            self.groups.pop(key, None)
             self.load[worker] -= 1
             self._send(worker, Deactivate(*key))
         return len(idle)

@@ -9,6 +9,7 @@ whatever ends it, every process of the actor system is gone when ``stop`` return
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import time
@@ -21,6 +22,7 @@ from actors.lifeline import end_group, exit_fd
 from actors.messages import GatewayStarted, GatewayStopped, IdentifyPool, ReplacePool, StartGateway, StopGateway
 from actors.node import SYSTEM_BASE, NodeError, start_system
 from actors.pool import WorkerPool
+from config.llm_endpoints import Endpoint
 from config.settings import Settings
 from gateway.actor import GatewayActor
 
@@ -73,30 +75,36 @@ class Service:
         return reply.url
 
     def _provider(self, s: Settings) -> Settings:
-        """The LLM endpoint: the configured one, or the embedded demo model started here."""
+        """The LLM endpoints: the configured ones (``auto`` structured modes detected), or the
+        embedded demo model started here; and the embedded model as the ladder's last LLM rung
+        when ``llm_fallback_embedded`` asks for it."""
         if s.llm_base_url:
-            if s.llm_structured != "auto":
+            s = _detect_modes(s)
+            if not s.llm_fallback_embedded:
                 return s
-            from providers.structured import detect
-
-            return s.replace(llm_structured=detect(s.llm_base_url, s.llm_api_key))
-        from providers.embedded import LocalModelProcess
-
+            return s.replace(embedded_url=self._start_embedded(s))
         logger.warning(
             "no LLM endpoint configured (OPENAI_API_BASE): using the embedded demo model, "
             "a tiny 135M model for trying things out; see the README to use a real one"
         )
+        url = self._start_embedded(s)
+        return _detect_modes(
+            s.replace(
+                llm_base_url=url,
+                llm_structured="grammar" if s.llm_structured == "auto" else s.llm_structured,
+                history_budget_chars=s.embedded_history_budget_chars,
+                llm_max_tokens=s.embedded_max_tokens,
+            )
+        )
+
+    def _start_embedded(self, s: Settings) -> str:
+        from providers.embedded import LocalModelProcess
+
         self.embedded_model = LocalModelProcess(threads=s.embedded_model_threads or None)
         try:
-            url = self.embedded_model.start()
+            return self.embedded_model.start()
         except RuntimeError as exc:
             raise ServiceError(str(exc)) from None
-        return s.replace(
-            llm_base_url=url,
-            llm_structured="grammar" if s.llm_structured == "auto" else s.llm_structured,
-            history_budget_chars=s.embedded_history_budget_chars,
-            llm_max_tokens=s.embedded_max_tokens,
-        )
 
     def _start_pool(self):
         """A new worker pool, watched; the gateway has it start the workers."""
@@ -158,3 +166,31 @@ class Service:
             self.watched.clear()
             if self.embedded_model is not None:
                 self.embedded_model.stop()
+
+
+def _detect_modes(s: Settings) -> Settings:
+    """Settings whose ``auto`` structured modes are detected, once per base URL (the primary's,
+    then those of the fallbacks and tiers with a base URL of their own)."""
+    from providers.structured import detect
+
+    modes: dict[str, str] = {}
+
+    def mode(base_url: str, api_key: str, configured: str) -> str:
+        if configured != "auto":
+            return configured
+        if base_url not in modes:
+            modes[base_url] = detect(base_url, api_key)
+        return modes[base_url]
+
+    def resolved(endpoint: Endpoint) -> Endpoint:
+        if not endpoint.base_url:  # on the primary endpoint: its mode
+            return endpoint
+        return dataclasses.replace(endpoint, structured=mode(endpoint.base_url, endpoint.api_key, endpoint.structured))
+
+    return s.replace(
+        llm_structured=mode(s.llm_base_url, s.llm_api_key, s.llm_structured),
+        llm_fallbacks=tuple(map(resolved, s.llm_fallbacks)),
+        llm_tiers=tuple(
+            dataclasses.replace(tier, endpoints=tuple(map(resolved, tier.endpoints))) for tier in s.llm_tiers
+        ),
+    )

@@ -93,8 +93,11 @@ class Defaults:
     record_chunk_times: bool = False
     stamp_tokens: bool = False  # see Reply.stamp_tokens
     model: str = "scripted"
+    status: int | None = None  # answer every request that no scripted reply serves with this HTTP error
 
     def __post_init__(self) -> None:
+        if self.status is not None and not 400 <= self.status < 600:
+            raise ValueError("status must be an HTTP error status (400-599)")
         if self.default_tokens < 6:
             raise ValueError("default_tokens must be at least 6")
         if self.first_token_delay_s < 0 or self.tokens_per_s < 0:
@@ -286,6 +289,7 @@ class ScriptedLLM:
             first_token_delay_s=defaults.first_token_delay_s,
             tokens_per_s=defaults.tokens_per_s,
             stamp_tokens=defaults.stamp_tokens,
+            status=defaults.status,
         )
         return answer, "default"
 

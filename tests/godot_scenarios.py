@@ -205,6 +205,12 @@ async def _switch_session(run, llm, server, engine: str) -> None:
     assert last_user_texts(await llm.requests()) == ["Tell me a long story", "Hello"]
 
 
+async def _memories(run, llm, server, engine: str) -> None:
+    [guard_turn] = await llm.requests()
+    # The group's pinned memory reached the prompt of another member of the group.
+    assert "Tonight's password is swordfish." in guard_turn["body"]["messages"][0]["content"]
+
+
 SCENARIOS = {
     "full_turn": Scenario(
         ({"content": REPLY, "chunk_size": 5}, {"content": "<say>At sundown.</say>"}),
@@ -240,6 +246,7 @@ SCENARIOS = {
         (LONG_STORY, {"content": "<say>Yes?</say>"}), ("disconnect_on_interrupt",), _disconnect_on_interrupt
     ),
     "send_on_finish": Scenario(({"content": "<say>Morning.</say>"},), ("send_on_finish",), _send_on_finish),
+    "memories": Scenario(({"content": "<say>Password?</say>"},), ("memories",), _memories),
     "switch_session": Scenario(
         ({"match": "long story", **LONG_STORY}, {"content": "<say>Hello there.</say>"}),
         ("switch_session",),

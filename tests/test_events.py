@@ -123,9 +123,11 @@ async def test_spectators_see_a_turn_and_a_late_joiner_gets_the_replay(peers, ll
     assert reply["id"] in replayed and action["id"] in replayed
     assert not late.of_type("stream")  # the live view is not replayed
     # Another session's feed knows nothing of this one.
+    # (a render request's answer comes after everything a connect sends: no guessed wait)
     other = await open_events("elsewhere")
-    await asyncio.sleep(0.3)
-    assert [e["type"] for e in other.events] == ["id"]
+    await other.ws.send_json({"type": "render"})
+    await other.wait_type("status")
+    assert [e["type"] for e in other.events] == ["id", "status"]
 
 
 async def test_a_player_takes_an_npc_over_and_the_llm_resumes_on_leave(peers, llm):

@@ -14,10 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors.messages import Flush, Restore, ToAgent
+from config.settings import load_settings
 from core import protocol as p
 from core.history import PENDING, History, fact_of
 from core.openturns import OpenTurns
 from gateway.journal import FILE_NAME, Journal
+from gateway.memories import MemoryStore
 
 # --- the fold ------------------------------------------------------------------------------
 
@@ -144,7 +146,13 @@ class Released:
 
 
 async def open_journal(path: Path, released: Released | None = None) -> Journal:
-    journal = Journal(str(path), fsync=True, restore_limit=1000, release=released or Released())
+    journal = Journal(
+        str(path),
+        fsync=True,
+        restore_limit=1000,
+        release=released or Released(),
+        memories=MemoryStore.of(load_settings(env={})),
+    )
     await journal.open()
     return journal
 

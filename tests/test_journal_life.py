@@ -14,15 +14,19 @@ from pathlib import Path
 import orjson
 import pytest
 
+from config.settings import load_settings
 from core.history import History
 from core.retention import DAY_S, Row, Sweep, cutoff, sweep
 from core.summary import summary_fact
 from gateway import journal_upkeep as upkeep
 from gateway.journal import FILE_NAME, Journal, JournalInUse, connect, lock
+from gateway.memories import MemoryStore
 from tests.conftest import ROOT, ServerProcess
 from tests.godot_peer import GodotPeer
 from tests.test_journal import Released, event, open_journal, result, send_fact, unseq
 from tests.test_recovery import confirmed_turn, prompt_of_next_turn
+
+MEMORIES = MemoryStore.of(load_settings(env={}))
 
 # --- the rules -----------------------------------------------------------------------------
 
@@ -105,7 +109,9 @@ async def test_the_journal_applies_retention_at_start_in_its_thread(tmp_path):
     await write(tmp_path, [("s", "a", event("t1")), ("s", "a", result("t1")), ("s", "b", event("t2"))])
     age(tmp_path, 10, "a")
     released = Released()
-    journal = Journal(str(tmp_path), True, 1000, released, upkeep=upkeep.Upkeep(retention_days=7, compact_days=0))
+    journal = Journal(
+        str(tmp_path), True, 1000, released, upkeep=upkeep.Upkeep(retention_days=7, compact_days=0), memories=MEMORIES
+    )
     await journal.open()
     async with asyncio.timeout(10):
         while journal.facts_deleted < 2:
@@ -263,7 +269,7 @@ async def test_beside_a_running_server_the_cli_reads_and_deletes_only_when_force
 @pytest.mark.timeout(30)
 async def test_a_restore_brings_the_summary_older_than_its_facts_and_compaction_keeps_it(tmp_path):
     released = Released()
-    journal = Journal(str(tmp_path), True, restore_limit=2, release=released)
+    journal = Journal(str(tmp_path), True, restore_limit=2, release=released, memories=MEMORIES)
     await journal.open()
     send_fact(journal, "s", "a", event("t1"))
     covered = (await released.wait(1))[0][1].message["seq"]  # as the agent was given it

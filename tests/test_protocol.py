@@ -187,3 +187,29 @@ def test_outbound_frames_carry_the_contract_fields():
     assert p.turn_interrupted("a", "t", "new_event", "e2")["by_event_id"] == "e2"
     assert "usage" not in p.turn_finished("a", "t", "completed")
     assert p.turn_finished("a", "t", "completed", {"total_tokens": 3})["usage"] == {"total_tokens": 3}
+
+
+def test_memory_frames():
+    assert p.parse_frame('{"type":"memory_add","agent_id":"a","text":"t"}') == p.MemoryAdd("a", "t", False, "agent")
+    add = '{"type":"memory_add","agent_id":"a","text":"t","pinned":true,"scope":"group:guard"}'
+    assert p.parse_frame(add) == p.MemoryAdd("a", "t", True, "group:guard")
+    forget = '{"type":"memory_forget","agent_id":"a","query":"key"}'
+    assert p.parse_frame(forget) == p.MemoryForget("a", None, "key", "agent")
+    assert p.parse_frame('{"type":"memory_list","agent_id":"a"}') == p.MemoryList("a", None, None)
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ({"type": "memory_add", "agent_id": "a", "text": "t", "scope": "group:"}, p.BAD_FIELD),
+        ({"type": "memory_add", "agent_id": "a", "text": "t", "scope": 3}, p.BAD_FIELD),
+        ({"type": "memory_add", "agent_id": "a"}, p.MISSING_FIELD),
+        ({"type": "memory_forget", "agent_id": "a"}, p.MISSING_FIELD),
+        ({"type": "memory_list", "agent_id": "a", "query": 5}, p.BAD_FIELD),
+    ],
+)
+def test_bad_memory_frames_are_named(frame, code):
+    with pytest.raises(p.ProtocolError) as caught:
+        p.parse_frame(orjson.dumps(frame))
+    assert caught.value.code == code
+    assert caught.value.ref["type"] == frame["type"]

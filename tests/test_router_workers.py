@@ -8,6 +8,7 @@ import orjson
 from actors.messages import Frame, NodeRefused, WorkerGone
 from config.settings import load_settings
 from gateway.journal import Journal
+from gateway.memories import MemoryStore
 from gateway.router import Router
 
 
@@ -26,7 +27,9 @@ class Sink:
 
 def router(tmp_path) -> tuple[Router, Sink]:
     settings = load_settings(env={}, overrides={"data_dir": str(tmp_path)})
-    router = Router(settings, Journal(str(tmp_path), False, 100, lambda *_: None))
+    router = Router(
+        settings, Journal(str(tmp_path), False, 100, lambda *_: None, memories=MemoryStore.of(load_settings(env={})))
+    )
     router.add_worker(0, 0, 100, "leader")
     router.add_worker(1, 0, 101, "node-b")
     sink = Sink()

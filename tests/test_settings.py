@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import re
 
 import pytest
 
@@ -122,3 +123,87 @@ def test_the_actors_loop_is_the_one_configured(kind, module):
 
 async def _loop_module() -> str:
     return type(asyncio.get_running_loop()).__module__
+
+
+LADDER = """
+[[llm_fallbacks]]
+base_url = "http://backup/v1"
+model = "backup-model"
+api_key_env = "BACKUP_KEY"
+
+[[llm_fallbacks]]
+base_url = "http://free/v1"
+model = "free-model"
+structured = "off"
+
+[llm_tiers.hero]
+model = "big-model"
+max_tokens = 600
+cheaper = "crowd"
+
+[llm_tiers.crowd]
+base_url = "http://cheap/v1"
+model = "small-model"
+fallbacks = []
+"""
+
+
+def test_the_ladder_and_tiers_from_the_config_file(tmp_path):
+    config = tmp_path / "server.toml"
+    config.write_text("llm_breaker_cooldown_s = 2.5\n" + LADDER)
+    env = {"OPENAI_API_BASE": "http://primary/v1", "OPENAI_API_KEY": "sk-primary", "BACKUP_KEY": "sk-backup-77"}
+    s = load_settings(config, env=env)
+    assert s.llm_breaker_cooldown_s == 2.5
+    assert [(e.base_url, e.model, e.api_key, e.structured) for e in s.llm_fallbacks] == [
+        ("http://backup/v1", "backup-model", "sk-backup-77", "auto"),
+        ("http://free/v1", "free-model", "", "off"),
+    ]
+    default = s.tier(None)
+    assert [e.model for e in default.endpoints] == ["gpt-4o-mini", "backup-model", "free-model"]
+    assert default.max_tokens == s.llm_max_tokens and default.cheaper is None
+    hero = s.tier("hero")
+    assert [(e.base_url, e.model, e.api_key) for e in hero.endpoints[:1]] == [
+        ("http://primary/v1", "big-model", "sk-primary")  # on the primary endpoint, with its key
+    ]
+    assert hero.endpoints[1:] == s.llm_fallbacks and (hero.max_tokens, hero.cheaper) == (600, "crowd")
+    crowd = s.tier("crowd")
+    assert [(e.base_url, e.model, e.api_key) for e in crowd.endpoints] == [("http://cheap/v1", "small-model", "")]
+    assert s.tier("villain") is None
+    assert crowd.endpoint("small-model@http://cheap/v1") is crowd.endpoints[0]
+    assert "sk-backup-77" not in repr(s) and "sk-primary" not in repr(s)
+    assert pickle.loads(pickle.dumps(s)) == s
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("[[llm_fallbacks]]\nmodel = 'm'\n", "llm_fallbacks[0].base_url must be a non-empty string"),
+        ("[[llm_fallbacks]]\nbase_url = 'http://x'\n", "llm_fallbacks[0].model must be a non-empty string"),
+        (
+            "[[llm_fallbacks]]\nbase_url = 'http://x'\nmodel = 'm'\napi_key_env = 'NOPE_KEY'\n",
+            "llm_fallbacks[0].api_key_env names 'NOPE_KEY', which is not set",
+        ),
+        ("[[llm_fallbacks]]\nbase_url = 'http://x'\nmodel = 'm'\napi_key = 'k'\n", "unknown keys ['api_key']"),
+        ("[[llm_fallbacks]]\nbase_url = 'http://x'\nmodel = 'm'\nstructured = 'xml'\n", "structured mode of m@"),
+        ("llm_fallbacks = {}\n", "'llm_fallbacks' from config file"),
+        ("llm_tiers = []\n", "must be a table of tables ([llm_tiers.NAME] in TOML"),
+        ("[llm_tiers.hero]\nmax_tokens = 5\n", "llm_tiers.hero.model must be a non-empty string"),
+        ("[llm_tiers.hero]\nmodel = 'm'\nmax_tokens = 0\n", "llm_tiers.hero.max_tokens must be a positive integer"),
+        ("[llm_tiers.hero]\nmodel = 'm'\ncheaper = 'hero'\n", "llm_tiers.hero.cheaper must name another tier"),
+        ("[llm_tiers.hero]\nmodel = 'm'\ncheaper = 'crowd'\n", "llm_tiers.hero.cheaper must name another tier"),
+        ("[llm_tiers.hero]\nmodel = 'm'\nfallbacks = 'x'\n", "llm_tiers.hero.fallbacks must be a list of tables"),
+        ("[llm_tiers]\nhero = 3\n", "llm_tiers.hero must be a table"),
+        ("llm_breaker_failures = 0\n", "llm_breaker_failures"),
+        ("llm_npc_tokens_per_hour = -1\n", "llm_npc_tokens_per_hour"),
+    ],
+)
+def test_bad_ladder_settings_are_named(tmp_path, content, words):
+    config = tmp_path / "server.toml"
+    config.write_text(content)
+    with pytest.raises(SettingsError, match=re.escape(words)):
+        load_settings(config, env={})
+
+
+def test_the_ladder_cannot_come_from_the_environment():
+    with pytest.raises(SettingsError, match="only a config file has them"):
+        load_settings(env={"GAME_AGENT_LLM_FALLBACKS": "http://x"})

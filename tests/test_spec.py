@@ -87,6 +87,9 @@ def test_full_spec_is_parsed():
         prompt_parts=(("Current quest", "Deliver the sword by dusk."), ("Rumours", "Wolves were seen near the mill.")),
         tags=(TagSpec("say", "spoken words", {}), TagSpec("emote", "a gesture", {"kind": "which gesture"})),
         tools=(ToolSpec("open_door", "Open a door", {"type": "object"}),),
+        groups=(),
+        fallback_lines=(),
+        model_tier=None,
         extra={"mood": "tired", "stats": {"hp": 10, "tags": ["strong"]}},
     )
 
@@ -97,7 +100,7 @@ def test_full_dossier():
 
 def test_minimal_spec_and_dossier():
     spec = parse_spec({"name": "Mira"})
-    assert spec == AgentSpec("Mira", "", "", (), "", (), {}, (), None, (), DEFAULT_TAGS, (), {})
+    assert spec == AgentSpec("Mira", "", "", (), "", (), {}, (), None, (), DEFAULT_TAGS, (), (), (), None, {})
     assert build_dossier(spec) == "# Mira"
 
 
@@ -255,6 +258,16 @@ def test_leniency(state, expected):
             "state.tools[0].parameters must be an object (a JSON schema)",
         ),
         ({"name": "M", "tools": [{"name": "t"}, {"name": "t"}]}, "state.tools[1] repeats the name 't'"),
+        ({"name": "M", "fallback_lines": [""]}, "state.fallback_lines[0] must be a non-empty string"),
+        ({"name": "M", "fallback_lines": {"a": 1}}, "state.fallback_lines must be a list of strings"),
+        ({"name": "M", "fallback_lines": ["x" * 1001]}, "state.fallback_lines[0] must be at most 1000 characters long"),
+        ({"name": "M", "fallback_lines": ["x"] * 101}, "state.fallback_lines must hold at most 100 lines, got 101"),
+        (
+            {"name": "M", "tags": ["action"], "fallback_lines": ["Hm."]},
+            "state.fallback_lines are spoken in a 'say' tag, which state.tags lacks",
+        ),
+        ({"name": "M", "model_tier": ""}, "state.model_tier must be a non-empty string"),
+        ({"name": "M", "model_tier": ["hero"]}, "state.model_tier must be a non-empty string"),
     ],
 )
 def test_spec_errors(state, message):
@@ -262,6 +275,13 @@ def test_spec_errors(state, message):
         parse_spec(state)
     assert str(caught.value) == message
     assert message.startswith(caught.value.field + " ")
+
+
+def test_fallback_lines_and_model_tier():
+    spec = parse_spec({"name": "M", "fallback_lines": "Not now.", "model_tier": "crowd", "mood": "x"})
+    assert (spec.fallback_lines, spec.model_tier) == (("Not now.",), "crowd")
+    assert "Not now" not in build_dossier(spec) and "crowd" not in build_dossier(spec)  # the model never sees them
+    assert parse_spec({"name": "M", "fallback_lines": ["a", 2]}).fallback_lines == ("a", "2")
 
 
 def test_spec_error_is_a_value_error():
@@ -325,3 +345,25 @@ def test_a_name_the_spec_refuses_is_refused_everywhere(name):
         tags_grammar([name])
     with pytest.raises(ValueError):
         TagStreamParser([name])
+
+
+def test_groups_are_names_shown_in_the_dossier():
+    spec = parse_spec({"name": "Ana", "groups": ["town guard", "town guard", "Red Hand"]})
+    assert spec.groups == ("town guard", "Red Hand")
+    assert "## Groups\n- town guard\n- Red Hand" in build_dossier(spec)
+    assert parse_spec({"name": "Ana", "groups": "town guard"}).groups == ("town guard",)
+
+
+@pytest.mark.parametrize(
+    ("groups", "field"),
+    [
+        ([""], "state.groups[0]"),
+        ([{"x": 1}], "state.groups[0]"),
+        ({"a": 1}, "state.groups"),
+        ([str(i) for i in range(17)], "state.groups"),
+    ],
+)
+def test_bad_groups_name_the_field(groups, field):
+    with pytest.raises(SpecError) as caught:
+        parse_spec({"name": "Ana", "groups": groups})
+    assert caught.value.field == field

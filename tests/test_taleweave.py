@@ -1,4 +1,5 @@
-"""The /events feed and the player-input conversion, as pure code: messages in, events out."""
+"""The /events feed (core/taleweave.py) and the player-input conversion (core/playerinput.py), as pure
+code: messages in, events out."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import orjson
 import pytest
 
 from core import protocol as p
+from core.history import fact_of, starts_turn
+from core.playerinput import InputError, actions_of, player_markup
 from core.spec import parse_spec
 from core.tagstream import TagStreamParser
 from core.takeover import PlayerInput, Takeover, TakeoverEnded, TurnPrompt
@@ -14,10 +17,7 @@ from core.taleweave import (
     UNKNOWN_ROOM,
     Effects,
     Feed,
-    InputError,
-    actions_of,
     coalesce,
-    player_markup,
 )
 
 GUARD = {
@@ -124,16 +124,30 @@ def test_actions_are_openai_tools_as_taleweaves_client_reads_them():
 
 
 class Turns:
-    """Drives a Feed the way the gateway does: Godot's messages in, the server's frames out."""
+    """Drives a Feed the way the gateway does: Godot's messages in (their journaled facts first,
+    with turn ids assigned as the router assigns them), the server's frames out."""
 
     def __init__(self, feed: Feed) -> None:
         self.feed = feed
         self.count = 0
+        self.assigned: dict[str, str] = {}  # agent_id -> the turn its latest event started
+
+    def inbound(self, message: p.AgentMessage) -> list[dict]:
+        agent_ids = message.agent_ids if isinstance(message, p.NotificationEvent) else (message.agent_id,)
+        out = []
+        for agent_id in agent_ids:
+            turn_id = self.assigned[agent_id] = self._next() if starts_turn(message) else None
+            fact = fact_of(message, agent_id, turn_id)
+            if fact is not None:
+                out += self.feed.fact(agent_id, fact)
+        return out + self.feed.godot_inbound(message)
+
+    def _next(self) -> str:
+        self.count += 1
+        return f"t{self.count}"
 
     def interact(self, agent_id: str, text: str = "Who goes there?", source: str = "player") -> list[dict]:
-        return self.feed.godot_inbound(
-            p.InteractionEvent(agent_id, "e1", {"kind": "speech", "source": source, "text": text})
-        )
+        return self.inbound(p.InteractionEvent(agent_id, "e1", {"kind": "speech", "source": source, "text": text}))
 
     def turn(
         self,
@@ -142,13 +156,13 @@ class Turns:
         spec: dict | None = None,
         end: str = "agent_turn_finished",
     ) -> tuple[str, list[dict]]:
-        """One whole turn; returns its id and every event it produced."""
-        self.count += 1
-        turn_id = f"t{self.count}"
+        """One whole turn (the one the agent's latest event started, else a new one); returns its
+        id and every event it produced."""
+        turn_id = self.assigned.pop(agent_id, None) or self._next()
         out = self.out({"type": "agent_turn_started", "agent_id": agent_id, "turn_id": turn_id})
         out += self.out({"type": "get_agent_state", "agent_id": agent_id, "request_id": f"{turn_id}.state"})
         if spec is not None:
-            out += self.feed.godot_inbound(p.AgentStateSnapshot(f"{turn_id}.state", agent_id, spec))
+            out += self.inbound(p.AgentStateSnapshot(f"{turn_id}.state", agent_id, spec))
         for index, (tag, attrs, chunks) in enumerate(tags):
             frame = {"agent_id": agent_id, "turn_id": turn_id, "index": index, "tag": tag}
             out += self.out({"type": "agent_tag_open", **frame, "attrs": attrs})
@@ -232,15 +246,41 @@ def test_memory_holds_what_godot_confirmed_and_tools_give_results():
     action = world_events(out)[-1]
     assert action["action"] == "open_door" and action["parameters"] == {"door": "forge"} and action["item"] is None
     played = [{"tag": "tool", "attrs": {"name": "open_door", "call_id": "t1.0"}, "text": '{"door": "forge"}'}]
-    assert turns.feed.godot_inbound(p.AgentTurnResult("smith", turn_id, "completed", played)) == []
-    (result,) = turns.feed.godot_inbound(p.ToolResults("smith", turn_id, [{"tool": "open_door", "output": "opened"}]))
+    assert turns.inbound(p.AgentTurnResult("smith", turn_id, "completed", played)) == []
+    (result,) = turns.inbound(p.ToolResults("smith", turn_id, [{"tool": "open_door", "output": "opened"}]))
     assert result["type"] == "result" and result["result"] == "opened" and result["room"]["name"] == "Forge"
-    # A result for a turn the feed never saw, and a second confirmation, are not remembered.
-    turns.feed.godot_inbound(p.ToolResults("smith", "made-up", [{"tool": "x", "output": "no"}]))
-    turns.feed.godot_inbound(p.AgentTurnResult("smith", turn_id, "completed", played))
+    # A result for a turn the NPC does not know, and a second confirmation, are refused as the
+    # agent's history refuses them: not remembered, no result event.
+    assert turns.inbound(p.ToolResults("smith", "made-up", [{"tool": "x", "output": "no"}])) == []
+    turns.inbound(p.AgentTurnResult("smith", turn_id, "completed", played))
     memory = turns.feed.snapshot()["memory"]["Smith"]
     assert [m["type"] for m in memory] == ["human", "ai", "human"]
     assert memory[1]["content"].startswith('<tool name="open_door"') and "opened" in memory[2]["content"]
+
+
+def remembered(feed: Feed, name: str) -> list[str]:
+    return [m["content"] for m in feed.snapshot()["memory"][name]]
+
+
+def test_memory_keeps_a_turn_where_it_started_as_the_agents_history_does():
+    """A notification that comes while a turn runs follows that turn in the NPC's memory, as in
+    the agent's prompt; a turn Godot never confirmed is not shown."""
+    turns = Turns(Feed("default"))
+    turns.interact("bram", "Who goes there?")
+    turn_id = turns.assigned["bram"]
+    turns.out({"type": "agent_turn_started", "agent_id": "bram", "turn_id": turn_id})
+    turns.inbound(p.NotificationEvent(("bram",), {"kind": "bell", "text": "The bell rings."}))
+    turns.out({"type": "agent_turn_finished", "agent_id": "bram", "turn_id": turn_id, "reason": "completed"})
+    assert remembered(turns.feed, "bram") == [
+        "[speech from player] Who goes there?\n[notification: bell] The bell rings."
+    ]
+    turns.inbound(p.AgentTurnResult("bram", turn_id, "completed", [{"tag": "say", "attrs": {}, "text": "Halt."}]))
+    turns.feed.snapshot_due = True
+    assert remembered(turns.feed, "bram") == [
+        "[speech from player] Who goes there?",
+        "<say>Halt.</say>",
+        "[notification: bell] The bell rings.",
+    ]
 
 
 def test_only_the_latest_valid_spec_counts():
@@ -249,12 +289,12 @@ def test_only_the_latest_valid_spec_counts():
     turns.turn("bram", [], spec=GUARD)
     # A late answer to the latest request counts (as in the agent); one to an older request, or
     # an invalid spec, does not.
-    turns.feed.godot_inbound(p.AgentStateSnapshot("t1.state", "bram", {**GUARD, "location": "North Gate"}))
+    turns.inbound(p.AgentStateSnapshot("t1.state", "bram", {**GUARD, "location": "North Gate"}))
     turns.out({"type": "get_agent_state", "agent_id": "bram", "request_id": "t9.state"})
-    assert turns.feed.godot_inbound(p.AgentStateSnapshot("t1.state", "bram", {**GUARD, "location": "Moon"})) == []
-    turns.feed.godot_inbound(p.AgentStateSnapshot("t9.state", "bram", {"goals": 3}))
+    assert turns.inbound(p.AgentStateSnapshot("t1.state", "bram", {**GUARD, "location": "Moon"})) == []
+    turns.inbound(p.AgentStateSnapshot("t9.state", "bram", {"goals": 3}))
     assert turns.feed.npcs["bram"].location == "North Gate"
-    turns.feed.godot_inbound(p.AgentStateSnapshot("t9.state", "bram", {**GUARD, "location": "Market"}))
+    turns.inbound(p.AgentStateSnapshot("t9.state", "bram", {**GUARD, "location": "Market"}))
     assert turns.feed.snapshot()["world"]["rooms"][0]["name"] == "Market"
 
 
@@ -262,10 +302,10 @@ def test_status_for_notifications_interruptions_and_errors():
     turns = Turns(Feed("default"))
     turns.interact("bram")
     turns.interact("mira")
-    (one,) = turns.feed.godot_inbound(p.NotificationEvent(("bram",), {"kind": "weather", "text": "Rain."}))
+    (one,) = turns.inbound(p.NotificationEvent(("bram",), {"kind": "weather", "text": "Rain."}))
     assert one["type"] == "status" and one["text"] == "[notification: weather] Rain."
     assert one["character"]["name"] == "bram" and one["room"]["name"] == UNKNOWN_ROOM
-    (both,) = turns.feed.godot_inbound(p.NotificationEvent(("bram", "mira"), {"text": "Bells."}))
+    (both,) = turns.inbound(p.NotificationEvent(("bram", "mira"), {"text": "Bells."}))
     assert both["character"] is None and both["room"] is None
     _, out = turns.turn("bram", [("say", {}, ["Wait"])], end="agent_turn_interrupted")
     assert world_events(out)[-1]["text"] == "bram was interrupted (new_event)"
@@ -499,6 +539,7 @@ def test_frames_about_unknown_agents_are_ignored():
     )
     assert feed.godot_outbound({"type": "pong"}) == []
     assert feed.godot_inbound(p.AgentTurnResult("ghost", "t", "completed", [])) == []
+    assert feed.fact("ghost", fact_of(p.AgentTurnResult("ghost", "t", "completed", []), "ghost")) == []
     assert feed.agent_report(TurnPrompt("ghost", "t", "a", "x", [])) == Effects()
 
 

@@ -40,7 +40,9 @@ TEXTS = {  # the text each text-carrying event gives, and the phase that parses 
     "text_open": (Phase.STREAMING, "<say>a &am"),
     "text_more": (Phase.STREAMING, "p;b</say><action name=x"),
     "person": (Phase.PROMPT, "<say>hi &amp; bye</say><thought>hm"),
+    "fallback": (Phase.STREAMING, "<say>Sorry &amp; &lt;no&gt;</say>"),  # parsed only before any text
 }
+FALLBACK = {"why": "endpoint_failed", "rung": 1}
 EVENTS: dict[str, Event] = {
     "state": lambda m: m.state_received(SPEC),
     "state_timeout": lambda m: m.state_timed_out(None, 2.0),
@@ -52,12 +54,14 @@ EVENTS: dict[str, Event] = {
     "usage": lambda m: m.llm_usage(USAGE) or [],
     "finish": lambda m: m.llm_finished(),
     "llm_fail": lambda m: m.llm_failed("HTTP 500"),
+    "rung": lambda m: m.llm_rung(False) or [],
+    "fallback": lambda m: m.fallback_spoken("Sorry & <no>", FALLBACK),
     "fail": lambda m: m.failed("turn failed: boom"),
     "cancel": lambda m: m.cancelled(),
     "interrupt": lambda m: m.interrupt("new_event", "ev-2"),
     "disconnect": lambda m: m.interrupt("disconnected"),
 }
-ENDINGS = ("text_open", "finish", "llm_fail", "fail", "cancel", "interrupt")  # what races at the end
+ENDINGS = ("text_open", "finish", "llm_fail", "fallback", "fail", "cancel", "interrupt")  # what races at the end
 
 # Event orders that reach each phase a turn can be cut in.
 PREFIXES = {
@@ -85,7 +89,7 @@ class Trace:
         out = event(self.machine)
         if before is Phase.ENDED:
             assert out == [], f"{name} after the end gave {out}"
-        if text is not None and before is text[0]:
+        if text is not None and before is text[0] and not (name == "fallback" and self.fed):
             self.fed.append(text[1])
         if self.ended_by is None and self.machine.ended:
             self.ended_by = name
@@ -227,6 +231,48 @@ def test_llm_turn_frames_and_commands():
         TurnEnded("completed", stop=False),
     ]
     assert m.ended
+
+
+def test_no_rung_answered_the_npc_speaks_a_fallback_line():
+    m = TurnMachine("bram", "t1", None)
+    m.start()
+    m.state_received(SPEC)
+    m.person_answered(None)
+    m.llm_rung(True)  # a JSON rung failed before its first token: the line is markup all the same
+    assert m.fallback_spoken("Not now & <later>", FALLBACK) == [
+        p.tag_open("bram", "t1", 0, "say", {}),
+        p.tag_chunk("bram", "t1", 0, "say", "Not now & <later>"),
+        p.tag_close("bram", "t1", 0, "say"),
+        RecordAnswer(None),
+        p.turn_finished("bram", "t1", "fallback", None, FALLBACK),
+        TurnEnded("fallback", stop=False),
+    ]
+
+
+def test_a_fallback_after_the_llm_spoke_ends_in_error():
+    m = TurnMachine("bram", "t1", None)
+    m.start()
+    m.state_received(SPEC)
+    m.person_answered(None)
+    m.llm_text("<say>Hel")
+    m.llm_rung(True)  # ignored: the reader has read the first rung's text
+    out = m.fallback_spoken("Not now", FALLBACK)
+    assert out[-3:-1] == [
+        p.error(p.LLM_ERROR, "the LLM failed after its first token", {"agent_id": "bram", "turn_id": "t1"}),
+        p.turn_finished("bram", "t1", "error"),
+    ]
+    assert out[1] == p.tag_close("bram", "t1", 0, "say")
+
+
+def test_a_json_rung_reads_json():
+    m = TurnMachine("bram", "t1", None)
+    m.start()
+    m.state_received(SPEC)
+    m.person_answered(None)
+    m.llm_rung(True)
+    frames = m.llm_text('{"tags":[{"tag":"say","text":"Hi"}]}') + m.llm_finished({"why": "npc_budget", "rung": 0})[:-1]
+    assert [f["type"] for f in frames if isinstance(f, dict)][0] == "agent_tag_open"
+    assert frames[-1] == p.turn_finished("bram", "t1", "completed", None, {"why": "npc_budget", "rung": 0})
 
 
 def test_person_answers_whole():

@@ -54,6 +54,9 @@ func _ready() -> void:
 		"turn_finished",
 		"turn_interrupted",
 		"server_error",
+		"memory_added",
+		"memories_forgotten",
+		"memories_listed",
 	]:
 		client.connect(signal_name, Callable(self, "_on_" + signal_name))
 	await call("scenario_" + scenario)
@@ -344,6 +347,45 @@ func scenario_switch_session() -> void:
 	report("switch_session")
 
 
+## The game tells the guard a group memory (every guard knows it: it is in the next guard's
+## prompt), lists it, forgets it, and is told why a memory too large is refused.
+func scenario_memories() -> void:
+	await open_session("g4-memories")
+	client.register_agent("g4_vera", state_of)
+	var start := events.size()
+	client.add_memory("g4_bram", "Tonight's password is swordfish.", true, "group:town guard")
+	var added: Variant = await wait_for("memory_added", {"agent_id": "g4_bram"}, start)
+	expect(
+		added != null and added["scope"] == "group:town guard",
+		"memory_added %s" % JSON.stringify(added)
+	)
+	await turn_works("g4_vera", "Halt, who goes there?")
+	client.list_memories("g4_vera", "password")
+	var listed: Variant = await wait_for("memories_listed", {"agent_id": "g4_vera"}, start)
+	if expect(
+		listed != null and listed["memories"].size() == 1,
+		"memories_listed %s" % JSON.stringify(listed)
+	):
+		expect(listed["memories"][0]["text"] == "Tonight's password is swordfish.", "listed text")
+		var scopes: Array = listed["scopes"]
+		expect(same(scopes, ["agent", "group:town guard"]), "scopes %s" % JSON.stringify(scopes))
+	if added != null:
+		client.forget_memory("g4_bram", added["memory_id"], "group:town guard")
+	var forgotten: Variant = await wait_for("memories_forgotten", {"agent_id": "g4_bram"}, start)
+	expect(
+		forgotten != null and forgotten["count"] == 1, "forgotten %s" % JSON.stringify(forgotten)
+	)
+	client.forget_memories("g4_vera", "swordfish")
+	forgotten = await wait_for("memories_forgotten", {"agent_id": "g4_vera"}, start)
+	expect(forgotten != null and forgotten["count"] == 0, "again %s" % JSON.stringify(forgotten))
+	client.add_memory("g4_vera", "x".repeat(2001))
+	var error: Variant = await wait_for("server_error", {}, start)
+	expect(
+		error != null and error["code"] == "memory_too_large", "error %s" % JSON.stringify(error)
+	)
+	report("memories")
+
+
 # --- the game side: state providers and tools ---
 
 
@@ -353,6 +395,8 @@ func state_of(agent_id: String) -> Dictionary:
 		return SMITH
 	if agent_id == "g4_bram":
 		return GUARD
+	if agent_id == "g4_vera":
+		return {"name": "Vera", "groups": ["town guard"]}
 	return {"name": agent_id.substr(3).capitalize()}
 
 
@@ -556,3 +600,21 @@ func _on_turn_interrupted(
 
 func _on_server_error(code: String, message: String, ref: Dictionary) -> void:
 	events.append({"signal": "server_error", "code": code, "message": message, "ref": ref})
+
+
+func _on_memory_added(agent_id: String, memory_id: String, scope: String) -> void:
+	var event := {"signal": "memory_added", "agent_id": agent_id, "memory_id": memory_id}
+	event["scope"] = scope
+	events.append(event)
+
+
+func _on_memories_forgotten(agent_id: String, memory_ids: Array, count: int) -> void:
+	var event := {"signal": "memories_forgotten", "agent_id": agent_id, "memory_ids": memory_ids}
+	event["count"] = count
+	events.append(event)
+
+
+func _on_memories_listed(agent_id: String, memories: Array, scopes: Array) -> void:
+	var event := {"signal": "memories_listed", "agent_id": agent_id, "memories": memories}
+	event["scopes"] = scopes
+	events.append(event)

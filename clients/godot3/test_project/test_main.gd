@@ -38,7 +38,8 @@ func _ready() -> void:
 		get_tree().quit(2)
 		return
 	for signal_name in ["connected", "disconnected", "turn_started", "tag_opened", "tag_chunk",
-			"tag_closed", "turn_finished", "turn_interrupted", "server_error"]:
+			"tag_closed", "turn_finished", "turn_interrupted", "server_error", "memory_added",
+			"memories_forgotten", "memories_listed"]:
 		client.connect(signal_name, self, "_on_" + signal_name)
 	yield(call("scenario_" + scenario), "completed")
 	print("DONE")
@@ -289,6 +290,39 @@ func scenario_switch_session():
 	report("switch_session")
 
 
+# The game tells the guard a group memory (every guard knows it: it is in the next guard's
+# prompt), lists it, forgets it, and is told why a memory too large is refused.
+func scenario_memories():
+	yield(open_session("g3-memories"), "completed")
+	client.register_agent("g3_vera", funcref(self, "state_of"))
+	var start := events.size()
+	client.add_memory("g3_bram", "Tonight's password is swordfish.", true, "group:town guard")
+	var added = yield(wait_for("memory_added", {"agent_id": "g3_bram"}, start), "completed")
+	expect(added != null and added["scope"] == "group:town guard", "memory_added %s" % to_json(added))
+	client.interact("g3_vera", {"kind": "speech", "source": "player", "text": "Halt, who goes there?"})
+	var finished = yield(wait_for("turn_finished", {"agent_id": "g3_vera"}, start), "completed")
+	expect(finished != null and finished["reason"] == "completed", "the guard's turn did not complete")
+	client.list_memories("g3_vera", "password")
+	var listed = yield(wait_for("memories_listed", {"agent_id": "g3_vera"}, start), "completed")
+	if expect(listed != null and listed["memories"].size() == 1, "memories_listed %s" % to_json(listed)):
+		expect(listed["memories"][0]["text"] == "Tonight's password is swordfish.", "listed text")
+		expect(same(listed["scopes"], ["agent", "group:town guard"]), "scopes %s" % to_json(listed["scopes"]))
+	if added != null:
+		client.forget_memory("g3_bram", added["memory_id"], "group:town guard")
+	var forgotten = yield(wait_for("memories_forgotten", {"agent_id": "g3_bram"}, start), "completed")
+	expect(forgotten != null and forgotten["count"] == 1, "memories_forgotten %s" % to_json(forgotten))
+	client.forget_memories("g3_vera", "swordfish")
+	forgotten = yield(wait_for("memories_forgotten", {"agent_id": "g3_vera"}, start), "completed")
+	expect(forgotten != null and forgotten["count"] == 0, "forgotten again %s" % to_json(forgotten))
+	var long_text := ""
+	for _i in range(2001):
+		long_text += "x"
+	client.add_memory("g3_vera", long_text)
+	var error = yield(wait_for("server_error", {}, start), "completed")
+	expect(error != null and error["code"] == "memory_too_large", "error %s" % to_json(error))
+	report("memories")
+
+
 # --- the game side: state providers and tools ---
 
 
@@ -298,6 +332,8 @@ func state_of(agent_id: String) -> Dictionary:
 		return SMITH
 	if agent_id == "g3_bram":
 		return GUARD
+	if agent_id == "g3_vera":
+		return {"name": "Vera", "groups": ["town guard"]}
 	return {"name": agent_id.substr(3).capitalize()}
 
 
@@ -467,3 +503,15 @@ func _on_turn_interrupted(agent_id: String, turn_id: String, reason: String, by_
 
 func _on_server_error(code: String, message: String, ref: Dictionary) -> void:
 	events.append({"signal": "server_error", "code": code, "message": message, "ref": ref})
+
+
+func _on_memory_added(agent_id: String, memory_id: String, scope: String) -> void:
+	events.append({"signal": "memory_added", "agent_id": agent_id, "memory_id": memory_id, "scope": scope})
+
+
+func _on_memories_forgotten(agent_id: String, memory_ids: Array, count: int) -> void:
+	events.append({"signal": "memories_forgotten", "agent_id": agent_id, "memory_ids": memory_ids, "count": count})
+
+
+func _on_memories_listed(agent_id: String, memories: Array, scopes: Array) -> void:
+	events.append({"signal": "memories_listed", "agent_id": agent_id, "memories": memories, "scopes": scopes})

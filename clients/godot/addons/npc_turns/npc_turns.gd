@@ -22,13 +22,21 @@ signal tag_opened(agent_id: String, turn_id: String, index: int, tag: String, at
 signal tag_chunk(agent_id: String, turn_id: String, index: int, tag: String, text: String)
 ## The tag is complete.
 signal tag_closed(agent_id: String, turn_id: String, index: int, tag: String)
-## The turn ended: [param reason] is "completed" or "error"; [param usage] is the token usage or {}.
+## The turn ended: [param reason] is "completed", "fallback" (no LLM answered: the NPC spoke one of
+## its fallback_lines) or "error"; [param usage] is the token usage or {}.
 signal turn_finished(agent_id: String, turn_id: String, reason: String, usage: Dictionary)
 ## The turn was cut: [param reason] is "new_event", "disconnected", "shutdown"...;
 ## [param by_event_id] is the id of the event that cut it, or "".
 signal turn_interrupted(agent_id: String, turn_id: String, reason: String, by_event_id: String)
 ## The server reported a problem; [param ref] says what it concerns (may be {}).
 signal server_error(code: String, message: String, ref: Dictionary)
+## A memory of [method add_memory] is kept: [param memory_id] names it to forget it.
+signal memory_added(agent_id: String, memory_id: String, scope: String)
+## Memories were forgotten ([method forget_memory], [method forget_memories]).
+signal memories_forgotten(agent_id: String, memory_ids: Array, count: int)
+## The answer to [method list_memories]: {memory_id, text, kind, pinned, scope, agent_id} each,
+## oldest first; [param scopes] says whose ("agent", "group:<name>").
+signal memories_listed(agent_id: String, memories: Array, scopes: Array)
 
 const TAKEN_OVER_CODE := 4000
 const MAX_OUTBOX := 256
@@ -169,6 +177,38 @@ func notify(agent_ids: Variant, event: Dictionary) -> void:
 		for agent_id in agent_ids:
 			ids.append(agent_id)
 	_send({"type": "notification_event", "agent_ids": ids, "event": event})
+
+
+## Tells an NPC to remember [param text] (see docs/protocol.md, "Memories"): pinned, it is in
+## every prompt; else it is recalled when an event refers to it. [param scope] "agent" (this
+## NPC) or "group:<name>" (every NPC whose state lists the group in "groups"). Answered by
+## [signal memory_added], or [signal server_error] when refused.
+func add_memory(agent_id: String, text: String, pinned := false, scope := "agent") -> void:
+	_send(
+		{"type": "memory_add", "agent_id": agent_id, "text": text, "pinned": pinned, "scope": scope}
+	)
+
+
+## Forgets one memory by the id [signal memory_added] gave. Answered by [signal memories_forgotten].
+func forget_memory(agent_id: String, memory_id: String, scope := "agent") -> void:
+	_send({"type": "memory_forget", "agent_id": agent_id, "memory_id": memory_id, "scope": scope})
+
+
+## Forgets the memories having every word of [param query] (the server refuses to forget more
+## than its limit at once, and says how many matched). Answered by [signal memories_forgotten].
+func forget_memories(agent_id: String, query: String, scope := "agent") -> void:
+	_send({"type": "memory_forget", "agent_id": agent_id, "query": query, "scope": scope})
+
+
+## Asks for an NPC's memories (its own and its groups', or one [param scope]'s), those having
+## every word of [param query] when it is not empty. Answered by [signal memories_listed].
+func list_memories(agent_id: String, query := "", scope := "") -> void:
+	var frame := {"type": "memory_list", "agent_id": agent_id}
+	if query != "":
+		frame["query"] = query
+	if scope != "":
+		frame["scope"] = scope
+	_send(frame)
 
 
 ## Reports how far the game has shown a turn: tag [param index] up to [param text], and
@@ -392,6 +432,24 @@ func _on_text(text: String) -> void:
 			server_error.emit(_str(msg, "code"), _str(msg, "message"), ref)
 	elif kind.begins_with("agent_"):
 		_on_turn_frame(kind, msg)
+	elif kind.begins_with("memor"):
+		_on_memory_frame(kind, msg)
+
+
+func _on_memory_frame(kind: String, msg: Dictionary) -> void:
+	var agent_id := _str(msg, "agent_id")
+	match kind:
+		"memory_added":
+			memory_added.emit(agent_id, _str(msg, "memory_id"), _str(msg, "scope"))
+		"memory_forgotten":
+			var ids: Variant = msg.get("memory_ids", [])
+			memories_forgotten.emit(agent_id, ids if ids is Array else [], int(msg.get("count", 0)))
+		"memory_list_result":
+			var memories: Variant = msg.get("memories", [])
+			var scopes: Variant = msg.get("scopes", [])
+			memories_listed.emit(
+				agent_id, memories if memories is Array else [], scopes if scopes is Array else []
+			)
 
 
 func _on_turn_frame(kind: String, msg: Dictionary) -> void:
@@ -433,7 +491,7 @@ func _on_turn_frame(kind: String, msg: Dictionary) -> void:
 		"agent_turn_finished":
 			var reason := _str(msg, "reason")
 			var usage: Variant = msg.get("usage", {})
-			turn.status = "completed" if reason == "completed" else "interrupted"
+			turn.status = "completed" if reason in ["completed", "fallback"] else "interrupted"
 			turn_finished.emit(agent_id, turn_id, reason, usage if usage is Dictionary else {})
 			_end_turn(turn)
 		"agent_turn_interrupted":
@@ -451,8 +509,14 @@ func _answer_state(agent_id: String, request_id: String) -> void:
 	if not state is Dictionary:
 		push_warning("npc_turns: the state provider of '%s' did not return a Dictionary" % agent_id)
 		return
-	_send({"type": "agent_state_snapshot", "request_id": request_id, "agent_id": agent_id,
-			"state": state})
+	_send(
+		{
+			"type": "agent_state_snapshot",
+			"request_id": request_id,
+			"agent_id": agent_id,
+			"state": state
+		}
+	)
 
 
 # --- turn results and tools ---
@@ -468,8 +532,13 @@ func _end_turn(turn: Turn) -> void:
 
 func _confirm(turn: Turn, status: String) -> void:
 	turn.confirmed = true
-	var frame := {"type": "agent_turn_result", "agent_id": turn.agent_id, "turn_id": turn.turn_id,
-			"status": status, "tags": _played_tags(turn, status)}
+	var frame := {
+		"type": "agent_turn_result",
+		"agent_id": turn.agent_id,
+		"turn_id": turn.turn_id,
+		"status": status,
+		"tags": _played_tags(turn, status)
+	}
 	if turn.cut_by_link:
 		_unsettled[turn.turn_id] = {"frame": frame, "refused": false}
 		if _unsettled.size() > MAX_ENDED:
@@ -505,8 +574,15 @@ func _run_tools(turn: Turn) -> void:
 		if tag != null and tag["tag"] == "tool":
 			results.append(_call_tool(turn.agent_id, tag))
 	if not results.is_empty():
-		_send({"type": "tool_results", "agent_id": turn.agent_id, "turn_id": turn.turn_id,
-				"results": results, "continue": continue_after_tools})
+		_send(
+			{
+				"type": "tool_results",
+				"agent_id": turn.agent_id,
+				"turn_id": turn.turn_id,
+				"results": results,
+				"continue": continue_after_tools
+			}
+		)
 
 
 func _call_tool(agent_id: String, tag: Dictionary) -> Dictionary:

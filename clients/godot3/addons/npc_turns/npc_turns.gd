@@ -21,13 +21,21 @@ signal tag_opened(agent_id, turn_id, index, tag, attrs)
 signal tag_chunk(agent_id, turn_id, index, tag, text)
 # The tag is complete.
 signal tag_closed(agent_id, turn_id, index, tag)
-# The turn ended: `reason` is "completed" or "error"; `usage` is the token usage or {}.
+# The turn ended: `reason` is "completed", "fallback" (no LLM answered: the NPC spoke one of its
+# fallback_lines) or "error"; `usage` is the token usage or {}.
 signal turn_finished(agent_id, turn_id, reason, usage)
 # The turn was cut: `reason` is "new_event", "disconnected", "shutdown"...;
 # `by_event_id` is the id of the event that cut it, or "".
 signal turn_interrupted(agent_id, turn_id, reason, by_event_id)
 # The server reported a problem; `ref` says what it concerns (may be {}).
 signal server_error(code, message, ref)
+# A memory of add_memory() is kept: `memory_id` names it to forget it.
+signal memory_added(agent_id, memory_id, scope)
+# Memories were forgotten (forget_memory(), forget_memories()).
+signal memories_forgotten(agent_id, memory_ids, count)
+# The answer to list_memories(): {memory_id, text, kind, pinned, scope, agent_id} each, oldest
+# first; `scopes` says whose ("agent", "group:<name>").
+signal memories_listed(agent_id, memories, scopes)
 
 const TAKEN_OVER_CODE := 4000
 const MAX_OUTBOX := 256
@@ -167,6 +175,36 @@ func notify(agent_ids, event: Dictionary) -> void:
 		for agent_id in agent_ids:
 			ids.append(agent_id)
 	_send({"type": "notification_event", "agent_ids": ids, "event": event})
+
+
+# Tells an NPC to remember `text` (see docs/protocol.md, "Memories"): pinned, it is in every
+# prompt; else it is recalled when an event refers to it. `scope` "agent" (this NPC) or
+# "group:<name>" (every NPC whose state lists the group in "groups"). Answered by
+# memory_added, or server_error when refused.
+func add_memory(agent_id: String, text: String, pinned := false, scope := "agent") -> void:
+	_send({"type": "memory_add", "agent_id": agent_id, "text": text, "pinned": pinned, "scope": scope})
+
+
+# Forgets one memory by the id memory_added gave. Answered by memories_forgotten.
+func forget_memory(agent_id: String, memory_id: String, scope := "agent") -> void:
+	_send({"type": "memory_forget", "agent_id": agent_id, "memory_id": memory_id, "scope": scope})
+
+
+# Forgets the memories having every word of `query` (the server refuses to forget more than
+# its limit at once, and says how many matched). Answered by memories_forgotten.
+func forget_memories(agent_id: String, query: String, scope := "agent") -> void:
+	_send({"type": "memory_forget", "agent_id": agent_id, "query": query, "scope": scope})
+
+
+# Asks for an NPC's memories (its own and its groups', or one `scope`'s), those having every
+# word of `query` when it is not empty. Answered by memories_listed.
+func list_memories(agent_id: String, query := "", scope := "") -> void:
+	var frame := {"type": "memory_list", "agent_id": agent_id}
+	if query != "":
+		frame["query"] = query
+	if scope != "":
+		frame["scope"] = scope
+	_send(frame)
 
 
 # Reports how far the game has shown a turn: tag `index` up to `text`, and none of the tags
@@ -395,6 +433,23 @@ func _on_text(text: String) -> void:
 			emit_signal("server_error", _str(msg, "code"), _str(msg, "message"), ref)
 	elif kind.begins_with("agent_"):
 		_on_turn_frame(kind, msg)
+	elif kind.begins_with("memor"):
+		_on_memory_frame(kind, msg)
+
+
+func _on_memory_frame(kind: String, msg: Dictionary) -> void:
+	var agent_id := _str(msg, "agent_id")
+	match kind:
+		"memory_added":
+			emit_signal("memory_added", agent_id, _str(msg, "memory_id"), _str(msg, "scope"))
+		"memory_forgotten":
+			var ids = msg.get("memory_ids", [])
+			emit_signal("memories_forgotten", agent_id, ids if ids is Array else [], int(msg.get("count", 0)))
+		"memory_list_result":
+			var memories = msg.get("memories", [])
+			var scopes = msg.get("scopes", [])
+			emit_signal("memories_listed", agent_id, memories if memories is Array else [],
+					scopes if scopes is Array else [])
 
 
 func _on_turn_frame(kind: String, msg: Dictionary) -> void:
@@ -436,7 +491,7 @@ func _on_turn_frame(kind: String, msg: Dictionary) -> void:
 		"agent_turn_finished":
 			var reason := _str(msg, "reason")
 			var usage = msg.get("usage", {})
-			turn.status = "completed" if reason == "completed" else "interrupted"
+			turn.status = "completed" if reason in ["completed", "fallback"] else "interrupted"
 			emit_signal("turn_finished", agent_id, turn_id, reason, usage if usage is Dictionary else {})
 			_end_turn(turn)
 		"agent_turn_interrupted":
