@@ -16,6 +16,7 @@ import pytest
 
 from config.settings import load_settings
 from core.history import History
+from core.memory import AddMemory
 from core.retention import DAY_S, Row, Sweep, cutoff, sweep
 from core.summary import summary_fact
 from gateway import journal_upkeep as upkeep
@@ -178,6 +179,12 @@ async def test_the_cli_inspects_exports_and_deletes_for_good(tmp_path):
     facts = [("save1", "ann", event(f"a{n}", SECRET)) for n in range(3)]
     facts += [("save1", "bob", event("b1", "bob's own")), ("save2", "ann", event("c1"))]
     await write(data, facts)
+    db = connect(data / FILE_NAME)  # a memory the game gave ann, and one of her group's
+    db.execute("begin")
+    for scope, text in (("agent", SECRET), ("group:guards", "the guards change at dawn")):
+        assert MEMORIES.run(db, AddMemory("save1", "ann", scope, scope, text))["type"] != "error"
+    db.execute("commit")
+    db.close()
     logs = tmp_path / "logs"
     for name in (
         "c1/ann.conversation.json",
@@ -211,9 +218,11 @@ async def test_the_cli_inspects_exports_and_deletes_for_good(tmp_path):
     assert SECRET.encode() in journal_bytes(data)  # so that its absence below means something
     deleted = cli(data, "delete", "--session", "save1", "--npc", "ann", log_dir=logs)
     assert deleted.returncode == 0, deleted.stderr
-    assert "deleted 3 facts" in deleted.stdout and "deleted 3 log files" in deleted.stdout
+    assert "deleted 3 facts and 1 memories" in deleted.stdout and "deleted 3 log files" in deleted.stdout
     assert "checkpointed and truncated" in deleted.stdout
-    assert SECRET.encode() not in journal_bytes(data)  # not in a free page, not in the WAL
+    everything = journal_bytes(data)  # not in a free page, not in the WAL, not in the recall index
+    assert SECRET.encode() not in everything
+    assert b"the guards change at dawn" in everything  # the group's memory is the group's: kept
     assert sorted(p.name for p in logs.rglob("*") if p.is_file()) == [
         "ann.b.conversation.json",
         "bob.conversation.json",
