@@ -24,6 +24,7 @@ from loguru import logger
 
 from actors.llm_input_log import LlmInputLog, spool_path
 from actors.messages import AgentInput, SnapshotRecall
+from actors.metrics import TurnTimer
 from config.llm_endpoints import Endpoint
 from core import protocol as p
 from core.budget import tokens_of
@@ -59,6 +60,7 @@ class Turn:
     climb: Climb | None = None  # its way down the fallback ladder, once the LLM is asked
     rung: str | None = None  # the rung being asked
     started_at: float = field(default_factory=time.monotonic)
+    waited_s: float = 0.0  # for the game's snapshot (npc_first_tag_seconds takes it out)
 
 
 class Agent:
@@ -234,11 +236,14 @@ class Agent:
         """Ask Godot for the latest spec; after the timeout the machine falls back to the last one known."""
         self._emit(step.frame)
         timeout = self.host.settings.snapshot_timeout_s
+        asked = time.monotonic()
         try:
             spec = await asyncio.wait_for(turn.spec_waiter, timeout)
         except TimeoutError:
             self.log.bind(turn_id=turn.machine.turn_id).warning("no agent_state_snapshot in time; using last spec")
             return turn.machine.state_timed_out(self.spec, timeout)
+        finally:
+            turn.waited_s = time.monotonic() - asked
         return turn.machine.state_received(spec)
 
     async def _prompt(self, turn: Turn, step: Prompt) -> list[Output]:
@@ -312,6 +317,7 @@ class Agent:
             "finish_reason": None,
             "usage": None,
         }
+        timer = TurnTimer(self.host.metrics, turn.started_at, turn.waited_s, spec.speech_tag)
         answered = False
         async for delta in self.host.llm(endpoint).stream(
             messages, extra_body=self.host.extra_body(endpoint, max_tokens, spec)
@@ -320,9 +326,14 @@ class Agent:
                 climb.answered()
                 answered = True
             if delta.content:
+                if not turn.answer:
+                    timer.answered()
                 turn.answer.append(delta.content)
-                for frame in machine.llm_text(delta.content):
+                frames = machine.llm_text(delta.content)
+                for frame in frames:
                     self._emit(frame)
+                if frames:
+                    timer.frames(frames)
             if delta.finish_reason:
                 record["finish_reason"] = delta.finish_reason
             if delta.usage:
@@ -425,6 +436,7 @@ class Agent:
                     self._log_answer(turn, turn.llm_input)
                 turn.llm_input = None
             elif isinstance(out, TurnEnded):
+                self.host.metrics.turns.labels(out.reason).inc()
                 self.log.bind(turn_id=turn.machine.turn_id).debug(
                     "turn ended ({}) in {:.3f} s", out.reason, time.monotonic() - turn.started_at
                 )

@@ -30,12 +30,16 @@ from actors.messages import (
     Frame,
     Notice,
     Restore,
+    Retire,
+    Scrape,
+    Scraped,
     Summarised,
     ToAgent,
     ToFeed,
     ToGateway,
     ToWorker,
 )
+from actors.metrics import Metrics
 from config.llm_endpoints import Endpoint, Tier
 from config.settings import Settings
 from core.breaker import Breakers
@@ -48,10 +52,11 @@ from providers.structured import request_fields
 
 def llm_settings(settings: Settings, endpoint: Endpoint) -> LLMSettings:
     """This worker's share of the LLM settings for one endpoint (the global concurrency cap is split
-    evenly; each endpoint has its own)."""
+    evenly over the most workers that may run: with placement "dedicated", max_dedicated_workers;
+    each endpoint has its own)."""
     caps = [settings.llm_max_concurrent_per_worker] if settings.llm_max_concurrent_per_worker else []
     if settings.llm_max_concurrent:
-        caps.append(math.ceil(settings.llm_max_concurrent / settings.worker_count))
+        caps.append(math.ceil(settings.llm_max_concurrent / settings.worker_processes))
     per_worker = min(caps, default=0)
     return LLMSettings(
         base_url=endpoint.base_url,
@@ -75,17 +80,22 @@ def llm_settings(settings: Settings, endpoint: Endpoint) -> LLMSettings:
 class AgentHost:
     """All agents of one worker, keyed by (session, agent_id)."""
 
-    def __init__(self, settings: Settings, index: int, to_gateway: Callable[[ToGateway], None]) -> None:
+    def __init__(
+        self, settings: Settings, index: int, to_gateway: Callable[[ToGateway], None], retire: Callable[[], None]
+    ) -> None:
         self.settings = settings
         self.index = index
         self._to_gateway = to_gateway
+        self._retire = retire  # ends this worker process (placement "dedicated": its NPC was deactivated)
         self.agents: dict[tuple[str, str], Agent] = {}
+        self.metrics = Metrics()
         self.embedded = Endpoint(settings.embedded_url, EMBEDDED, "", "grammar") if settings.embedded_url else None
         # One client per endpoint of any tier's ladder, made when a turn first asks it.
         self._llms: dict[str, ChatStreamer] = {}
         self.breakers = Breakers(settings.llm_breaker_failures, settings.llm_breaker_cooldown_s)
         self.budgets = TokenBudgets(
-            math.ceil(settings.llm_session_tokens_per_hour / settings.worker_count), settings.llm_npc_tokens_per_hour
+            math.ceil(settings.llm_session_tokens_per_hour / settings.worker_processes),
+            settings.llm_npc_tokens_per_hour,
         )
         self.logs = LogWriter(settings.log_dir, settings.log_retention_days, settings.log_max_bytes)
         self.changes = itertools.count(1)  # orders agents by their latest history change
@@ -117,7 +127,9 @@ class AgentHost:
         """The client of ``endpoint`` (one per endpoint and worker: its own connections and cap)."""
         client = self._llms.get(endpoint.key)
         if client is None:
-            client = self._llms[endpoint.key] = ChatStreamer(llm_settings(self.settings, endpoint))
+            client = self._llms[endpoint.key] = ChatStreamer(
+                llm_settings(self.settings, endpoint), self.metrics.request_ended
+            )
         return client
 
     def extra_body(self, endpoint: Endpoint, max_tokens: int, spec: AgentSpec) -> dict:
@@ -146,10 +158,20 @@ class AgentHost:
                     self._restore(item.session, item.agent_id, item.facts or [])
                 elif isinstance(item, Deactivate):
                     self._deactivate(item.session, item.agent_id)
+                elif isinstance(item, Retire):
+                    logger.info(
+                        "worker {} retires: agent {} of session {} was deactivated",
+                        self.index,
+                        item.agent_id,
+                        item.session,
+                    )
+                    self._retire()
                 elif isinstance(item, ConnectionClosed):
                     self._connection_closed(item.session, item.connection_id, item.agent_ids, item.end_turns)
                 elif isinstance(item, Flush):  # answered once the logs asked for before it are written
                     self._answer_flush(item.token)
+                elif isinstance(item, Scrape):
+                    self._to_gateway(Scraped(item.token, self.metrics.snapshot()))
                 elif isinstance(item, Notice):
                     self._to_gateway(item.item)
                 else:

@@ -12,16 +12,21 @@ gateway -> worker (``ToWorker``)
                       agent_state_snapshot (a SnapshotRecall when it answers a turn: with what the
                       journal recalls for it), or a core.takeover Takeover / PlayerInput from /events
     Deactivate        the agent was idle: free it (its history is journaled)
+    Retire            placement "dedicated": this worker's NPC was idle: stop the whole process
     ConnectionClosed  write the agents' logs; end their turns if ``end_turns``
     Flush             answer ``Flushed(token)`` once everything before it is done
+    Scrape            answer ``Scraped(token, families)``: the worker's metrics so far (/metrics)
 worker -> gateway (``ToGateway``)
     Frame             one JSON frame for the session's Godot connection
     ToFeed            a core.takeover TurnPrompt / TakeoverEnded for /events
     Flushed
+    Scraped
     Summarised        an agent's new summary of its older history (core.summary), for the journal
     WorkerGone        worker ``worker`` is gone for good (its node left); the pool has a surviving
                       worker pass this on
     NodeRefused       the pool refuses node ``node`` (it kept being lost), passed on the same way
+gateway -> pool (a Thespian message)
+    StartWorker       placement "dedicated": start worker ``index`` of ``generation`` for an NPC
 pool -> worker (a ``Notice``, a Thespian message)
     Notice            the worker passes ``item`` on to the gateway (the pool never sends to the
                       gateway itself: see actors/pool.py)
@@ -36,6 +41,7 @@ from thespian.actors import ActorAddress
 
 from config.settings import Settings
 from core import protocol as p
+from core.metrics import Family
 from core.recall import Recall, RecallQuery
 from core.takeover import PlayerInput, Takeover, TakeoverEnded, TurnPrompt
 
@@ -80,6 +86,13 @@ class Deactivate(NamedTuple):
     agent_id: str
 
 
+class Retire(NamedTuple):
+    """The NPC the worker was dedicated to was deactivated: the process ends (after all before it)."""
+
+    session: str
+    agent_id: str
+
+
 class ConnectionClosed(NamedTuple):
     session: str
     connection_id: str
@@ -88,6 +101,10 @@ class ConnectionClosed(NamedTuple):
 
 
 class Flush(NamedTuple):
+    token: int
+
+
+class Scrape(NamedTuple):
     token: int
 
 
@@ -112,6 +129,11 @@ class Flushed(NamedTuple):
     token: int
 
 
+class Scraped(NamedTuple):
+    token: int
+    families: list[Family]  # actors.metrics.Metrics.snapshot: cumulative since the worker started
+
+
 class Summarised(NamedTuple):
     session: str
     agent_id: str
@@ -127,8 +149,8 @@ class NodeRefused(NamedTuple):
     reason: str
 
 
-ToWorker: TypeAlias = Restore | ToAgent | Deactivate | ConnectionClosed | Flush
-ToGateway: TypeAlias = Frame | ToFeed | Flushed | Summarised | WorkerGone | NodeRefused
+ToWorker: TypeAlias = Restore | ToAgent | Deactivate | Retire | ConnectionClosed | Flush | Scrape
+ToGateway: TypeAlias = Frame | ToFeed | Flushed | Scraped | Summarised | WorkerGone | NodeRefused
 
 
 @dataclass
@@ -187,6 +209,15 @@ class SpawnWorkers:
     gateway: ActorAddress
     link_secret: bytes  # proves the gateway and its workers to each other on their streams
     first_generation: int = 0  # a replaced pool's workers are newer than any of the dead one's
+
+
+@dataclass
+class StartWorker:
+    """The gateway to the pool: a dedicated worker for an NPC, in a slot the gateway chose
+    (core/dedicated.py); it is never replaced by the pool, the gateway asks again when needed."""
+
+    index: int
+    generation: int
 
 
 @dataclass

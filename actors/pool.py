@@ -11,6 +11,11 @@ to exist:
   So Thespian messages flow one way on every pair: gateway -> pool -> worker -> gateway. The NPC
   traffic itself never passes here: it travels on each worker's stream (actors/link.py).
 
+With placement "dedicated" the pool starts no workers up front: the gateway asks for one per NPC
+(``StartWorker``, in a slot and generation the gateway chose) on this node, and the pool does not
+replace one that exits: it was retired with its NPC, or it died and the gateway, which saw its
+stream end, starts a new one on the NPC's next message. Worker nodes host none then.
+
 Workers are placed by Thespian on a named node (capabilities ``NPC Host`` and ``NPC Node``): this
 node's at start, and a worker node's when it joins the leader's convention (the pool subscribes
 to convention updates; see actors/node.py and docs/deploy.md).
@@ -50,6 +55,7 @@ from actors.messages import (
     NodeRefused,
     Notice,
     SpawnWorkers,
+    StartWorker,
     WorkerGone,
 )
 from actors.worker import WorkerActor
@@ -73,6 +79,7 @@ class Slot:
     quick_deaths: int = 0
     gone: bool = False  # its node left: restarted only if it comes back
     lost: list = field(default_factory=list)  # workers of generations declared lost, maybe still running
+    dedicated: bool = False  # one NPC's (placement "dedicated"): started by the gateway, never replaced
 
 
 class WorkerPool(Actor):
@@ -93,6 +100,8 @@ class WorkerPool(Actor):
                 self._start_worker(message.payload)
             elif isinstance(message, ActorSystemConventionUpdate):
                 self._convention_update(message)
+            elif isinstance(message, StartWorker):
+                self._start_dedicated(message)
             elif isinstance(message, SpawnWorkers):
                 self._spawn(message)
             elif isinstance(message, IdentifyPool):
@@ -109,8 +118,21 @@ class WorkerPool(Actor):
         configure_logging(settings.log_level, "pool")
         self.spawn = message
         self.members = Membership(settings.node_check_s)
-        self._add_node(settings.node, settings.worker_count)
+        self._add_node(settings.node, settings.pooled_workers)
         self.notifyOnSystemRegistrationChanges(True)  # worker nodes joining or leaving
+
+    def _start_dedicated(self, message: StartWorker) -> None:
+        """A worker of its own for one NPC, on this node, in the slot the gateway chose (a reused
+        slot's former process, if it still winds down, is no longer this slot's). Asked twice (the
+        gateway asks a new pool again for what it asked of a dead one), it starts one."""
+        if message.index < len(self.slots):
+            slot = self.slots[message.index]
+            if slot.dedicated and slot.generation == message.generation and slot.address is not None:
+                return
+        missing = message.index + 1 - len(self.slots)
+        self.slots += [Slot(self.spawn.settings.node, gone=True, dedicated=True) for _ in range(max(0, missing))]
+        self.slots[message.index] = Slot(self.spawn.settings.node, generation=message.generation, dedicated=True)
+        self._start_worker(message.index)
 
     def _add_node(self, node: str, count: int) -> None:
         self.nodes.add(node)
@@ -137,6 +159,9 @@ class WorkerPool(Actor):
             return
         address = str(update.remoteAdminAddress)
         if update.remoteAdded:
+            if self.spawn.settings.dedicated:
+                logger.warning("node {} joined, but placement is dedicated: every NPC's worker runs on this node", node)
+                return
             if not self.members.admits(node, address, time.monotonic()):
                 logger.debug("refused node {} checked in again from {}", node, address)
                 return
@@ -198,6 +223,9 @@ class WorkerPool(Actor):
             return
         slot = self.slots[index]
         slot.address = None
+        if slot.dedicated:
+            logger.info("dedicated worker {} generation {} exited", index, slot.generation)
+            return
         slot.generation += 1
         lived = time.monotonic() - slot.started_at
         slot.quick_deaths = slot.quick_deaths + 1 if lived < QUICK_DEATH_S else 0

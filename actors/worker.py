@@ -5,7 +5,8 @@ Thespian places it (capability ``NPC Host``), configures it and supervises it; t
 stream (``actors/link.py``), never through this class. When that stream ends (the gateway is gone,
 or declared this worker lost), when no gateway connects in time, or when its gateway stays out of
 reach (a partition: actors/lease.py), the worker stops itself: it is of no use to anyone, and its
-LLM streams must not go on costing tokens.
+LLM streams must not go on costing tokens. With placement "dedicated" it also stops when the
+gateway retires it (``Retire``, after everything sent before it): its one NPC was deactivated.
 """
 
 from __future__ import annotations
@@ -73,18 +74,18 @@ class WorkerActor(Actor):
         # On the leader's machine a private Unix socket; on a worker node, the node's own address.
         link_host = None if message.node == settings.node else self.myAddress.addressDetails.sockname[0]
 
-        def gateway_lost() -> None:
+        def stop_self() -> None:
             bridge.post(EXIT, None)
 
         async def start() -> str:
             listener: LinkListener  # the host sends on it; made second, as it delivers to the host
-            self.host = host = AgentHost(settings, self.index, lambda item: listener.send(item))
+            self.host = host = AgentHost(settings, self.index, lambda item: listener.send(item), stop_self)
             self.listener = listener = LinkListener(
-                message.link_secret, self.index, message.generation, host.deliver, gateway_lost
+                message.link_secret, self.index, message.generation, host.deliver, stop_self
             )
             address = await listener.start(link_host)
             asyncio.get_running_loop().create_task(
-                self._await_gateway(listener.connected, settings.startup_timeout_s, gateway_lost)
+                self._await_gateway(listener.connected, settings.startup_timeout_s, stop_self)
             )
             return address
 

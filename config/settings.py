@@ -43,6 +43,7 @@ ATTRIBUTES = {"token": "auth_token"}
 STRUCTURED_MODES = ("auto", "grammar", "json_schema", "off")  # providers/structured.py
 UNTAGGED_TEXT_MODES = ("say", "drop")
 EVENT_LOOPS = ("uvloop", "asyncio")  # actors/bridge.py
+PLACEMENTS = ("pooled", "dedicated")  # gateway/router.py, actors/pool.py
 
 
 class SettingsError(ValueError):
@@ -62,6 +63,8 @@ class Settings:
     node_check_s: int
     startup_timeout_s: float
     event_loop: str
+    placement: str
+    max_dedicated_workers: int
     snapshot_timeout_s: float
     history_budget_chars: int
     history_max_entries: int
@@ -98,6 +101,7 @@ class Settings:
     max_journal_bytes_per_frame: int
     ws_send_buffer_bytes: int
     slow_client_close_timeout_s: float
+    metrics_scrape_timeout_s: float
     log_level: str
     log_dir: str
     log_retention_days: float
@@ -120,6 +124,7 @@ class Settings:
     llm_max_concurrent: int
     llm_max_concurrent_per_worker: int
     llm_include_usage: bool
+    llm_prices: dict[str, dict[str, float]]  # model -> {"prompt": ..., "completion": ...} per million tokens
     llm_structured: str
     llm_fallbacks: tuple[Endpoint, ...]  # [[llm_fallbacks]] (config/llm_endpoints.py)
     llm_tiers: tuple[Tier, ...]  # [llm_tiers.NAME]
@@ -148,6 +153,21 @@ class Settings:
     def worker_count(self) -> int:
         """Workers to start: the configured count, or one per CPU."""
         return self.workers if self.workers > 0 else (os.cpu_count() or 1)
+
+    @property
+    def dedicated(self) -> bool:
+        """Each NPC in a worker process of its own (placement "dedicated"), not spread over a pool."""
+        return self.placement == "dedicated"
+
+    @property
+    def pooled_workers(self) -> int:
+        """Workers this node starts up front: none with dedicated placement (they start per NPC)."""
+        return 0 if self.dedicated else self.worker_count
+
+    @property
+    def worker_processes(self) -> int:
+        """The most worker processes this node runs at once: what a server-wide cap is split over."""
+        return self.max_dedicated_workers if self.dedicated else self.worker_count
 
     @property
     def node(self) -> str:
@@ -329,6 +349,7 @@ def _check(s: Settings) -> None:
         ("llm_structured", STRUCTURED_MODES),
         ("untagged_text", UNTAGGED_TEXT_MODES),
         ("event_loop", EVENT_LOOPS),
+        ("placement", PLACEMENTS),
     ):
         if getattr(s, name) not in modes:
             raise SettingsError(f"setting {name!r} must be one of {', '.join(modes)}, got {getattr(s, name)!r}")
@@ -349,6 +370,7 @@ def _check(s: Settings) -> None:
                 f"the structured mode of {endpoint.key} must be one of {', '.join(STRUCTURED_MODES)}, "
                 f"got {endpoint.structured!r}"
             )
+    _check_prices(s.llm_prices)
     if not 0 < s.admin_port < 65536:
         raise SettingsError(f"setting 'admin_port' must be a TCP port, got {s.admin_port!r}")
     # --- /events
@@ -356,4 +378,21 @@ def _check(s: Settings) -> None:
         if not is_tag_name(tag):
             raise SettingsError(
                 f"settings 'events_speech_tag' and 'events_action_tags' must hold tag names, got {tag!r}"
+            )
+
+
+PRICE_KINDS = ("prompt", "completion")
+
+
+def _check_prices(prices: dict[str, Any]) -> None:
+    """``llm_prices``: per model, a table of exactly ``prompt`` and ``completion``, not negative."""
+    for model, price in prices.items():
+        if (
+            not isinstance(price, dict)
+            or sorted(price) != sorted(PRICE_KINDS)
+            or not all(type(price[kind]) in (int, float) and price[kind] >= 0 for kind in PRICE_KINDS)
+        ):
+            raise SettingsError(
+                f"setting 'llm_prices' for model {model!r} must be a table of prompt and completion prices "
+                f"(per million tokens, not negative), got {price!r}"
             )

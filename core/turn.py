@@ -325,6 +325,12 @@ class SeenTurn:
     event_id: str | None
     started: bool = False  # agent_turn_started went out
     tag: OpenTag | None = None
+    # For the latencies the gateway measures (core.openturns): when the gateway assigned the turn,
+    # when a newer turn of the agent cut into it, whether a tag and a speech tag opened yet.
+    assigned_at: float = 0.0
+    cut_at: float | None = None
+    tagged: bool = False
+    said: bool = False
 
     def seen(self, frame: dict) -> bool:
         """Note one frame of this turn (its chunks change nothing); True when it was the turn's end."""

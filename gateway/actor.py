@@ -40,6 +40,7 @@ from core.link import new_secret
 from gateway.app import GatewayServer
 
 REPLY = "reply"  # bridge destination: a message for whoever asked us to start or stop
+POOL = "pool"  # bridge destination: a message for the worker pool (placement "dedicated": StartWorker)
 
 
 class GatewayActor(Actor):
@@ -63,8 +64,11 @@ class GatewayActor(Actor):
         try:
             if isinstance(message, WatchMessage):
                 assert self.bridge is not None  # only its watch wakes this actor
-                for item in self.bridge.drain().get(REPLY, ()):
+                posted = self.bridge.drain()
+                for item in posted.get(REPLY, ()):
                     self.send(self.requester, item)
+                for item in posted.get(POOL, ()):
+                    self.send(self.pool, item)
             elif isinstance(message, WorkerReady):
                 self._worker_ready(message, sender)
             elif isinstance(message, WorkerFailed):
@@ -94,7 +98,8 @@ class GatewayActor(Actor):
         self.send(self.pool, SpawnWorkers(self.settings, self.myAddress, self.link_secret))
         self.bridge = bridge = LoopBridge("gateway-loop", self.settings.event_loop)
         bridge.call(bridge.loop.add_reader, exit_fd(message.starter_pid), _starter_died, message.starter_pid)
-        logger.info("starting {} workers", self.settings.worker_count)
+        logger.info("starting {} workers (placement {})", self.settings.pooled_workers, self.settings.placement)
+        self._start_server_once_ready()
 
     def _replace_pool(self, pool) -> None:
         """The pool died and run.py made this one: its workers replace every worker of the old."""
@@ -105,6 +110,8 @@ class GatewayActor(Actor):
             self.send(self.addresses[index], ActorExitRequest())
         self.pool = pool
         self.send(self.pool, SpawnWorkers(self.settings, self.myAddress, self.link_secret, first))
+        if self.server is not None and self.bridge is not None:  # after SpawnWorkers, which they need
+            self.bridge.call(self.server.pool_replaced)
 
     def _worker_ready(self, message: WorkerReady, sender) -> None:
         """A worker is ready: one of this node's at start, a new node's, or a replacement."""
@@ -122,14 +129,20 @@ class GatewayActor(Actor):
             assert self.server is not None  # started: it is listening
             self.bridge.call(self.bridge.loop.create_task, self.server.workers.ready(message))
             return
-        if sum(ready.node == self.settings.node for ready in self.workers.values()) < self.settings.worker_count:
+        self._start_server_once_ready()
+
+    def _start_server_once_ready(self) -> None:
+        """Listen once this node's pooled workers are all ready (with placement "dedicated": at once)."""
+        if sum(ready.node == self.settings.node for ready in self.workers.values()) < self.settings.pooled_workers:
             return
+        bridge = self.bridge
+        assert bridge is not None  # _start made it before it asked for the workers
 
         async def start_server() -> str:
-            self.server = GatewayServer(self.settings, self.link_secret)
+            self.server = GatewayServer(self.settings, self.link_secret, lambda message: bridge.post(POOL, message))
             return await self.server.start(list(self.workers.values()))
 
-        url = self.bridge.run(start_server(), timeout=self.settings.startup_timeout_s)
+        url = bridge.run(start_server(), timeout=self.settings.startup_timeout_s)
         self.started = True
         self.send(self.requester, GatewayStarted(url, len(self.workers), os.getpid(), os.getppid(), os.getpgid(0)))
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
 from loguru import logger
 
-from actors.messages import WorkerReady
+from actors.messages import StartWorker, WorkerReady
 from config.settings import Settings
 from core import protocol as p
 from gateway.auth import auth_middleware, has_token
@@ -22,6 +23,7 @@ from gateway.godot import GodotEndpoint
 from gateway.journal import Journal
 from gateway.journal_upkeep import Upkeep
 from gateway.memories import MemoryStore
+from gateway.metrics import MetricsEndpoint
 from gateway.router import Router
 from gateway.workers import WorkerLinks
 
@@ -29,8 +31,9 @@ IDLE_SWEEPS = 10  # idle agents are looked for this many times per agent_idle_s 
 
 
 class GatewayServer:
-    def __init__(self, settings: Settings, link_secret: bytes) -> None:
+    def __init__(self, settings: Settings, link_secret: bytes, to_pool: Callable[[StartWorker], None]) -> None:
         self.settings = settings
+        self._to_pool = to_pool  # a message for the worker pool, sent by the gateway actor
 
         def release(items: list) -> None:  # [((worker, generation), item)], in order
             send = self.workers.send
@@ -46,20 +49,32 @@ class GatewayServer:
             Upkeep(settings.journal_retention_days, settings.journal_compact_days),
             memories=MemoryStore.of(settings),
         )
-        self.router = Router(settings, self.journal)
+        self.router = Router(settings, self.journal, start_worker=self._start_worker)
         self.workers = WorkerLinks(link_secret, self.router)
         self.events = EventsEndpoint(settings, self.router)
         self.router.observer = self.events
         self.godot = GodotEndpoint(self.router, settings, self.events)
+        self.metrics = MetricsEndpoint(settings, self.router, self.journal, self.godot, self.events)
         self.runner: web.AppRunner | None = None
         self._flush_tokens = itertools.count(1)
         self._sweeper: asyncio.Task | None = None
         self._auth_token = settings.auth_token.encode()
 
+    def _start_worker(self, index: int, generation: int) -> None:
+        """Placement "dedicated": have the pool start a worker for an agent; its items wait for it."""
+        self.workers.expect(index, generation)
+        self._to_pool(StartWorker(index, generation))
+
+    def pool_replaced(self) -> None:
+        """The pool died: the new one starts the dedicated workers the dead one was starting."""
+        for worker, generation in self.workers.awaited():
+            self._to_pool(StartWorker(worker, generation))
+
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[auth_middleware(self.settings)])  # token, Origin
         app.router.add_get("/ws", self.godot.handle)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics.handle)
         app.router.add_get("/events", self.events.handle)
         app.router.add_get("/", index)
         app.router.add_static("/", WEB_DIR)  # last: the routes above take precedence
@@ -67,7 +82,8 @@ class GatewayServer:
 
     def problems(self) -> list[str]:
         """Why a turn cannot be served now (none: it can)."""
-        problems = [] if self.router.live_workers() else ["no worker is running"]
+        # With placement "dedicated" no worker runs until an NPC needs one.
+        problems = [] if self.router.live_workers() or self.router.dedicated is not None else ["no worker is running"]
         if self.journal.failure:
             problems.append(f"the journal cannot write: {self.journal.failure}")
             self.journal.probe()  # the next look tells whether it can again
@@ -132,7 +148,7 @@ class GatewayServer:
         await site.start()
         host, port = self.runner.addresses[0][:2]
         url = f"http://{host}:{port}"
-        logger.info("gateway listening on {} (/ws, /events, /healthz, the web page at /)", url)
+        logger.info("gateway listening on {} (/ws, /events, /healthz, /metrics, the web page at /)", url)
         return url
 
     async def stop(self, timeout: float | None) -> None:

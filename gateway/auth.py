@@ -1,4 +1,4 @@
-"""Who may open ``/ws`` and ``/events``: a shared token, and a browser Origin check.
+"""Who may open ``/ws``, ``/events`` and ``/metrics``: a shared token, and a browser Origin check.
 
 Checked in a middleware, so a refused client gets a plain HTTP 401/403 with a JSON body before
 any WebSocket upgrade: no socket, no actor work, nothing for a scanner to hold open.
@@ -25,11 +25,11 @@ from yarl import URL
 from config.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PROTECTED = ("/ws", "/events")
+PROTECTED = ("/ws", "/events", "/metrics")
 
 
 def auth_middleware(settings: Settings):
-    """The middleware for ``settings``: token (when set) and Origin on /ws and /events."""
+    """The middleware for ``settings``: token (when set) and Origin on the PROTECTED paths."""
     expected = settings.auth_token.encode()
     allowed = settings.origin_allow_list
 

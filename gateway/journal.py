@@ -130,6 +130,7 @@ class Journal:
         self.facts_written = 0
         self.facts_deleted = 0  # by retention and compaction (thread side)
         self.commits = 0
+        self.committed: Callable[[float], None] = lambda seconds: None  # each commit's duration (thread side)
 
     async def open(self) -> None:
         """Open (or create) the journal and load the known agents; start the writer thread."""
@@ -286,6 +287,7 @@ class Journal:
         out: list[tuple[Hashable, ToWorker]] = []
         written: list[tuple[ToWorker, int]] = []  # (item, the seq of its fact)
         now = time.time()
+        started = time.monotonic()
         try:
             db.execute("begin")
             if len(entries) + len(summaries) < len(batch):
@@ -308,6 +310,7 @@ class Journal:
                     item = item._replace(reply=self._memories.run(db, item.op))
                 out.append((destination, item))
             db.execute("commit")
+            self.committed(time.monotonic() - started)
             _stamp(written)
             self.facts_written += len(written) + len(summaries)
             self.commits += 1

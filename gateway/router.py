@@ -3,7 +3,10 @@
 Loop-side state of the gateway. An agent is placed on the least-loaded worker when it is first
 named (or first named again after its worker died, it was deactivated, or the server restarted)
 and stays there while it is active; when it had history, a restore from the journal goes to
-the worker before anything else for it. Every history fact goes through the journal on its way
+the worker before anything else for it. With placement "dedicated" it is placed instead on a
+worker process of its own, started for it (``start_worker``: its items wait for it, in order, in
+gateway/workers.py) and retired when it is deactivated; a lost one is not replaced, the agent's
+next message starts another. Every history fact goes through the journal on its way
 (``gateway.journal``) and is shown to the ``observer``; turn ids are assigned here, so the journal
 knows a turn before the agent.
 
@@ -30,6 +33,9 @@ from actors.messages import (
     Flushed,
     Frame,
     NodeRefused,
+    Retire,
+    Scrape,
+    Scraped,
     SnapshotRecall,
     Summarised,
     ToAgent,
@@ -38,11 +44,13 @@ from actors.messages import (
     ToWorker,
     WorkerGone,
 )
+from actors.metrics import END_TO_END, Metrics
 from config.settings import Settings
 from core import memory as m
 from core import protocol as p
+from core.dedicated import DedicatedSlots
 from core.history import fact_of, starts_turn
-from core.openturns import OpenTurns
+from core.openturns import FIRST_SAY, FIRST_TAG, INTERRUPT, OpenTurns
 from core.recall import RecallQuery, query_words
 from core.spec import SpecError, as_text, groups_of
 from core.takeover import PlayerInput, Takeover, TakeoverEnded
@@ -67,12 +75,31 @@ class Observer(Protocol):
     def worker_items(self, items: list[Frame | ToFeed]) -> None: ...
 
 
+class WorkerReports(Protocol):
+    """Who keeps the workers' metrics (gateway/metrics.py)."""
+
+    def scraped(self, worker: int, item: Scraped) -> None: ...
+    def lost(self, worker: int) -> None: ...
+
+
 class Router:
-    def __init__(self, settings: Settings, journal: Journal, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        journal: Journal,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
+        start_worker: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.journal = journal
         self.clock = clock
+        self.metrics = metrics or Metrics()  # the gateway's own
+        self.reports: WorkerReports | None = None
         self.placement: dict[Key, int] = {}
+        # Placement "dedicated": its slots, and how to start worker (index, generation) for one.
+        self.dedicated = DedicatedSlots(settings.max_dedicated_workers) if settings.dedicated else None
+        self.start_worker = start_worker
         # Per worker index (add_worker): agents placed, generation, pid, node, and whether it lives.
         self.load: list[int] = []
         self.generation: list[int] = []
@@ -80,14 +107,19 @@ class Router:
         self.worker_nodes: list[str | None] = []
         self.alive: list[bool] = []
         self.unreachable: set[int] = set()  # workers whose stream ended, until replaced
-        self.relayed: list[int] = []  # items received from each worker (frames, mostly)
+        self.relayed: list[int] = []  # frames received from each worker
         self.refused_nodes: dict[str, str] = {}  # node -> why the pool refuses it (actors/pool.py, Flaps)
         self._ignored: set[tuple[int, int]] = set()  # (worker, generation) whose batches were dropped
         self.last_seen: dict[Key, float] = {}  # placed agents: when Godot or a player last addressed them
         self.pinned: set[Key] = set()  # taken over by a person on /events: kept active
+        latencies = {
+            FIRST_TAG: self.metrics.first_tag.labels(END_TO_END).observe,
+            FIRST_SAY: self.metrics.first_say.labels(END_TO_END).observe,
+            INTERRUPT: self.metrics.interrupt.observe,
+        }
+        self.open = OpenTurns(lambda what, seconds: latencies[what](seconds))
         self.turn_events: dict[Key, tuple[str, dict]] = {}  # placed agents: (turn_id, event) its recall looks up
         self.groups: dict[Key, tuple[str, ...]] = {}  # placed agents: the groups of their latest spec
-        self.open = OpenTurns()
         self.session_agents: Counter[str] = Counter()
         self.connections: dict[str, Connection] = {}
         self._flush_waiters: dict[int, Callable[[int], None]] = {}
@@ -140,7 +172,8 @@ class Router:
             )
         worker = self.placement.get(key)
         if worker is None:
-            if key not in self.journal.known:
+            new = key not in self.journal.known
+            if new:
                 if kind is not p.InteractionEvent and kind is not p.NotificationEvent:
                     return _unknown_agent(message, agent_id, session)
                 if self.session_agents[session] >= self.settings.max_agents_per_session:
@@ -150,14 +183,17 @@ class Router:
                         f"{self.session_agents[session]} agents (setting max_agents_per_session)",
                         {"type": p.TYPE_NAMES[kind], "agent_id": agent_id},
                     )
-                self.session_agents[session] += 1
             worker = self._place(key)
+            if worker is None:
+                return self._no_worker(message, agent_id)
+            if new:
+                self.session_agents[session] += 1
         conn.agents.add(agent_id)
-        self.last_seen[key] = self.clock()
+        self.last_seen[key] = now = self.clock()
         turn_id = None
         if starts_turn(message):
             turn_id = uuid.uuid4().hex[:16]
-            self.open.assigned(key, turn_id, getattr(message, "event_id", None))
+            self.open.assigned(key, turn_id, getattr(message, "event_id", None), now)
             event = message.event if isinstance(message, p.InteractionEvent) else self.turn_events.get(key, ("", {}))[1]
             self.turn_events[key] = (turn_id, event)
         fact = fact_of(message, agent_id, turn_id)
@@ -215,24 +251,48 @@ class Router:
             if key not in self.journal.known:
                 return False
             worker = self._place(key)
+            if worker is None:  # every dedicated worker is taken: the player's message goes nowhere
+                logger.warning("no dedicated worker is free for agent {} of session {}", agent_id, session)
+                return False
         if type(message) is Takeover:
             (self.pinned.add if message.client is not None else self.pinned.discard)(key)
         self.last_seen[key] = self.clock()
         self._send(worker, ToAgent(session, agent_id, message))
         return True
 
-    def _place(self, key: Key) -> int:
+    def _place(self, key: Key) -> int | None:
         """Put ``key`` on the least-loaded live worker; it gets its history first if it has one.
         A worker whose stream just ended is passed over while another can take it (if none can,
-        the agent waits there for its replacement: what it is sent ends with the lost turns)."""
-        live = self.live_workers()
-        reachable = [worker for worker in live if worker not in self.unreachable]
-        worker = min(reachable or live, key=self.load.__getitem__)
+        the agent waits there for its replacement: what it is sent ends with the lost turns).
+        With placement "dedicated", on a worker started for it; None when all are taken."""
+        if self.dedicated is not None:
+            taken = self.dedicated.take(key)
+            if taken is None:
+                return None
+            worker, generation = taken
+            self._grow(worker)
+            self.generation[worker], self.worker_pids[worker] = generation, None
+            self.worker_nodes[worker] = self.settings.node
+            assert self.start_worker is not None  # the gateway gives one with placement "dedicated"
+            self.start_worker(worker, generation)
+        else:
+            live = self.live_workers()
+            reachable = [worker for worker in live if worker not in self.unreachable]
+            worker = min(reachable or live, key=self.load.__getitem__)
         self.placement[key] = worker
         self.load[worker] += 1
         if key in self.journal.known:
             self.journal.restore((worker, self.generation[worker]), *key)
         return worker
+
+    def _no_worker(self, message: p.AgentMessage, agent_id: str) -> dict:
+        limit = self.settings.max_dedicated_workers
+        return p.error(
+            p.TOO_MANY_WORKERS,
+            f"all {limit} dedicated workers are running an NPC (setting max_dedicated_workers); "
+            f"agent {agent_id!r} gets one when another NPC is deactivated (setting agent_idle_s)",
+            {"type": p.TYPE_NAMES[type(message)], "agent_id": agent_id, **_event_id(message)},
+        )
 
     def _send(self, worker: int, item: ToWorker) -> None:
         """``item`` goes to ``worker`` after everything sent or recorded for it before."""
@@ -246,21 +306,23 @@ class Router:
 
     def deliver(self, items: list[ToGateway], origin: int | None = None, generation: int = 0) -> None:
         """Forward one batch from worker ``origin``; nothing from one that was lost or replaced."""
-        if origin is not None:
-            if not self._current(origin, generation):
-                return
-            self.relayed[origin] += len(items)
+        if origin is not None and not self._current(origin, generation):
+            return
         connections = self.connections
         note = self.open.frame
+        now = self.clock()
         observed: list[Frame | ToFeed] = []  # in order, for the observer
+        others = 0  # items that are not frames: counted in the rare branches, not per frame
         for item in items:
             if isinstance(item, Frame):  # the hot one: first
-                note(item.session, item.data)
+                note(item.session, item.data, now)
                 conn = connections.get(item.session)
                 if conn is not None:
                     conn.send(item.data)
                 observed.append(item)
-            elif isinstance(item, ToFeed):
+                continue
+            others += 1
+            if isinstance(item, ToFeed):
                 if type(item.report) is TakeoverEnded:
                     self.pinned.discard((item.session, item.report.agent_id))
                 observed.append(item)
@@ -275,8 +337,13 @@ class Router:
                 waiter = self._flush_waiters.get(item.token)
                 if waiter is not None:
                     waiter(item.token)
+            elif isinstance(item, Scraped):
+                if self.reports is not None and origin is not None:
+                    self.reports.scraped(origin, item)
             else:
                 logger.error("unknown item {!r} from a worker", type(item).__name__)
+        if origin is not None:
+            self.relayed[origin] += len(items) - others
         if observed and self.observer is not None:
             self.observer.worker_items(observed)
 
@@ -294,6 +361,13 @@ class Router:
         self._flush_waiters[token] = done
         for worker in self.live_workers():
             self._send(worker, Flush(token))
+
+    def scrape(self, token: int) -> list[int]:
+        """Ask every live worker for its metrics (answered with ``Scraped``); return which."""
+        live = self.live_workers()
+        for worker in live:
+            self._send(worker, Scrape(token))
+        return live
 
     # --- workers coming and going --------------------------------------------------------------
 
@@ -313,7 +387,17 @@ class Router:
         return list(nodes.values())
 
     def add_worker(self, worker: int, generation: int, pid: int, node: str) -> None:
-        """A worker to place agents on: one of this node's, or a joining node's."""
+        """A worker to place agents on: one of this node's, or a joining node's (or, with placement
+        "dedicated", the one started for an agent)."""
+        self._grow(worker)
+        self.generation[worker], self.worker_pids[worker], self.worker_nodes[worker] = generation, pid, node
+        self.alive[worker] = True
+        self.unreachable.discard(worker)
+        self.refused_nodes.pop(node, None)
+        logger.info("worker {} of node {} (pid {}) takes agents", worker, node, pid)
+
+    def _grow(self, worker: int) -> None:
+        """Make room in the per-worker books for index ``worker``."""
         missing = worker + 1 - len(self.alive)
         if missing > 0:
             self.load += [0] * missing
@@ -322,21 +406,25 @@ class Router:
             self.worker_nodes += [None] * missing
             self.alive += [False] * missing
             self.relayed += [0] * missing
-        self.generation[worker], self.worker_pids[worker], self.worker_nodes[worker] = generation, pid, node
-        self.alive[worker] = True
-        self.unreachable.discard(worker)
-        self.refused_nodes.pop(node, None)
-        logger.info("worker {} of node {} (pid {}) takes agents", worker, node, pid)
 
     def worker_lost(self, worker: int) -> None:
-        """Worker ``worker``'s stream ended: it died, and Thespian will replace it."""
-        self.unreachable.add(worker)
-        self._lose(
-            worker, f"the worker process running this agent died (pid {self.worker_pids[worker]}); its turn is lost"
-        )
+        """Worker ``worker``'s stream ended: it died, and Thespian will replace it. With placement
+        "dedicated" it is not replaced (or it never started): its slot is free, its agent's next
+        message starts another."""
+        pid = self.worker_pids[worker]
+        if self.dedicated is None:
+            self.unreachable.add(worker)
+        else:
+            self.alive[worker] = False
+            self.dedicated.release(worker)
+        if pid is None:  # a dedicated worker given up before it was up (gateway/workers.py)
+            self._lose(worker, "the worker process for this agent did not start; its turn is lost")
+        else:
+            self._lose(worker, f"the worker process running this agent died (pid {pid}); its turn is lost")
 
     def worker_replaced(self, worker: int, generation: int, pid: int) -> None:
         """A new generation of worker ``worker`` took the place of the one that died."""
+        self.metrics.worker_restarts.inc()
         self.worker_lost(worker)  # nothing left to end when its stream's end was seen first
         self.generation[worker], self.worker_pids[worker] = generation, pid
         self.alive[worker] = True  # also a lost node's worker, started again when the node came back
@@ -358,12 +446,19 @@ class Router:
         history) when next addressed."""
         lost = [key for key, placed in self.placement.items() if placed == worker]
         frames: list[ToGateway] = []
+        ended = 0
         for key in lost:
             del self.placement[key]
             self.last_seen.pop(key, None)
             self.turn_events.pop(key, None)
-            frames += [Frame(key[0], orjson.dumps(frame)) for frame in self.open.end(key, why)]
+            for frame in self.open.end(key, why):
+                frames.append(Frame(key[0], orjson.dumps(frame)))
+                ended += frame["type"] == "agent_turn_finished"
         self.load[worker] = 0
+        if ended:
+            self.metrics.turns.labels("error").inc(ended)
+        if self.reports is not None:
+            self.reports.lost(worker)
         logger.warning(
             "worker {} of node {} lost: {} agents will be restored, {} frames end their turns",
             worker,
@@ -389,8 +484,21 @@ class Router:
             self.turn_events.pop(key, None)
             self.groups.pop(key, None)
             self.load[worker] -= 1
-            self._send(worker, Deactivate(*key))
+            if self.dedicated is None:
+                self._send(worker, Deactivate(*key))
+            else:  # its process ends, after everything sent to it before
+                self._send(worker, Retire(*key))
+                self.alive[worker] = False
+                self.dedicated.release(worker)
+                if self.reports is not None:  # its counters as of the last scrape stay, as a dead worker's
+                    self.reports.lost(worker)
         return len(idle)
+
+
+def _event_id(message: p.AgentMessage) -> dict:
+    """``{"event_id": ...}`` for an error's ref, when the message has one."""
+    event_id = getattr(message, "event_id", None)
+    return {"event_id": event_id} if event_id is not None else {}
 
 
 def _unknown_agent(message: p.AgentMessage, agent_id: str, session: str) -> dict:

@@ -40,6 +40,10 @@ The report (JSON) holds:
   turn_ms           event (or tool results) sent -> agent_turn_finished, completed turns, with mean;
                     ideal_turn_ms = ttft + tokens / tps
   tokens_per_s, events_per_s   tokens and frames received per second over the duration
+  llm_cost          {total, per_npc_hour}: the server's npc_llm_cost_total (GET /metrics) over the run,
+                    and per NPC and hour of it; our own server prices the scripted model at
+                    --price-prompt / --price-completion per million tokens; None when the server
+                    exports no cost (the baseline, no llm_prices for its model, a token required)
   server / llm / generator     CPU (% of one core) and RSS (MB), sum and per process, mean and max
                                of one-second samples over the duration
   timeline          per second: frames, tokens, turns, chunk p50/p99, server CPU and RSS
@@ -65,6 +69,7 @@ from urllib.parse import urlsplit
 
 import orjson
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest import processes, report
 from loadtest.metrics import interrupt_close_ms, percentiles
@@ -128,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     llm.add_argument("--llm-tokens", type=int, default=40, help="tokens per reply, >= 6 (default %(default)s)")
     llm.add_argument("--llm-url", help="use this running scripted LLM (base URL, without /v1) instead of starting one")
+    llm.add_argument(
+        "--price-prompt",
+        type=float,
+        default=0.15,
+        help="our own server's price of the scripted model, per million prompt tokens (default %(default)s)",
+    )
+    llm.add_argument(
+        "--price-completion",
+        type=float,
+        default=0.60,
+        help="and per million completion tokens (default %(default)s): the report's llm_cost",
+    )
     target = parser.add_argument_group("target")
     target.add_argument("--workers", type=int, default=2, help="server worker processes (default %(default)s)")
     target.add_argument(
@@ -169,6 +186,8 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--interrupt-ratio and --tool-share must be between 0 and 1"
     if args.llm_tokens < 6 or args.llm_tps < 0 or args.llm_ttft < 0 or args.notify_rate < 0:
         return "--llm-tokens must be at least 6; rates and delays cannot be negative"
+    if args.price_prompt < 0 or args.price_completion < 0:
+        return "--price-prompt and --price-completion cannot be negative"
     if args.url and args.baseline:
         return "--baseline starts a relay; --url targets a running server: give one of them"
     if args.workers < 1:
@@ -210,12 +229,19 @@ class LoadTest:
                 url, server = args.url.rstrip("/"), None
             else:
                 assert llm_url is not None  # given, or started just above
-                server, url = processes.start_server(self.tmp, llm_url, args.workers, args.baseline)
+                prices = self.tmp / "prices.toml"
+                prices.write_text(
+                    f'[llm_prices]\n"{processes.MODEL}" = '
+                    f"{{ prompt = {args.price_prompt!r}, completion = {args.price_completion!r} }}\n"
+                )
+                server, url = processes.start_server(self.tmp, llm_url, args.workers, args.baseline, prices)
                 self.started.insert(0, server)  # stopped first: its turns end before the LLM goes
             groups = self._groups(url, server, llm_url)
-            nodes_before, started_at = _nodes(url), time.monotonic()
+            nodes_before, cost_before, started_at = _nodes(url), _cost(url), time.monotonic()
             self._drive(url, llm_url is not None, groups)
-            nodes = _node_rates(nodes_before, _nodes(url), time.monotonic() - started_at)
+            seconds = time.monotonic() - started_at
+            nodes = _node_rates(nodes_before, _nodes(url), seconds)
+            cost = report.llm_cost(cost_before, _cost(url), args.npcs, seconds)
             records = _requests(llm_url) if llm_url else None
         finally:
             for proc in self.started:
@@ -237,6 +263,7 @@ class LoadTest:
             leftovers,
         )
         result["nodes"] = nodes
+        result["llm_cost"] = cost
         clean = (
             result["turns_completed"] > 0
             and not result["errors"]["count"]
@@ -442,6 +469,23 @@ def _nodes(url: str) -> list[dict]:
             return orjson.loads(response.read()).get("nodes") or []
     except OSError:
         return []
+
+
+def _cost(url: str) -> float | None:
+    """The server's estimated LLM cost so far (npc_llm_cost_total, all models), from /metrics; None
+    when it exports none (the baseline relay, no price for its model, a token required)."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        costs = [
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "npc_llm_cost_total"
+        ]
+    except (OSError, ValueError):  # not reachable, refused, or not Prometheus text
+        return None
+    return sum(costs) if costs else None
 
 
 def _node_rates(before: list[dict], after: list[dict], seconds: float) -> list[dict]:

@@ -143,17 +143,25 @@ def start_llm(tmp: Path, ttft: float, tps: float, tokens: int) -> tuple[Managed,
     return llm, url
 
 
-def start_server(tmp: Path, llm_url: str, workers: int, baseline: bool) -> tuple[Managed, str]:
-    """``run.py`` (or the baseline relay) pointed at ``llm_url``; returns it and its base URL."""
+MODEL = "scripted"  # the model the server asks the scripted LLM for
+
+
+def start_server(
+    tmp: Path, llm_url: str, workers: int, baseline: bool, config: Path | None = None
+) -> tuple[Managed, str]:
+    """``run.py`` (or the baseline relay) pointed at ``llm_url``, with the settings file ``config``
+    if given; returns it and its base URL."""
     port = free_port()
     env = {
         **os.environ,
         "OPENAI_API_BASE": llm_url + "/v1",
         "OPENAI_API_KEY": API_KEY,
-        "LLM_MODEL": "scripted",
+        "LLM_MODEL": MODEL,
         "GAME_AGENT_LOG_DIR": str(tmp / "npc-logs"),
         "GAME_AGENT_DATA_DIR": str(tmp / "npc-data"),
     }
+    if config is not None:
+        env["GAME_AGENT_CONFIG"] = str(config)
     if baseline:
         server = Managed(
             "baseline relay",

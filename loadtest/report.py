@@ -128,6 +128,15 @@ def build(
     }
 
 
+def llm_cost(before: float | None, after: float | None, npcs: int, seconds: float) -> dict | None:
+    """The estimated LLM cost of a run from two readings of the server's cost counter, and per
+    NPC-hour (the run's NPCs over its measured seconds); None when the server reported none."""
+    if after is None:
+        return None
+    total = after - (before or 0.0)
+    return {"total": round(total, 6), "per_npc_hour": round(total * 3600 / (npcs * seconds), 6)}
+
+
 def write_json(report: dict, path: str) -> None:
     Path(path).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
 
@@ -155,6 +164,7 @@ def table(report: dict) -> str:
         f"out of order {report['out_of_order_events']}, corrupted {report['corrupted_chunks']}",
         f"errors      {report['errors']['count']}"
         + (f" {report['errors']['codes']}" if report["errors"]["codes"] else ""),
+        _cost_line(report.get("llm_cost")),
         "",
         f"{'latency (ms)':<22}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'n':>9}",
     ]
@@ -194,6 +204,12 @@ def _resource_line(label: str, entry: dict) -> str:
         f"{label:<32}{cell(entry['cpu_percent']['mean'])}{cell(entry['cpu_percent']['max'])}"
         f"{cell(entry['rss_mb']['mean'])}{cell(entry['rss_mb']['max'])}"
     )
+
+
+def _cost_line(cost: dict | None) -> str:
+    if cost is None:
+        return "cost        - (the server exports no npc_llm_cost_total: setting llm_prices)"
+    return f"cost        {cost['total']:.6f} for the run, {cost['per_npc_hour']:.6f} per NPC-hour (setting llm_prices)"
 
 
 def plot(report: dict, path: str) -> None:

@@ -23,6 +23,7 @@ import contextlib
 import email.utils
 import math
 import random
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import httpx2
 import openai
 from loguru import logger
 
+from core.metrics import endpoint_label
 from providers.slots import Busy, Slots
 from providers.sse import DONE, Delta, MalformedChunk, ProviderError, SSEDecoder, excerpt, parse_chunk
 
@@ -91,11 +93,26 @@ class LLMError(Exception):
         return type(self), (self.code, self.message, self.retryable, self.retry_after_s)
 
 
+@dataclass(frozen=True, slots=True)
+class RequestEnded:
+    """How one ``stream()`` call ended, for the metrics (actors/metrics.py): one report per call."""
+
+    endpoint: str  # the base URL without credentials, query or fragment (core.metrics.endpoint_label)
+    model: str
+    outcome: str  # "ok", "cancelled" (the caller stopped it), or the LLMError code
+    queue_wait_s: float | None  # waiting for a request slot (max_concurrent); None: never got one
+    first_token_s: float | None  # from the first request sent to the first content token, retries included
+    retries: int
+    usage: dict[str, Any] | None
+
+
 class ChatStreamer:
     """One OpenAI-compatible client per worker process, streaming many turns concurrently."""
 
-    def __init__(self, settings: LLMSettings) -> None:
+    def __init__(self, settings: LLMSettings, on_request_end: Callable[[RequestEnded], None] | None = None) -> None:
         self._settings = settings
+        self._on_request_end = on_request_end
+        self._endpoint = endpoint_label(settings.base_url)
         self._client = openai.AsyncOpenAI(
             base_url=settings.base_url,
             api_key=settings.api_key or "not-needed",
@@ -149,6 +166,7 @@ class ChatStreamer:
         deadlines = _Deadlines(settings)
         delay = 0.0
         yielded = complete = False
+        attempt, usage = 0, None
         try:
             for attempt in range(retries + 1):
                 try:
@@ -171,6 +189,7 @@ class ChatStreamer:
                         final = reply.final()
                         complete = True
                         if final is not None:
+                            usage = final.usage
                             deadlines.suspend()
                             yield final
                             deadlines.resume()
@@ -206,6 +225,18 @@ class ChatStreamer:
                 )
         finally:
             deadlines.close()
+            if self._on_request_end is not None:
+                self._on_request_end(
+                    RequestEnded(
+                        self._endpoint,
+                        settings.model,
+                        "ok" if complete else _outcome(sys.exc_info()[1]),
+                        deadlines.queue_wait_s,
+                        deadlines.first_token_s,
+                        attempt,
+                        usage,
+                    )
+                )
 
     @contextlib.asynccontextmanager
     async def _post(self, request: dict[str, Any]) -> AsyncIterator[httpx2.Response]:
@@ -263,6 +294,15 @@ class ChatStreamer:
     def _log_malformed(self, payload: bytes, first: bool) -> None:
         level = "WARNING" if first else "DEBUG"
         self._log.log(level, "Skipping malformed stream chunk", payload=self._scrub(excerpt(payload)))
+
+
+def _outcome(exc: BaseException | None) -> str:
+    """What a ``stream()`` call that did not complete ended with (the exception leaving it)."""
+    if isinstance(exc, LLMError):
+        return exc.code
+    if exc is None or isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return "cancelled"
+    return "llm_error"
 
 
 def _disconnected(exc: BaseException) -> bool:
@@ -350,7 +390,10 @@ class _Deadlines:
         self._task: asyncio.Task = task
         self._baseline_cancels = self._task.cancelling()
         self._settings = settings
-        self._turn_deadline = self._loop.time() + settings.turn_timeout_s
+        self._called = self._loop.time()
+        self._sent: float | None = None  # the first request, once a slot was free
+        self._first_content: float | None = None
+        self._turn_deadline = self._called + settings.turn_timeout_s
         self._first_token_deadline = math.inf
         self._last_progress = math.inf  # no stall clock before the first body byte
         self._suspended = False
@@ -368,7 +411,9 @@ class _Deadlines:
     @contextlib.asynccontextmanager
     async def request(self) -> AsyncIterator[None]:
         """One HTTP request: the first-token clock runs, the stall clock from the first byte."""
-        self._first_token_deadline = self._loop.time() + self._settings.first_token_timeout_s
+        now = self._loop.time()
+        self._sent = self._sent or now
+        self._first_token_deadline = now + self._settings.first_token_timeout_s
         self._tighten()
         try:
             yield
@@ -383,6 +428,16 @@ class _Deadlines:
 
     def got_content(self) -> None:
         self._first_token_deadline = math.inf
+        if self._first_content is None:
+            self._first_content = self._loop.time()
+
+    @property
+    def queue_wait_s(self) -> float | None:
+        return None if self._sent is None else self._sent - self._called
+
+    @property
+    def first_token_s(self) -> float | None:
+        return None if self._sent is None or self._first_content is None else self._first_content - self._sent
 
     def suspend(self) -> None:
         self._suspended = True

@@ -8,7 +8,9 @@ the stop: a leftover process fails the test run.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from tests.netns import NetworkHost
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_API_KEY = "sk-test-SECRET-do-not-log-4242"
+TOKEN = "tok-fresh-" + secrets.token_hex(8)  # every ``fresh`` server has one: /healthz shows pids with it
 
 # Property tests judge what the code does, not how fast a shared 2-core machine runs it: no deadline.
 settings.register_profile("project", deadline=None)
@@ -162,6 +165,32 @@ async def godot(server, llm) -> GodotPeer:
     peer = await GodotPeer.connect(server.url)
     yield peer
     await peer.close()
+
+
+@pytest.fixture
+async def fresh(tmp_path, llm):
+    """Start servers on demand (``await fresh(**env)``, each with ``TOKEN``) and connect Godot peers
+    to them (``await fresh.connect(server)``); all are stopped afterwards."""
+    started: list[ServerProcess] = []
+    peers: list[GodotPeer] = []
+
+    async def start(**env) -> ServerProcess:
+        server = await asyncio.to_thread(ServerProcess, tmp_path, llm.url, **{"GAME_AGENT_TOKEN": TOKEN, **env})
+        started.append(server)
+        return server
+
+    async def connect(server: ServerProcess, query: str = "") -> GodotPeer:
+        peer = await GodotPeer.connect(server.url, server.query(query))
+        peers.append(peer)
+        return peer
+
+    start.connect = connect
+    await llm.reset()
+    yield start
+    for peer in peers:
+        await peer.close()
+    for server in started:
+        server.stop(check=server.process.proc.poll() is None)
 
 
 @pytest.fixture(scope="module")

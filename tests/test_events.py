@@ -1,5 +1,6 @@
 """End to end through the real stack: run.py, a Godot peer on /ws, spectators and players on
-/events, and the scripted LLM over HTTP. Each test uses its own session (one feed each)."""
+/events, and the scripted LLM over HTTP. Each test uses its own session (one feed each), and runs
+under both placements (NPCs pooled, or each in a worker process of its own)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 
 import pytest
 
+from config.settings import PLACEMENTS
 from tests.conftest import ServerProcess
 from tests.godot_peer import END_TYPES, GodotPeer, JsonPeer, played_tags
 from tests.raw_ws import RawWebSocket
@@ -23,12 +25,14 @@ GUARD = {
 REPLY = '<thought>A stranger.</thought><say>Halt! State your business &amp; name.</say><action name="raise_spear"/>'
 
 
-@pytest.fixture(scope="module")
-def server(llm, tmp_path_factory) -> ServerProcess:
-    """The server of this module: a short takeover timeout, a small buffer for slow spectators."""
+@pytest.fixture(scope="module", params=PLACEMENTS)
+def server(request, llm, tmp_path_factory) -> ServerProcess:
+    """The server of this module, once per placement: a short takeover timeout, a small buffer for
+    slow spectators."""
     proc = ServerProcess(
         tmp_path_factory.mktemp("server"),
         llm.url,
+        GAME_AGENT_PLACEMENT=request.param,
         GAME_AGENT_EVENTS_TAKEOVER_TIMEOUT_S=str(TAKEOVER_TIMEOUT_S),
         GAME_AGENT_EVENTS_REPLAY="60",
         GAME_AGENT_EVENTS_CLIENT_BUFFER="50",

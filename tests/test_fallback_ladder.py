@@ -13,10 +13,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from core.metrics import endpoint_label
 from tests.conftest import TEST_API_KEY, ScriptedLLM, ServerProcess
 from tests.godot_peer import GodotPeer, played_tags
+from tests.test_metrics import value
 from tests.test_provider_faults import wait_until
 from tests.test_turns import check_turn_order
 
@@ -116,6 +119,14 @@ async def test_a_failing_and_a_stalling_endpoint_step_down_to_the_good_one(tmp_p
             assert frames[-1]["fallback"] == {"why": "breaker_open", "rung": 2, "answered_by": "good-model"}
             assert requests_of(await ready["bad"].requests(), "Ladra") == MAX_RETRIES + 1  # skipped
             assert requests_of(await ready["stall"].requests(), "Ladra") == MAX_RETRIES + 1
+            # /metrics counts each rung's requests under its own endpoint and model.
+            async with aiohttp.ClientSession() as http, http.get(proc.url + "/metrics") as response:
+                text = await response.text()
+            requests = "npc_llm_requests_total"
+            assert value(text, requests, endpoint=endpoint_label(ready["bad"].url + "/v1"), outcome="ok") == 0
+            assert value(text, requests, endpoint=endpoint_label(ready["bad"].url + "/v1")) == 1
+            assert value(text, requests, endpoint=endpoint_label(ready["stall"].url + "/v1"), model="stall-model") == 1
+            assert value(text, requests, endpoint=endpoint_label(ready["good"].url + "/v1"), outcome="ok") == 2
         finally:
             await godot.close()
 

@@ -19,6 +19,7 @@ import pytest
 from core.spec import parse_spec
 from loadtest import specs
 from loadtest.metrics import AgentOrder, Problems, StampedText, interrupt_close_ms, percentiles, summary
+from loadtest.report import llm_cost
 
 ROOT = Path(__file__).resolve().parent.parent
 STAMP = 1_700_000_000_000_000  # µs
@@ -246,6 +247,10 @@ def test_a_short_real_run_reports_everything(tmp_path):
             "30",
             "--llm-ttft",
             "0.1",
+            "--price-prompt",
+            "2",
+            "--price-completion",
+            "8",
             "--report",
             str(report_path),
             "--plot",
@@ -274,6 +279,9 @@ def test_a_short_real_run_reports_everything(tmp_path):
     assert len(report["generator"]["processes"]) == 2 and report["timeline"]
     [node] = report["nodes"]  # one node, which carried the frames
     assert node["workers"] == 1 and node["frames_per_s"] > 0
+    cost = report["llm_cost"]  # the server's npc_llm_cost_total, at the prices given
+    assert cost["total"] > 0 and 0 < cost["per_npc_hour"] <= cost["total"] * 3600 / (6 * 3)
+    assert "per NPC-hour" in run.stdout
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     started = [proc["pid"] for group in ("server", "llm", "generator") for proc in report[group]["processes"]]
     assert report["leftover_processes"] == [] and not [pid for pid in started if alive(pid)]
@@ -285,3 +293,9 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_cost_per_npc_hour():
+    assert llm_cost(1.0, 3.0, npcs=10, seconds=360) == {"total": 2.0, "per_npc_hour": 2.0}
+    assert llm_cost(None, 0.5, npcs=1, seconds=3600) == {"total": 0.5, "per_npc_hour": 0.5}
+    assert llm_cost(None, None, npcs=1, seconds=1) is None  # the server exports no cost

@@ -206,3 +206,32 @@ async def test_a_killed_node_is_detected_and_its_npcs_recover(cluster, llm):
     said = await spread_npcs(godot, llm, 3)
     seconds, _ = await lose_node_mid_turn(leader, godot, llm, said, node.kill, ("error",))
     print(f"node killed: its turns ended within {seconds:.2f} s")
+
+
+async def test_with_dedicated_placement_every_npc_s_worker_runs_on_the_leader(tmp_path, llm):
+    """Placement "dedicated" creates each NPC's worker on the leader's node: a joining node hosts none."""
+    leader = await asyncio.to_thread(
+        ServerProcess,
+        tmp_path,
+        llm.url,
+        GAME_AGENT_NODE_NAME="leader",
+        GAME_AGENT_NODE_CHECK_S=CHECK_S,
+        GAME_AGENT_TOKEN=TOKEN,
+        GAME_AGENT_PLACEMENT="dedicated",
+    )
+    node = WorkerNode(tmp_path, leader, "node-b", workers=2)
+    godot = await GodotPeer.connect(leader.url, leader.query())
+    try:
+        deadline = time.monotonic() + 30
+        while "node node-b joined, but placement is dedicated" not in leader.server_log():
+            assert time.monotonic() < deadline, "the leader never heard of node-b"
+            await asyncio.sleep(0.1)
+        await llm.reset()
+        await spread_npcs(godot, llm, 3)
+        state = await health(leader)
+        assert state["nodes"] == [{"name": "leader", "workers": 3, "agents": 3, "frames": state["nodes"][0]["frames"]}]
+    finally:
+        await godot.close()
+        left = node.stop()
+        leader.stop()
+        assert not left, f"node processes left behind: {left}\n{tail(node.process.log)}"

@@ -15,7 +15,7 @@ import httpx2
 import pytest
 from loguru import logger
 
-from providers.client import ChatStreamer, LLMError, LLMSettings, _retry_after_s
+from providers.client import ChatStreamer, LLMError, LLMSettings, RequestEnded, _retry_after_s
 from providers.scripted import VARIANTS, ScriptedLLM, make_app
 from providers.sse import Delta
 
@@ -381,3 +381,27 @@ async def test_the_key_never_shows(llm, streamer, logs):
     assert logs  # the retry of the 500 was logged
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.code, copy.message, copy.retryable) == (error.code, error.message, error.retryable)
+
+
+async def test_each_stream_reports_how_it_ended(llm, base_url):
+    """The metrics' hook: one RequestEnded per stream() call (the endpoint label's scrubbing is in
+    tests/test_metrics_core.py)."""
+    ended: list[RequestEnded] = []
+    settings = LLMSettings(base_url=base_url, api_key=KEY, model="m", retry_base_s=0.01, retry_max_s=0.05)
+    async with ChatStreamer(settings, ended.append) as chat:
+        llm.script({"status": 503}, {"content": TEXT})
+        assert text_of(await collect(chat)) == TEXT
+        llm.script({"status": 400})
+        with pytest.raises(LLMError):
+            await collect(chat)
+        llm.script({"content": TEXT, "chunk_delay_s": 0.05})
+        stream = chat.stream(USER)
+        await anext(stream)
+        await stream.aclose()  # the turn was interrupted
+    ok, refused, cut = ended
+    assert {r.endpoint for r in ended} == {base_url} and {r.model for r in ended} == {"m"}
+    assert ok.outcome == "ok" and ok.retries == 1 and ok.usage is not None and ok.usage["completion_tokens"] > 0
+    assert ok.first_token_s is not None and ok.first_token_s > 0 and ok.queue_wait_s is not None
+    assert refused.outcome == "llm_http_400" and refused.retries == 0
+    assert refused.usage is None and refused.first_token_s is None
+    assert cut.outcome == "cancelled" and cut.first_token_s is not None and cut.usage is None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import secrets
 import signal
 import subprocess
 import time
@@ -21,15 +20,12 @@ import orjson
 import psutil
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import TOKEN, ServerProcess
 from tests.godot_peer import END_TYPES, GodotPeer
 from tests.test_turns import check_turn_order, user_text
 
 pytestmark = pytest.mark.timeout(120)
 SLOW = {"content": "<say>" + " ".join(f"word{n}" for n in range(200)) + "</say>", "tokens_per_s": 20}
-
-
-TOKEN = "tok-recovery-" + secrets.token_hex(8)  # every server here has one: /healthz shows pids with it
 
 
 async def health(server: ServerProcess) -> dict:
@@ -55,29 +51,31 @@ async def prompt_of_next_turn(godot: GodotPeer, llm, agent_id: str) -> str:
     return user_text(requests[-1])
 
 
-@pytest.fixture
-async def fresh(tmp_path, llm):
-    """Start servers on demand (``await fresh(...)``); all are stopped afterwards."""
-    started: list[ServerProcess] = []
-    peers: list[GodotPeer] = []
+async def victim_and_bystander_streaming(godot: GodotPeer, llm) -> tuple[int, str]:
+    """Agents ``victim`` and ``bystander`` both mid-tag in a long turn; returns the index of the
+    first frame since, and the victim's turn id."""
+    await llm.script({**SLOW, "match": "keep talking"}, {**SLOW, "match": "go on"})
+    start = len(godot.frames)
+    await godot.interact("victim", "keep talking")
+    await godot.interact("bystander", "go on")
+    for agent_id in ("victim", "bystander"):
+        await godot.wait_type("agent_tag_chunk", 10, start, agent_id=agent_id)
+    victim_turn = next(
+        f["turn_id"] for f in godot.frames[start:] if f["type"] == "agent_turn_started" and f["agent_id"] == "victim"
+    )
+    return start, victim_turn
 
-    async def start(**env) -> ServerProcess:
-        server = await asyncio.to_thread(ServerProcess, tmp_path, llm.url, **{"GAME_AGENT_TOKEN": TOKEN, **env})
-        started.append(server)
-        return server
 
-    async def connect(server: ServerProcess, query: str = "") -> GodotPeer:
-        peer = await GodotPeer.connect(server.url, server.query(query))
-        peers.append(peer)
-        return peer
-
-    start.connect = connect
-    await llm.reset()
-    yield start
-    for peer in peers:
-        await peer.close()
-    for server in started:
-        server.stop(check=server.process.proc.poll() is None)
+async def victim_lost(godot: GodotPeer, start: int, turn_id: str) -> list[dict]:
+    """Wait for the victim's ``turn_id`` to end as a lost worker's turn does (and no other turn
+    since ``start``); return its frames."""
+    finished = await godot.wait_type("agent_turn_finished", 10, start, turn_id=turn_id)
+    assert finished["reason"] == "error"
+    frames = godot.turn_frames(turn_id)
+    check_turn_order(frames)  # the open tag was closed before the end
+    lost = [f for f in godot.frames[start:] if f["type"] == "error" and f["code"] == "worker_lost"]
+    assert [f["ref"] for f in lost] == [{"agent_id": "victim", "turn_id": turn_id}]  # the bystander's goes on
+    return frames
 
 
 async def test_a_killed_worker_is_replaced_and_only_its_agents_notice(fresh, llm):
@@ -89,24 +87,10 @@ async def test_a_killed_worker_is_replaced_and_only_its_agents_notice(fresh, llm
     assert before["worker_agents"] == [1, 0] and len(before["worker_pids"]) == 2
 
     # Both agents stream; the victim's worker is killed mid-tag.
-    await llm.script({**SLOW, "match": "keep talking"}, {**SLOW, "match": "go on"})
-    start = len(godot.frames)
-    await godot.interact("victim", "keep talking")
-    await godot.interact("bystander", "go on")
-    for agent_id in ("victim", "bystander"):
-        await godot.wait_type("agent_tag_chunk", 10, start, agent_id=agent_id)
-    victim_turn = next(
-        f["turn_id"] for f in godot.frames[start:] if f["type"] == "agent_turn_started" and f["agent_id"] == "victim"
-    )
+    start, victim_turn = await victim_and_bystander_streaming(godot, llm)
     killed_at = time.monotonic()
     os.kill(before["worker_pids"][0], signal.SIGKILL)
-
-    finished = await godot.wait_type("agent_turn_finished", 10, start, turn_id=victim_turn)
-    assert finished["reason"] == "error"
-    frames = godot.turn_frames(victim_turn)
-    check_turn_order(frames)  # the open tag was closed before the end
-    lost = [f for f in godot.frames[start:] if f["type"] == "error" and f["code"] == "worker_lost"]
-    assert [f["ref"] for f in lost] == [{"agent_id": "victim", "turn_id": victim_turn}]
+    frames = await victim_lost(godot, start, victim_turn)
     while (replaced := await health(server))["worker_pids"][0] == before["worker_pids"][0]:
         assert time.monotonic() - killed_at < 10, "the worker was not replaced within 10 s"
         await asyncio.sleep(0.05)

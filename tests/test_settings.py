@@ -111,6 +111,17 @@ def test_the_event_loop_is_one_of_two():
         load_settings(env={"GAME_AGENT_EVENT_LOOP": "trio"})
 
 
+def test_placement_is_pooled_or_dedicated_and_sizes_the_workers():
+    with pytest.raises(SettingsError, match="placement"):
+        load_settings(env={"GAME_AGENT_PLACEMENT": "scattered"})
+    with pytest.raises(SettingsError, match="max_dedicated_workers"):
+        load_settings(env={}, overrides={"max_dedicated_workers": 0})
+    pooled = load_settings(env={}, overrides={"workers": 3})
+    assert (pooled.dedicated, pooled.pooled_workers, pooled.worker_processes) == (False, 3, 3)
+    dedicated = load_settings(env={"GAME_AGENT_PLACEMENT": "dedicated", "GAME_AGENT_MAX_DEDICATED_WORKERS": "5"})
+    assert (dedicated.dedicated, dedicated.pooled_workers, dedicated.worker_processes) == (True, 0, 5)
+
+
 @pytest.mark.parametrize("kind, module", [("uvloop", "uvloop"), ("asyncio", "asyncio")])
 def test_the_actors_loop_is_the_one_configured(kind, module):
     """The gateway's and workers' loops come from ``event_loop`` (uvloop is installed with the server)."""

@@ -1,5 +1,6 @@
-"""End to end through the real stack: run.py (actor system, gateway, 2 workers), a WebSocket
-Godot peer, and the scripted LLM over HTTP. Each test uses its own agent ids."""
+"""End to end through the real stack: run.py (actor system, gateway, workers), a WebSocket Godot
+peer, and the scripted LLM over HTTP. Each test uses its own agent ids, and runs under both
+placements: NPCs pooled on 2 workers, and each NPC in a dedicated worker process of its own."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 import aiohttp
 import pytest
 
+from config.settings import PLACEMENTS
 from tests.conftest import TEST_API_KEY, ServerProcess
 from tests.godot_peer import END_TYPES, GodotPeer, played_tags
 
@@ -27,6 +29,18 @@ TAGS = [
     {"tag": "say", "attrs": {}, "text": "Halt! State your business & name."},
     {"tag": "action", "attrs": {"name": "raise_spear"}, "text": ""},
 ]
+
+
+@pytest.fixture(scope="module", params=PLACEMENTS)
+def server(request, llm, tmp_path_factory) -> ServerProcess:
+    """The module's server, once per placement (``GAME_AGENT_PLACEMENT``)."""
+    proc = ServerProcess(tmp_path_factory.mktemp("server"), llm.url, GAME_AGENT_PLACEMENT=request.param)
+    yield proc
+    proc.stop()
+
+
+def dedicated(server: ServerProcess) -> bool:
+    return server.env["GAME_AGENT_PLACEMENT"] == "dedicated"
 
 
 def check_turn_order(frames: list[dict]) -> None:
@@ -148,6 +162,12 @@ async def test_agents_stream_at_once_on_several_workers(server: ServerProcess, g
                 "chunk_delay_s": 0.03,
             }
         )
+    # The agents exist first (with placement "dedicated", their processes start: timed apart, below).
+    await godot.send({"type": "notification_event", "agent_ids": agents, "event": {"text": "A crowd gathers."}})
+    deadline = time.monotonic() + 30
+    while len(created := crowd_hosts(server)) < len(agents):
+        assert time.monotonic() < deadline, f"only {created} of the crowd were created"
+        await asyncio.sleep(0.05)
     began = time.monotonic()
     turns = await asyncio.gather(*(godot.turn(agent, "Everyone, speak!") for agent in agents))
     elapsed = time.monotonic() - began
@@ -156,12 +176,21 @@ async def test_agents_stream_at_once_on_several_workers(server: ServerProcess, g
         assert played_tags(frames) == [{"tag": "say", "attrs": {}, "text": f"I am {agent}, talking slowly."}]
     one_turn = len("<say>I am crowd0, talking slowly.</say>") / 2 * 0.03
     assert elapsed < one_turn * 3, f"6 turns of {one_turn:.2f} s each took {elapsed:.2f} s: not concurrent"
-    log = server.server_log()
-    hosts = {line.split()[2] for line in log.splitlines() if "agent crowd" in line and "created" in line}
-    assert hosts == {"worker-0", "worker-1"}
+    hosts = crowd_hosts(server)
     async with aiohttp.ClientSession() as http, http.get(server.url + "/healthz") as response:
         health = await response.json()
-    assert health["status"] == "ok" and health["workers"] == 2 and health["agents"] >= 6
+    assert health["status"] == "ok" and health["agents"] >= 6
+    if dedicated(server):  # a process each
+        assert len(hosts) == len(set(hosts)) == 6 and health["workers"] >= 6
+        assert health["worker_agents"] == [1] * health["workers"]
+    else:
+        assert set(hosts) == {"worker-0", "worker-1"} and health["workers"] == 2
+
+
+def crowd_hosts(server: ServerProcess) -> list[str]:
+    """The worker (its log name) of each crowd agent created so far."""
+    log = server.server_log()
+    return [line.split()[2] for line in log.splitlines() if "agent crowd" in line and "created" in line]
 
 
 async def test_tool_call_results_and_continuation(godot: GodotPeer, llm):
@@ -352,14 +381,17 @@ async def test_logs_are_written_on_disconnect(server: ServerProcess, llm):
     assert llm_input["turns"][0]["messages"][-1]["content"].endswith("Write this down")
 
 
-async def test_clean_shutdown_leaves_no_process(tmp_path, llm):
-    server = ServerProcess(tmp_path, llm.url, workers=2)
+@pytest.mark.parametrize("placement", PLACEMENTS)
+async def test_clean_shutdown_leaves_no_process(tmp_path, llm, placement):
+    server = ServerProcess(tmp_path, llm.url, workers=2, GAME_AGENT_PLACEMENT=placement)
     try:
-        assert len(server.processes()) >= 5  # run.py, admin, gateway, pool, 2 workers
+        # run.py, admin, logger, gateway, pool, and 2 workers (pooled) or none until an NPC speaks
+        assert len(server.processes()) == (7 if placement == "pooled" else 5)
         peer = await GodotPeer.connect(server.url)
         peer.specs["last"] = {"name": "Last"}
         await llm.script({"content": "<say>Goodbye.</say>"})
         await peer.turn("last")
+        assert len(server.processes()) == (7 if placement == "pooled" else 6)
         await peer.close()
     finally:
         server.stop()  # asserts: exit code 0, no process left
