@@ -11,6 +11,10 @@ python run.py llm-server [--port P] ...
     run the scripted OpenAI-compatible LLM server (tests, demos, load tests)
 python run.py loadtest [--npcs N] [--workers W] [--duration S] ... [--report F] [--plot F]
     drive many simulated NPCs over real WebSockets and report latency and throughput
+python run.py journal [--config FILE] [--data-dir D] inspect | export | delete | compact ...
+    look into the journal (sessions, NPCs, facts, sizes), export a session or an NPC as JSON lines,
+    delete one (journal and logs, overwritten), or apply retention and compaction now; also while
+    the server runs (gateway/journal_cli.py says what that means for a deletion)
 """
 
 from __future__ import annotations
@@ -169,7 +173,13 @@ def loadtest(argv: list[str]) -> int:
     return main(argv)
 
 
-COMMANDS = {"worker": worker, "llm-server": llm_server, "loadtest": loadtest}
+def journal(argv: list[str]) -> int:
+    from gateway.journal_cli import main
+
+    return main(argv)
+
+
+COMMANDS = {"worker": worker, "llm-server": llm_server, "loadtest": loadtest, "journal": journal}
 
 
 def main(argv: list[str]) -> int:

@@ -31,9 +31,10 @@ from core.budget import tokens_of
 from core.history import History
 from core.ladder import EMBEDDED, LINES, Climb
 from core.playerinput import actions_of
-from core.prompt import build_messages
+from core.prompt import build_messages, window_start
 from core.recall import NOTHING_RECALLED, Recall
 from core.spec import AgentSpec, SpecError, parse_spec
+from core.summary import clip, covered_through, due, request_messages, summary_fact
 from core.takeover import PlayerInput, Takeover, TakeoverEnded, TurnPrompt
 from core.turn import Output, Prompt, RecordAnswer, RequestState, Stream, TurnEnded, TurnMachine, turn_of_request
 from providers.client import LLMError
@@ -74,6 +75,7 @@ class Agent:
         self.turn: Turn | None = None
         self.last_request_id: str | None = None
         self.takeover: Takeover | None = None  # the person playing this NPC, if any
+        self.summarising: asyncio.Task | None = None  # the summary request in flight, if any
         self.recall = NOTHING_RECALLED  # the latest turn's: its pinned memories serve a turn without a spec
         self.fallbacks_spoken = 0  # which of the spec's fallback_lines comes next
         self.changed_at: int | None = None  # the host's change count at the history's first change since its last log
@@ -184,6 +186,8 @@ class Agent:
 
     def close(self) -> None:
         self._interrupt("shutdown", None)
+        if self.summarising is not None:
+            self.summarising.cancel()
         if self.llm_log is not None:
             self.host.logs.submit(self.llm_log.close)  # after the logs that still read its spool
 
@@ -246,6 +250,9 @@ class Agent:
         settings = self.host.settings
         json_answer = settings.llm_structured == "json_schema"
         turn.messages = self._messages(turn, step.spec, settings.history_budget_chars, json_answer)
+        if settings.summaries and self.summarising is None:
+            entries = list(self.history.entries)
+            self._summarise(step.spec, entries, window_start(entries, settings.history_budget_chars))
         markup = await self._ask_player(turn, step.spec, turn.messages[-1]["content"])
         return turn.machine.person_answered(markup)
 
@@ -337,14 +344,52 @@ class Agent:
     def _messages(self, turn: Turn, spec: AgentSpec, budget: int, json_answer: bool) -> list[dict]:
         """The turn's prompt: history in ``budget``, and what the NPC remembers (the turn's recall,
         or the pinned memories of its previous turn when no spec came with one)."""
+        summary = self.history.summary
         return build_messages(
             spec,
             self.history.entries,
             budget_chars=budget,
             json_answer=json_answer,
+            summary=summary["text"] if summary else None,
             recall=turn.recall or Recall(self.recall.pinned, ()),
             recall_budget_chars=self.host.settings.recall_budget_chars,
         )
+
+    # --- the summary ------------------------------------------------------------------------
+
+    def _summarise(self, spec: AgentSpec, entries: list[dict], start: int) -> None:
+        """Fold what left the prompt (``entries[:start]``) into the summary, when enough did:
+        a background LLM request (turns first: providers/slots.py), as a task of its own."""
+        settings = self.host.settings
+        summary = self.history.summary
+        fallen = due(entries, start, summary["through_seq"] if summary else None, settings.summary_min_chars)
+        if not fallen:
+            return
+        previous = summary["text"] if summary else None
+        messages = request_messages(spec.name, previous, fallen, settings.summary_max_chars)
+        task = asyncio.get_running_loop().create_task(self._summary(messages, covered_through(fallen)))
+        self.summarising = task
+
+    async def _summary(self, messages: list[dict], through_seq: int) -> None:
+        settings = self.host.settings
+        answer: list[str] = []
+        try:
+            limit = {"max_tokens": max(16, settings.summary_max_chars // 3)}  # a token is ~4 characters
+            llm = self.host.llm(self.host.settings.primary)  # the primary endpoint, never a fallback's
+            async for delta in llm.stream(messages, extra_body=limit, background=True):
+                if delta.content:
+                    answer.append(delta.content)
+        except LLMError as exc:  # llm_busy (the LLM is taken by turns) or a failure: asked again later
+            self.log.debug("summary dropped: {} {}", exc.code, exc)
+            return
+        finally:
+            self.summarising = None
+        text = clip("".join(answer), settings.summary_max_chars)
+        if text:
+            fact = summary_fact(text, through_seq)
+            self.history.apply(fact)
+            self.host.summarised(self.session, self.agent_id, fact)
+            self.log.debug("summary of history through fact {}: {} characters", through_seq, len(text))
 
     async def _ask_player(self, turn: Turn, spec: AgentSpec, prompt: str) -> str | None:
         """Tell the gateway the turn needs an answer; when a person plays the NPC, wait for theirs.

@@ -33,6 +33,7 @@ from actors.messages import (
     Retire,
     Scrape,
     Scraped,
+    Summarised,
     ToAgent,
     ToFeed,
     ToGateway,
@@ -71,6 +72,7 @@ def llm_settings(settings: Settings, endpoint: Endpoint) -> LLMSettings:
         retry_base_s=settings.llm_retry_base_s,
         retry_max_s=settings.llm_retry_max_s,
         max_concurrent=per_worker,
+        max_background=settings.summaries_per_worker,
         include_usage=settings.llm_include_usage,
     )
 
@@ -141,6 +143,10 @@ class AgentHost:
     def report(self, session: str, report: FeedReport) -> None:
         """Tell the session's /events feed what only the agent knows (queued in order with frames)."""
         self._to_gateway(ToFeed(session, report))
+
+    def summarised(self, session: str, agent_id: str, fact: dict) -> None:
+        """Hand an agent's new summary to the gateway, to journal."""
+        self._to_gateway(Summarised(session, agent_id, fact))
 
     def deliver(self, items: list[ToWorker | Notice]) -> None:
         """Handle one batch from the gateway (or a pool's ``Notice``), item by item, in order."""

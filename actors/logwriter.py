@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from pathlib import Path
 import orjson
 from loguru import logger
 
-from actors.llm_input_log import SPOOL_DIR, LlmInputLog
+from actors.llm_input_log import SPOOL_DIR, LlmInputLog, _safe
 
 SWEEP_INTERVAL_S = 3600.0
 BUDGET_SLACK = 16  # a sweep after each log_max_bytes / 16 written: the logs stay within 1/16 over budget
@@ -163,3 +164,30 @@ def _write(folder: Path, stem: str, conversation: dict, llm_log: LlmInputLog | N
             break
     logger.error("cannot write logs {} to {}: {}", stem, folder, error)
     return 0
+
+
+def delete_logs(log_dir: str, session: str, agent_id: str | None = None) -> int:
+    """Delete the disconnect logs and LLM-input spools of ``session`` (or of one NPC of it) under
+    ``log_dir`` (``python run.py journal delete``: what a player asked to have deleted is in the
+    logs too). Returns the files deleted."""
+    folder = Path(log_dir) / _safe(session)
+    if agent_id is None:
+        paths = [path for path in folder.rglob("*") if path.is_file()] if folder.is_dir() else []
+    else:
+        stem = _safe(agent_id)
+        spool = re.compile(rf"{re.escape(stem)}\.w\d+\.\d+\.jsonl(\.part)?")  # spool_path's names
+        paths = [path for suffix in LOG_SUFFIXES for path in folder.glob(f"*/{stem}{suffix}")]
+        paths += [path for path in folder.glob(f"{SPOOL_DIR}/{stem}.w*") if spool.fullmatch(path.name)]
+    emptied: set[str] = set()
+    deleted = sum(_unlink(str(path), str(path.parent), emptied) for path in paths)
+    for path in sorted(emptied, key=len, reverse=True):
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+    if agent_id is None:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
+    return deleted

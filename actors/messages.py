@@ -21,6 +21,7 @@ worker -> gateway (``ToGateway``)
     ToFeed            a core.takeover TurnPrompt / TakeoverEnded for /events
     Flushed
     Scraped
+    Summarised        an agent's new summary of its older history (core.summary), for the journal
     WorkerGone        worker ``worker`` is gone for good (its node left); the pool has a surviving
                       worker pass this on
     NodeRefused       the pool refuses node ``node`` (it kept being lost), passed on the same way
@@ -133,6 +134,12 @@ class Scraped(NamedTuple):
     families: list[Family]  # actors.metrics.Metrics.snapshot: cumulative since the worker started
 
 
+class Summarised(NamedTuple):
+    session: str
+    agent_id: str
+    fact: dict[str, Any]  # core.summary.summary_fact
+
+
 class WorkerGone(NamedTuple):
     worker: int  # its index (not ``index``: a tuple's method)
 
@@ -143,7 +150,7 @@ class NodeRefused(NamedTuple):
 
 
 ToWorker: TypeAlias = Restore | ToAgent | Deactivate | Retire | ConnectionClosed | Flush | Scrape
-ToGateway: TypeAlias = Frame | ToFeed | Flushed | Scraped | WorkerGone | NodeRefused
+ToGateway: TypeAlias = Frame | ToFeed | Flushed | Scraped | Summarised | WorkerGone | NodeRefused
 
 
 @dataclass

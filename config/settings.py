@@ -68,12 +68,18 @@ class Settings:
     snapshot_timeout_s: float
     history_budget_chars: int
     history_max_entries: int
+    summaries: bool
+    summary_min_chars: int
+    summary_max_chars: int
+    summaries_per_worker: int
     recall_budget_chars: int
     recall_matches: int
     recall_hits_per_word: int
     untagged_text: str
     data_dir: str
     journal_fsync: bool
+    journal_retention_days: float
+    journal_compact_days: float
     agent_idle_s: float
     memory_max_text_chars: int
     memory_max_per_scope: int
@@ -319,6 +325,8 @@ MAY_BE_ZERO = (
     "events_replay",
     "agent_idle_s",
     "log_retention_days",
+    "journal_retention_days",
+    "journal_compact_days",
     "log_max_bytes",
     "recall_budget_chars",
     "llm_session_tokens_per_hour",

@@ -12,6 +12,10 @@ Entries stay plain JSON-ready dicts so they are logged and journaled as they are
   Godot's ``agent_turn_result``; a turn Godot never confirmed is not shown to the model.
 - ``{"kind": "tool_results", "turn_id": str, "results": [{"call_id"?, "tool", "ok"?, "output"}]}``
 
+Each entry also has the ``seq`` of the journal fact that made it, when the journal wrote one.
+Besides the entries, a ``History`` keeps the NPC's latest summary (a ``summary`` fact,
+``core.summary``) of what left the prompt.
+
 A turn becomes an assistant message written exactly as the model writes turns, so the model sees
 its past self in the format it must keep using; everything else is user-side.
 
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 from core import protocol as p
+from core.memory import SUMMARY  # the type of a summary fact (core.summary): the memory kind of its name
 from core.spec import as_text
 
 INTERRUPTED_NOTE = "[your previous turn was interrupted here]"
@@ -174,15 +179,21 @@ class History:
     def __init__(self, max_entries: int) -> None:
         self.entries: deque[dict] = deque(maxlen=max_entries)
         self.recent: OrderedDict[str, dict] = OrderedDict()  # turn_id -> its entry, newest last
+        self.summary: dict | None = None  # {"text", "through_seq"}: the latest (core.summary)
 
     def apply(self, fact: dict) -> Rejected | None:
-        """Apply one fact; a refused fact changes nothing."""
+        """Apply one fact; a refused fact changes nothing. A fact the journal wrote carries its
+        ``seq``, which the entries it makes keep (what a summary covers is named by it)."""
         kind = fact["type"]
+        seq = fact.get("seq")
         if kind == "interaction_event":
-            self.entries.append({"kind": "event", "event_id": fact["event_id"], "event": fact["event"]})
-            self._start(fact["turn_id"])
+            self._append({"kind": "event", "event_id": fact["event_id"], "event": fact["event"]}, seq)
+            self._start(fact["turn_id"], seq)
         elif kind == "notification_event":
-            self.entries.append({"kind": "notification", "event": fact["event"]})
+            self._append({"kind": "notification", "event": fact["event"]}, seq)
+        elif kind == SUMMARY:
+            if self.summary is None or fact["through_seq"] >= self.summary["through_seq"]:
+                self.summary = {"text": fact["text"], "through_seq": fact["through_seq"]}
         elif kind == "agent_turn_result":
             entry = self.recent.get(fact["turn_id"])
             if entry is None or entry["status"] != PENDING:
@@ -200,9 +211,9 @@ class History:
                     f"tool_results: turn {fact['turn_id']!r} is not a recent turn of this agent",
                     {"type": kind, "turn_id": fact["turn_id"]},
                 )
-            self.entries.append({"kind": "tool_results", "turn_id": fact["turn_id"], "results": fact["results"]})
+            self._append({"kind": "tool_results", "turn_id": fact["turn_id"], "results": fact["results"]}, seq)
             if fact["next_turn_id"] is not None:
-                self._start(fact["next_turn_id"])
+                self._start(fact["next_turn_id"], seq)
         else:
             raise ValueError(f"unknown history fact {kind!r}")
         return None
@@ -212,10 +223,15 @@ class History:
         for fact in facts:
             self.apply(fact)
 
-    def _start(self, turn_id: str) -> None:
+    def _append(self, entry: dict, seq: int | None) -> None:
+        if seq is not None:
+            entry["seq"] = seq
+        self.entries.append(entry)
+
+    def _start(self, turn_id: str, seq: int | None) -> None:
         """A turn takes its place in history when it starts, pending until Godot confirms it."""
         entry = {"kind": "turn", "turn_id": turn_id, "status": PENDING, "tags": []}
-        self.entries.append(entry)
+        self._append(entry, seq)
         self.recent[turn_id] = entry
         while len(self.recent) > p.RECENT_TURNS:
             self.recent.popitem(last=False)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from core.history import entry_size, to_messages
 from core.recall import Recall, remembered
 from core.spec import AgentSpec, TagSpec, ToolSpec, build_dossier, compact_json
+from core.summary import shown
 
 DEFAULT_INSTRUCTIONS = (
     "You are the character described below, in a video game. Stay in character: speak and act only as "
@@ -76,29 +77,38 @@ def build_messages(
     *,
     budget_chars: int,
     json_answer: bool = False,
+    start: int | None = None,
+    summary: str | None = None,
     recall: Recall | None = None,
     recall_budget_chars: int = 0,
 ) -> list[dict]:
-    """The chat messages of the agent's next turn, history trimmed to ``budget_chars``; what
-    ``recall`` found and the window does not show, in ``recall_budget_chars``."""
-    entries, omitted = _trim(list(history), budget_chars)
+    """The chat messages of the agent's next turn, history trimmed to ``budget_chars`` (or from
+    ``start``, as ``window_start`` gave it); the NPC's ``summary`` of older history after the
+    dossier; what ``recall`` found and the window does not show, in ``recall_budget_chars``."""
+    entries = list(history)
+    start = window_start(entries, budget_chars) if start is None else start
+    entries = entries[start:]
     memory = remembered(recall, entries, recall_budget_chars) if recall is not None else ""
     messages = to_messages(entries)
     if not messages or messages[-1]["role"] == "assistant":
         messages.append({"role": "user", "content": CONTINUE_NOTE})
-    if omitted:
+    if start:
         messages[0] = {"role": "user", "content": f"{OMITTED_NOTE}\n{messages[0]['content']}"}
     parts = [
         spec.system_prompt or DEFAULT_INSTRUCTIONS,
         output_format(spec, json_answer=json_answer),
         build_dossier(spec),
     ]
-    system = "\n\n".join([*parts, memory] if memory else parts)
-    return [{"role": "system", "content": system}, *messages]
+    if summary:
+        parts.append(shown(summary))
+    if memory:
+        parts.append(memory)
+    return [{"role": "system", "content": "\n\n".join(parts)}, *messages]
 
 
-def _trim(entries: list[dict], budget: int) -> tuple[list[dict], bool]:
-    """The newest entries that fit ``budget``, starting with a user-side one; and whether any were left out.
+def window_start(entries: Sequence[dict], budget: int) -> int:
+    """Where the prompt's history starts: the newest entries that fit ``budget``, starting with a
+    user-side one; everything before it is left out (and may be summarised: core.summary).
 
     The last user-side entry (what the agent reacts to) and everything after it are kept whatever
     their size. Entry sizes are upper bounds (``entry_size``), and room is kept for the notes added
@@ -110,7 +120,7 @@ def _trim(entries: list[dict], budget: int) -> tuple[list[dict], bool]:
     if not entries or entries[-1]["kind"] == "turn":
         budget -= len(CONTINUE_NOTE)
     if first_user == 0 and sum(sizes) <= budget:
-        return entries, False
+        return 0
     budget -= len(OMITTED_NOTE) + 1
     start = len(entries)
     while start > first_user and sizes[start - 1] <= budget:
@@ -119,4 +129,4 @@ def _trim(entries: list[dict], budget: int) -> tuple[list[dict], bool]:
     start = min(start, last_user)
     while start < last_user and entries[start]["kind"] == "turn":
         start += 1
-    return entries[start:], start > 0
+    return start

@@ -21,6 +21,7 @@ from gateway.auth import auth_middleware, has_token
 from gateway.events import WEB_DIR, EventsEndpoint, index
 from gateway.godot import GodotEndpoint
 from gateway.journal import Journal
+from gateway.journal_upkeep import Upkeep
 from gateway.memories import MemoryStore
 from gateway.metrics import MetricsEndpoint
 from gateway.router import Router
@@ -45,6 +46,7 @@ class GatewayServer:
             2 * settings.history_max_entries,
             release,
             self._not_saved,
+            Upkeep(settings.journal_retention_days, settings.journal_compact_days),
             memories=MemoryStore.of(settings),
         )
         self.router = Router(settings, self.journal, start_worker=self._start_worker)

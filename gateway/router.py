@@ -37,6 +37,7 @@ from actors.messages import (
     Scrape,
     Scraped,
     SnapshotRecall,
+    Summarised,
     ToAgent,
     ToFeed,
     ToGateway,
@@ -325,6 +326,8 @@ class Router:
                 if type(item.report) is TakeoverEnded:
                     self.pinned.discard((item.session, item.report.agent_id))
                 observed.append(item)
+            elif isinstance(item, Summarised):
+                self.journal.keep_summary(item.session, item.agent_id, item.fact)
             elif isinstance(item, WorkerGone):
                 self.worker_gone(item.worker)
             elif isinstance(item, NodeRefused):

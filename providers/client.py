@@ -35,6 +35,7 @@ import openai
 from loguru import logger
 
 from core.metrics import endpoint_label
+from providers.slots import Busy, Slots
 from providers.sse import DONE, Delta, MalformedChunk, ProviderError, SSEDecoder, excerpt, parse_chunk
 
 _MESSAGE_LIMIT: Final = 300
@@ -62,6 +63,7 @@ class LLMSettings:
     retry_base_s: float = 0.5
     retry_max_s: float = 20
     max_concurrent: int = 0  # requests in flight per ChatStreamer; 0 = unlimited
+    max_background: int = 1  # background requests (summaries) in flight, within max_concurrent
     include_usage: bool = True
 
     def __post_init__(self) -> None:
@@ -124,10 +126,7 @@ class ChatStreamer:
                 limits=httpx2.Limits(max_connections=0, max_keepalive_connections=None)
             ),
         )
-        # asyncio.Semaphore is FIFO since 3.11.1: a newcomer cannot overtake a waiter.
-        self._slots: contextlib.AbstractAsyncContextManager[Any] = (
-            asyncio.Semaphore(settings.max_concurrent) if settings.max_concurrent > 0 else contextlib.nullcontext()
-        )
+        self._slots = Slots(settings.max_concurrent, settings.max_background)  # turns first
         self._params: dict[str, Any] = {"model": settings.model, "stream": True}
         if settings.temperature is not None:
             self._params["temperature"] = settings.temperature
@@ -148,27 +147,33 @@ class ChatStreamer:
         await self._client.close()
 
     async def stream(
-        self, messages: list[dict[str, Any]], *, extra_body: dict[str, Any] | None = None
+        self, messages: list[dict[str, Any]], *, extra_body: dict[str, Any] | None = None, background: bool = False
     ) -> AsyncIterator[Delta]:
         """Yield the reply's text as `Delta`s, then one final Delta with finish_reason/usage if known.
 
         Content deltas have finish_reason and usage None. Raises `LLMError`. Iterate it from
         one task, and close it (e.g. `contextlib.aclosing`) if you stop early, so that the
         connection closes now rather than at garbage collection.
+
+        A ``background`` request gives way to turns (providers/slots.py): it raises
+        `LLMError` ``llm_busy`` at once when it cannot start, is never retried, and its task is
+        cancelled when a turn needs its slot.
         """
         settings = self._settings
+        slot = self._slots.background if background else self._slots.turn
+        retries = 0 if background else settings.max_retries
         request = {**self._params, "messages": messages, **(extra_body or {})}
         deadlines = _Deadlines(settings)
         delay = 0.0
         yielded = complete = False
         attempt, usage = 0, None
         try:
-            for attempt in range(settings.max_retries + 1):
+            for attempt in range(retries + 1):
                 try:
                     if delay:
                         await asyncio.sleep(delay)
                     deadlines.arm()
-                    async with self._slots, deadlines.request(), self._post(request) as response:
+                    async with slot(), deadlines.request(), self._post(request) as response:
                         body = response.aiter_bytes()
                         reply = _Reply(self._log_malformed)
                         async for data in body:
@@ -199,11 +204,13 @@ class ChatStreamer:
                         raise
                 except LLMError as exc:
                     error = exc
+                except Busy:
+                    raise LLMError("llm_busy", "no LLM slot free for a background request") from None
                 except _STREAM_ERRORS as exc:
                     error = self._llm_error(exc)
                 if complete:  # the reply was whole; a failure while draining changes nothing
                     return
-                if yielded or not error.retryable or attempt == settings.max_retries:
+                if yielded or not error.retryable or attempt == retries:
                     raise error
                 delay = self._retry_delay(attempt, error)
                 if not deadlines.allows(delay):
