@@ -12,7 +12,6 @@ import time
 import pytest
 
 from tests.godot_peer import GodotPeer
-from tests.test_recovery import fresh  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.godot_peer import GodotPeer
-from tests.test_recovery import fresh, health  # noqa: F401 - fresh is a fixture
+from tests.test_recovery import health
 
 pytestmark = pytest.mark.timeout(120)
 
