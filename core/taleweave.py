@@ -528,6 +528,20 @@ class Feed:
         """An error event for the sender only."""
         return Effects(reply=[self._event("error", code=code, message=message)])
 
+    def undelivered(self, agent_id: str, message: Takeover | PlayerInput, code: str, why: str) -> Effects:
+        """The gateway could not hand a player's ``message`` to the NPC's agent: a takeover is
+        undone (the NPC stays the LLM's), and the player is told why."""
+        npc = self.npcs.get(agent_id)
+        client = message.client
+        if client is None:
+            return Effects()
+        if isinstance(message, Takeover) and npc is not None and npc.player == client and npc.grant == message.grant:
+            self._release(npc)  # its agent never learnt of the takeover: nothing to give back
+            self._players()
+        effects = self.refusal(code, why)
+        effects.broadcast = self._take()
+        return effects
+
     def _display(self, client: str) -> str:
         return self.names.get(client) or client
 

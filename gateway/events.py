@@ -197,7 +197,13 @@ class EventsEndpoint:
 
     def _to_agents(self, audience: Audience, effects: Effects) -> None:
         for agent_id, message in effects.agents:
-            self.router.to_known_agent(audience.feed.session, agent_id, message)
+            refused = self.router.to_known_agent(audience.feed.session, agent_id, message)
+            if refused is not None and message.client is not None:
+                undone = audience.feed.undelivered(agent_id, message, *refused)
+                client = audience.clients.get(message.client)
+                if client is None:
+                    undone.reply = []  # the player left meanwhile
+                self._apply(audience, client, undone)
 
     def _broadcast(self, audience: Audience, events: list[dict]) -> None:
         """Each client gets what ``Feed.view`` gives it; the common case is the event itself,

@@ -243,22 +243,27 @@ class Router:
             op = m.ListMemories(session, agent_id, scopes, message.query)
         self.journal.memory(op, done)
 
-    def to_known_agent(self, session: str, agent_id: str, message: Takeover | PlayerInput) -> bool:
-        """Send a player's message (/events) to an agent Godot has named; False when there is none."""
+    def to_known_agent(self, session: str, agent_id: str, message: Takeover | PlayerInput) -> tuple[str, str] | None:
+        """Send a player's message (/events) to an agent Godot has named and return None; or,
+        when it cannot go, the error (code, message) that says why."""
         key = (session, agent_id)
         worker = self.placement.get(key)
         if worker is None:
             if key not in self.journal.known:
-                return False
+                return p.UNKNOWN_AGENT, f"the game has not named agent {agent_id!r} in session {session!r}"
             worker = self._place(key)
-            if worker is None:  # every dedicated worker is taken: the player's message goes nowhere
+            if worker is None:
                 logger.warning("no dedicated worker is free for agent {} of session {}", agent_id, session)
-                return False
+                return (
+                    p.TOO_MANY_WORKERS,
+                    "no worker is free for this NPC: every dedicated worker is taken "
+                    "(setting max_dedicated_workers); try again when one is retired",
+                )
         if type(message) is Takeover:
             (self.pinned.add if message.client is not None else self.pinned.discard)(key)
         self.last_seen[key] = self.clock()
         self._send(worker, ToAgent(session, agent_id, message))
-        return True
+        return None
 
     def _place(self, key: Key) -> int | None:
         """Put ``key`` on the least-loaded live worker; it gets its history first if it has one.

@@ -468,6 +468,21 @@ def test_takeover_ends_on_timeout_and_on_disconnect():
     assert effects.agents == [] and effects.broadcast[0]["names"] == {}  # Alice is gone
 
 
+def test_a_takeover_the_gateway_could_not_deliver_is_undone_and_the_player_told():
+    """No worker is free for the NPC (placement "dedicated", all taken): the NPC stays the LLM's,
+    the player gets the error; an older grant's failure undoes nothing newer."""
+    _, feed = player_feed()
+    (_, takeover) = feed.command("a", '{"type": "player", "become": "Bram"}').agents[0]
+    effects = feed.undelivered("bram", takeover, p.TOO_MANY_WORKERS, "no worker is free")
+    (error,) = effects.reply
+    assert error["type"] == "error" and error["code"] == p.TOO_MANY_WORKERS
+    assert [e["type"] for e in effects.broadcast] == ["player", "players"] and effects.agents == []
+    assert feed.npcs["bram"].player is None and feed.players == {}
+    feed.command("b", '{"type": "player", "become": "Bram"}')
+    assert feed.undelivered("bram", takeover, p.TOO_MANY_WORKERS, "late").broadcast == []
+    assert feed.npcs["bram"].player == "b"
+
+
 def test_coalesce_joins_one_tags_pieces_and_keeps_each_npcs_order():
     turns = Turns(watched(Feed("default")))
     turns.interact("bram")
