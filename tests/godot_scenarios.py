@@ -113,7 +113,12 @@ async def recorded_turns(server, session: str, agent_id: str, timeout: float = 1
         assert time.monotonic() < deadline, f"no conversation log of {agent_id} in {folder}"
         await asyncio.sleep(0.1)
     conversation = json.loads(next(folder.glob(f"*/{agent_id}.conversation.json")).read_text())
-    return [entry for entry in conversation["history"] if entry["kind"] == "turn"]
+    # without the journal's sequence number, which the server stamps on every entry
+    return [
+        {key: value for key, value in entry.items() if key != "seq"}
+        for entry in conversation["history"]
+        if entry["kind"] == "turn"
+    ]
 
 
 # --- the scenarios ---

@@ -10,6 +10,7 @@ from config.settings import load_settings
 from core import protocol as p
 from core.dedicated import DedicatedSlots
 from gateway.journal import Journal
+from gateway.memories import MemoryStore
 from gateway.router import Router
 from tests.test_router_workers import Sink
 
@@ -38,7 +39,7 @@ async def dedicated_router(tmp_path, clock):
     settings = load_settings(env={}, overrides={"placement": "dedicated", "max_dedicated_workers": 2})
     sent: list = []
     started: list[tuple[int, int]] = []
-    journal = Journal(str(tmp_path), False, 100, lambda items: sent.extend(items))
+    journal = Journal(str(tmp_path), False, 100, lambda items: sent.extend(items), memories=MemoryStore.of(settings))
     router = Router(settings, journal, clock=lambda: clock[0], start_worker=lambda *slot: started.append(slot))
     await journal.open()
     return router, sent, started
