@@ -165,7 +165,7 @@ class ChatStreamer:
         request = {**self._params, "messages": messages, **(extra_body or {})}
         deadlines = _Deadlines(settings)
         delay = 0.0
-        yielded = complete = False
+        yielded = complete = busy = False
         attempt, usage = 0, None
         try:
             for attempt in range(retries + 1):
@@ -205,6 +205,7 @@ class ChatStreamer:
                 except LLMError as exc:
                     error = exc
                 except Busy:
+                    busy = True
                     raise LLMError("llm_busy", "no LLM slot free for a background request") from None
                 except _STREAM_ERRORS as exc:
                     error = self._llm_error(exc)
@@ -225,7 +226,7 @@ class ChatStreamer:
                 )
         finally:
             deadlines.close()
-            if self._on_request_end is not None:
+            if self._on_request_end is not None and not busy:  # a request never sent is none
                 self._on_request_end(
                     RequestEnded(
                         self._endpoint,

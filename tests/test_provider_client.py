@@ -10,6 +10,7 @@ import pickle
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import httpx2
 import pytest
@@ -398,6 +399,9 @@ async def test_each_stream_reports_how_it_ended(llm, base_url):
         stream = chat.stream(USER)
         await anext(stream)
         await stream.aclose()  # the turn was interrupted
+    async with ChatStreamer(replace(settings, max_background=0), ended.append) as chat:
+        with pytest.raises(LLMError, match="llm_busy"):
+            await anext(chat.stream(USER, background=True))  # never sent: not a request that ended
     ok, refused, cut = ended
     assert {r.endpoint for r in ended} == {base_url} and {r.model for r in ended} == {"m"}
     assert ok.outcome == "ok" and ok.retries == 1 and ok.usage is not None and ok.usage["completion_tokens"] > 0
