@@ -10,7 +10,7 @@ import asyncio
 import heapq
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from operator import itemgetter
 from pathlib import Path
@@ -42,7 +42,7 @@ from actors.messages import (
 from actors.metrics import Metrics
 from config.llm_endpoints import Endpoint, Tier
 from config.settings import Settings
-from core.breaker import Breakers
+from core.breaker import Breakers, BreakerState
 from core.budget import TokenBudgets
 from core.ladder import EMBEDDED, rungs
 from core.spec import AgentSpec
@@ -132,6 +132,12 @@ class AgentHost:
             )
         return client
 
+    def _breaker_states(self) -> Iterator[tuple[str, str, bool]]:
+        """(endpoint label, model, open) of each endpoint this worker has asked."""
+        for key, client in self._llms.items():
+            rung = EMBEDDED if self.embedded is not None and key == self.embedded.key else key
+            yield client.endpoint, client.model, self.breakers.state(rung) is not BreakerState.CLOSED
+
     def extra_body(self, endpoint: Endpoint, max_tokens: int, spec: AgentSpec) -> dict:
         """The request fields of one rung: its ``max_tokens``, and the provider-specific fields that
         force the agent's answer format (its structured mode)."""
@@ -171,6 +177,7 @@ class AgentHost:
                 elif isinstance(item, Flush):  # answered once the logs asked for before it are written
                     self._answer_flush(item.token)
                 elif isinstance(item, Scrape):
+                    self.metrics.breakers(self._breaker_states())
                     self._to_gateway(Scraped(item.token, self.metrics.snapshot()))
                 elif isinstance(item, Notice):
                     self._to_gateway(item.item)

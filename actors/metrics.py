@@ -11,8 +11,9 @@ docs/metrics.md documents each metric.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from core.metrics import Family, Sample
 from providers.client import RequestEnded
@@ -88,6 +89,12 @@ class Metrics:
             buckets=TURN_BUCKETS,
             registry=registry,
         )
+        self.breaker_open = Gauge(
+            "npc_llm_breaker_open",
+            "Worker processes whose circuit breaker for this endpoint is open or probing (it is skipped)",
+            ["endpoint", "model"],
+            registry=registry,
+        )
         self.worker_restarts = Counter(
             "npc_worker_restarts_total", "Worker processes replaced after they died", registry=registry
         )
@@ -117,6 +124,11 @@ class Metrics:
             )
             for metric in self.registry.collect()
         ]
+
+    def breakers(self, states: Iterable[tuple[str, str, bool]]) -> None:
+        """Set each endpoint's breaker gauge from (endpoint label, model, open) of this worker."""
+        for endpoint, model, is_open in states:
+            self.breaker_open.labels(endpoint, model).set(1 if is_open else 0)
 
     def request_ended(self, ended: RequestEnded) -> None:
         """The LLM client's report of one request (``providers.client.ChatStreamer``)."""

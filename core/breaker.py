@@ -88,6 +88,11 @@ class Breakers:
         self.cooldown_s = cooldown_s
         self._breakers: dict[Hashable, Breaker] = {}
 
+    def state(self, endpoint: Hashable) -> BreakerState:
+        """An endpoint's state; one no request has asked yet is closed."""
+        breaker = self._breakers.get(endpoint)
+        return breaker.state if breaker is not None else BreakerState.CLOSED
+
     def __getitem__(self, endpoint: Hashable) -> Breaker:
         breaker = self._breakers.get(endpoint)
         if breaker is None:

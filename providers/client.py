@@ -142,6 +142,15 @@ class ChatStreamer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    @property
+    def endpoint(self) -> str:
+        """Its base URL without credentials, query or fragment: the metrics' ``endpoint`` label."""
+        return self._endpoint
+
+    @property
+    def model(self) -> str:
+        return self._settings.model
+
     async def aclose(self) -> None:
         """Close the HTTP connection pool."""
         await self._client.close()

@@ -127,6 +127,11 @@ async def test_a_failing_and_a_stalling_endpoint_step_down_to_the_good_one(tmp_p
             assert value(text, requests, endpoint=endpoint_label(ready["bad"].url + "/v1")) == 1
             assert value(text, requests, endpoint=endpoint_label(ready["stall"].url + "/v1"), model="stall-model") == 1
             assert value(text, requests, endpoint=endpoint_label(ready["good"].url + "/v1"), outcome="ok") == 2
+            # and shows which breakers are open: the failing two, not the good one
+            breaker = "npc_llm_breaker_open"
+            assert value(text, breaker, endpoint=endpoint_label(ready["bad"].url + "/v1")) == 1
+            assert value(text, breaker, endpoint=endpoint_label(ready["stall"].url + "/v1")) == 1
+            assert value(text, breaker, endpoint=endpoint_label(ready["good"].url + "/v1"), model="good-model") == 0
         finally:
             await godot.close()
 
