@@ -27,7 +27,7 @@ from actors.messages import AgentInput, SnapshotRecall
 from actors.metrics import TurnTimer
 from config.llm_endpoints import Endpoint
 from core import protocol as p
-from core.budget import tokens_of
+from core.budget import estimated_tokens, tokens_of
 from core.history import History
 from core.ladder import EMBEDDED, LINES, Climb
 from core.playerinput import actions_of
@@ -290,7 +290,7 @@ class Agent:
                 failure = exc
                 self.log.bind(turn_id=machine.turn_id).warning(
                     "LLM rung {} failed before its first token: {} (its breaker: {})",
-                    endpoint.key,
+                    endpoint.label,
                     exc,
                     host.breakers[rung].state.value,
                 )
@@ -430,7 +430,7 @@ class Agent:
                 self._emit(out)
             elif isinstance(out, RecordAnswer):
                 if turn.rung not in (None, EMBEDDED, LINES):  # the embedded model costs nothing
-                    self.host.budgets.charge(self.session, self.agent_id, tokens_of(out.usage), time.monotonic())
+                    self.host.budgets.charge(self.session, self.agent_id, self._cost(turn, out), time.monotonic())
                 if turn.llm_input is not None:
                     turn.llm_input["usage"] = out.usage
                     self._log_answer(turn, turn.llm_input)
@@ -447,6 +447,17 @@ class Agent:
             else:
                 step = out
         return step
+
+    @staticmethod
+    def _cost(turn: Turn, out: RecordAnswer) -> int:
+        """The tokens a turn costs its budgets: what the provider reported; for a turn cut after
+        text streamed but before the usage came (it comes last), an estimate from its characters,
+        since the provider bills it all the same."""
+        reported = tokens_of(out.usage)
+        if reported or not turn.answer or turn.llm_input is None:
+            return reported
+        prompt = sum(len(str(message.get("content") or "")) for message in turn.llm_input["messages"])
+        return estimated_tokens(prompt + sum(map(len, turn.answer)))
 
     def _log_answer(self, turn: Turn, record: dict) -> None:
         """What the model sent back, as it sent it: shown at DEBUG now, kept in the LLM-input log.

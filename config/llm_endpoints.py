@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from core.metrics import endpoint_label
+
 __all__ = ["Endpoint", "Tier", "parse_fallbacks", "parse_tiers"]
 
 _ENDPOINT_KEYS = frozenset({"base_url", "model", "api_key_env", "structured"})
@@ -31,8 +33,14 @@ class Endpoint:
 
     @property
     def key(self) -> str:
-        """Its name for breakers and logs: one breaker per model and endpoint."""
+        """Its name for breakers and clients: one breaker per model and endpoint. Never logged (a
+        key may hide in a base URL): ``label`` is what logs show."""
         return f"{self.model}@{self.base_url}"
+
+    @property
+    def label(self) -> str:
+        """Its name in logs: the model and the base URL without credentials, query or fragment."""
+        return f"{self.model}@{endpoint_label(self.base_url)}"
 
     def on(self, primary_url: str, primary_structured: str) -> Endpoint:
         """This endpoint with the primary's base URL and mode filled in where it has none."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from core.ratelimit import KeyedBuckets
 
-__all__ = ["NPC_BUDGET", "SESSION_BUDGET", "TokenBudgets", "tokens_of"]
+__all__ = ["NPC_BUDGET", "SESSION_BUDGET", "TokenBudgets", "estimated_tokens", "tokens_of"]
 
 SESSION_BUDGET, NPC_BUDGET = "session_budget", "npc_budget"  # which budget ran out
 HOUR_S = 3600.0
@@ -44,6 +44,14 @@ class TokenBudgets:
 
 def _hourly(tokens: int) -> KeyedBuckets | None:
     return KeyedBuckets(tokens / HOUR_S, tokens) if tokens > 0 else None
+
+
+CHARS_PER_TOKEN = 4  # a rough rate for English text, for what no provider counted
+
+
+def estimated_tokens(chars: int) -> int:
+    """Tokens for ``chars`` characters of prompt and answer, rounded up."""
+    return -(-max(chars, 0) // CHARS_PER_TOKEN)
 
 
 def tokens_of(usage: dict | None) -> int:

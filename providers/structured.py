@@ -21,6 +21,7 @@ import urllib.request
 import orjson
 from loguru import logger
 
+from core.metrics import endpoint_label
 from core.spec import AgentSpec
 from core.tagjson import answer_schema
 from core.tagstream import TOOL_TAG
@@ -56,11 +57,15 @@ def detect(base_url: str, api_key: str, timeout_s: float = 5.0) -> str:
             models = orjson.loads(response.read()).get("data") or []
         owners = {model.get("owned_by") for model in models if isinstance(model, dict)}
     except (OSError, ValueError, AttributeError) as exc:
-        logger.warning("cannot ask {} which structured output it supports ({}): llm_structured off", base_url, exc)
+        logger.warning(
+            "cannot ask {} which structured output it supports ({}): llm_structured off", endpoint_label(base_url), exc
+        )
         return "off"
     modes = {_MODE_OF_OWNER[owner] for owner in owners if owner in _MODE_OF_OWNER}
     mode = modes.pop() if len(modes) == 1 else "off"
-    logger.info("llm_structured auto: {} for {} (models owned by {})", mode, base_url, sorted(map(str, owners)))
+    logger.info(
+        "llm_structured auto: {} for {} (models owned by {})", mode, endpoint_label(base_url), sorted(map(str, owners))
+    )
     return mode
 
 

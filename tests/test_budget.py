@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.budget import HOUR_S, NPC_BUDGET, SESSION_BUDGET, TokenBudgets, tokens_of
+from config.llm_endpoints import Endpoint
+from core.budget import HOUR_S, NPC_BUDGET, SESSION_BUDGET, TokenBudgets, estimated_tokens, tokens_of
 
 
 def test_no_budget_never_runs_out():
@@ -78,3 +79,14 @@ def test_spending_over_any_run_is_bounded_by_the_hourly_rate(turns):
 )
 def test_tokens_of_usage(usage, tokens):
     assert tokens_of(usage) == tokens
+
+
+def test_an_estimate_for_what_no_provider_counted_rounds_up():
+    """A turn cut after text streamed but before the usage came is charged from its characters."""
+    assert [estimated_tokens(chars) for chars in (0, 1, 4, 5, -3)] == [0, 1, 1, 2, 0]
+
+
+def test_an_endpoints_log_label_hides_what_its_key_holds():
+    endpoint = Endpoint("https://user:sk-SECRET@api.example/v1?api-key=SECRET2", "gpt")
+    assert "SECRET" in endpoint.key  # the breakers' and clients' key, never logged
+    assert endpoint.label == "gpt@https://api.example/v1"
