@@ -47,11 +47,18 @@ class Link:
     """One authenticated stream: items out, batched per loop turn; item lists in, in order."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, on_items: OnItems, on_lost: OnLost
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        on_items: OnItems,
+        on_lost: OnLost,
+        flush_interval_s: float = 0.0,
     ) -> None:
         self._writer = writer
         self._pending: list = []
         self._scheduled = False
+        self._interval = flush_interval_s
+        self._flushed_at = 0.0
         self._open = True
         self._loop = asyncio.get_running_loop()
         self._on_lost = on_lost
@@ -67,10 +74,16 @@ class Link:
         self._pending.append(item)
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._flush)
+            wait = self._flushed_at + self._interval - self._loop.time() if self._interval else 0.0
+            if wait > 0:
+                self._loop.call_later(wait, self._flush)
+            else:
+                self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._interval:
+            self._flushed_at = self._loop.time()
         items, self._pending = self._pending, []
         if items and self._open:
             self._writer.write(encode(items))
@@ -112,8 +125,17 @@ class Link:
 class LinkListener:
     """The worker's end: listens until one gateway proves itself, then serves only that one."""
 
-    def __init__(self, secret: bytes, index: int, generation: int, on_items: OnItems, on_lost: OnLost) -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        index: int,
+        generation: int,
+        on_items: OnItems,
+        on_lost: OnLost,
+        flush_interval_s: float = 0.0,
+    ) -> None:
         self._secret, self._index, self._generation = secret, index, generation
+        self._flush_interval_s = flush_interval_s
         self._on_items, self._on_lost = on_items, on_lost
         self._server: asyncio.Server | None = None
         self._folder: str | None = None
@@ -153,7 +175,7 @@ class LinkListener:
             logger.warning("worker {} refused a link: {}", self._index, exc)
             writer.close()
             return
-        self.link = Link(reader, writer, self._on_items, self._on_lost)
+        self.link = Link(reader, writer, self._on_items, self._on_lost, self._flush_interval_s)
         for item in self._early:
             self.link.send(item)
         self._early.clear()

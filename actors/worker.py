@@ -81,7 +81,12 @@ class WorkerActor(Actor):
             listener: LinkListener  # the host sends on it; made second, as it delivers to the host
             self.host = host = AgentHost(settings, self.index, lambda item: listener.send(item), stop_self)
             self.listener = listener = LinkListener(
-                message.link_secret, self.index, message.generation, host.deliver, stop_self
+                message.link_secret,
+                self.index,
+                message.generation,
+                host.deliver,
+                stop_self,
+                settings.frame_batch_s,
             )
             address = await listener.start(link_host)
             asyncio.get_running_loop().create_task(

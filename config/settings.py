@@ -63,6 +63,7 @@ class Settings:
     node_check_s: int
     startup_timeout_s: float
     event_loop: str
+    frame_batch_s: float
     placement: str
     max_dedicated_workers: int
     snapshot_timeout_s: float
@@ -331,7 +332,9 @@ MAY_BE_ZERO = (
     "recall_budget_chars",
     "llm_session_tokens_per_hour",
     "llm_npc_tokens_per_hour",
+    "frame_batch_s",
 )
+MAX_FRAME_BATCH_S = 0.1
 
 
 def _check(s: Settings) -> None:
@@ -345,6 +348,11 @@ def _check(s: Settings) -> None:
                 raise SettingsError(f"setting {f.name!r} must not be negative, got {value!r}")
         elif value <= 0:
             raise SettingsError(f"setting {f.name!r} must be positive, got {value!r}")
+    if s.frame_batch_s > MAX_FRAME_BATCH_S:
+        raise SettingsError(
+            f"setting 'frame_batch_s' must be at most {MAX_FRAME_BATCH_S} (every token waits up to it), "
+            f"got {s.frame_batch_s!r}"
+        )
     for name, modes in (
         ("llm_structured", STRUCTURED_MODES),
         ("untagged_text", UNTAGGED_TEXT_MODES),

@@ -173,9 +173,14 @@ class MemoryStore:
             (session, *query.owners),
         ).fetchall()
         tokens = [owner_token(session, owner) for owner in query.owners]
-        window = self._window_start(db, session, query.agent_id, query.window_chars)
+        window, whole = self._window_start(db, session, query.agent_id, query.window_chars)
         hits = {}
-        for word in (*query.said, *query.context):
+        # A history the window shows whole has nothing to recall but memories: without any, no
+        # word is looked up (a new NPC's turns, and most turns of a short-lived one).
+        looked_up = (*query.said, *query.context)
+        if whole and not self._any_memory(db, session, marks, query.owners):
+            looked_up = ()
+        for word in looked_up:
             match = " OR ".join(f'"{token}x{word}"' for token in tokens)
             hits[word] = [
                 rowid
@@ -196,18 +201,28 @@ class MemoryStore:
         )
         return Recall(tuple(_memory(row) for row in pinned), matches)
 
-    def _window_start(self, db: sqlite3.Connection, session: str, agent_id: str, chars: int) -> int:
+    def _window_start(self, db: sqlite3.Connection, session: str, agent_id: str, chars: int) -> tuple[int, bool]:
         """The oldest of the agent's newest facts whose lines together fit ``chars``: a line is at
         least as long as what the prompt shows of its fact (``core.recall.fact_line``), so these
-        are all in the window (the agent drops any other match the window shows)."""
-        start = MEMORY_ROWIDS
+        are all in the window (the agent drops any other match the window shows); and whether
+        they are all of its facts."""
+        start, seen = MEMORY_ROWIDS, 0
         chars -= _NOTES_CHARS
         for seq, size in db.execute(_NEWEST_LINES, (session, agent_id, self.window_facts)):
             chars -= size + 1
             if chars < 0:
-                break
-            start = seq
-        return start
+                return start, False
+            start, seen = seq, seen + 1
+        return start, seen < self.window_facts
+
+    @staticmethod
+    def _any_memory(db: sqlite3.Connection, session: str, marks: str, owners: Iterable[str]) -> bool:
+        return (
+            db.execute(
+                f"select 1 from memories where session = ? and owner in ({marks}) limit 1", (session, *owners)
+            ).fetchone()
+            is not None
+        )
 
 
 def _memory(row: tuple[Any, ...]) -> m.Memory:

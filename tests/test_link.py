@@ -139,3 +139,26 @@ async def test_a_stranger_is_refused_and_the_gateway_still_gets_in():
     assert link.open
     await link.aclose()
     await listener.aclose()
+
+
+async def test_a_batching_end_holds_what_follows_a_write_for_its_interval():
+    """``frame_batch_s``: the first item leaves at once; what follows within the interval waits
+    and leaves with everything sent meanwhile, in one record (a loop stalled for 0.5 s between two
+    sends would split them; nothing else can)."""
+    records = []
+    listener = LinkListener(SECRET, 0, 0, lambda items: None, lambda: None, flush_interval_s=0.5)
+    address = await listener.start(None)
+    link = await connect(address, SECRET, 0, 0, records.append, lambda: None)
+    await listener.connected.wait()
+    listener.send(Frame("s", b"first"))
+    while not records:
+        await asyncio.sleep(0.01)
+    listener.send(Frame("s", b"second"))
+    for _ in range(3):
+        await asyncio.sleep(0)  # a flush at once (interval 0) would run here
+    listener.send(Frame("s", b"third"))
+    while len(records) < 2:
+        await asyncio.sleep(0.01)
+    assert records == [[Frame("s", b"first")], [Frame("s", b"second"), Frame("s", b"third")]]
+    await link.aclose()
+    await listener.aclose()

@@ -219,3 +219,22 @@ def test_facts_surely_in_the_window_are_never_matches(store):
         "[event] the key, again 0",
         "[event] the key is under the mat",
     ]
+
+
+def test_a_history_the_window_shows_whole_leaves_only_memories_to_recall(store):
+    memories, _ = store
+    for n in range(3):
+        write_fact(store, "s", "ana", f"the key, again {n}")
+    assert recall(store, "ana", "key", window_chars=10_000).matches == ()
+    add(store, "ana", "the key opens the tower")
+    found = recall(store, "ana", "key", window_chars=10_000).matches
+    assert [(match.text, match.memory) for match in found] == [("the key opens the tower", True)]
+    # More facts than the window takes: the oldest is outside it, whatever room is left.
+    memories.window_facts = 3
+    write_fact(store, "s", "bo", "the key, once more")
+    write_fact(store, "s", "bo", "the key, again")
+    assert recall(store, "bo", "key", window_chars=10_000).matches == ()
+    write_fact(store, "s", "bo", "the key, and again")
+    write_fact(store, "s", "bo", "the key, one last time")
+    found = recall(store, "bo", "key", window_chars=10_000).matches
+    assert [match.text for match in found] == ["[event] the key, once more"]

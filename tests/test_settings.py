@@ -218,3 +218,11 @@ def test_bad_ladder_settings_are_named(tmp_path, content, words):
 def test_the_ladder_cannot_come_from_the_environment():
     with pytest.raises(SettingsError, match="only a config file has them"):
         load_settings(env={"GAME_AGENT_LLM_FALLBACKS": "http://x"})
+
+
+def test_frame_batching_is_bounded():
+    assert load_settings(env={}, overrides={"frame_batch_s": 0}).frame_batch_s == 0
+    with pytest.raises(SettingsError, match="frame_batch_s"):
+        load_settings(env={}, overrides={"frame_batch_s": 0.5})
+    with pytest.raises(SettingsError, match="frame_batch_s"):
+        load_settings(env={}, overrides={"frame_batch_s": -0.001})
