@@ -21,17 +21,7 @@ from typing import Any
 from loguru import logger
 from thespian.actors import ThespianWatch
 
-
-def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
-    """A loop of the ``event_loop`` setting: uvloop's (libuv) where installed, else the standard one."""
-    if kind == "uvloop":
-        try:
-            import uvloop
-        except ImportError:  # not built for this platform (Windows): the standard loop does the same work
-            logger.warning("event_loop = uvloop, but uvloop is not installed: using asyncio's loop")
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
+from config.event_loop import new_event_loop
 
 
 class LoopBridge:
