@@ -34,6 +34,7 @@ from loguru import logger
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from actors.host import llm_settings  # noqa: E402  (a pure function; no actor is started)
+from config.event_loop import new_event_loop  # noqa: E402
 from config.log import configure_logging  # noqa: E402
 from config.settings import Settings, load_settings  # noqa: E402
 from core import protocol as p  # noqa: E402
@@ -280,6 +281,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="baseline_relay.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="its loop (default asyncio: the reference the server's figures are ratios to)",
+    )
     args = parser.parse_args(argv)
     settings = load_settings()
     if not settings.llm_base_url:
@@ -290,7 +297,8 @@ def main(argv: list[str]) -> int:
     app.router.add_get("/ws", relay.ws)
     app.router.add_get("/healthz", relay.healthz)
     app.on_shutdown.append(relay.close)
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=5)
+    loop = new_event_loop(args.event_loop)
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=5, loop=loop)
     return 0
 
 
