@@ -11,6 +11,7 @@ reply, a worker's request to stop) takes this way: NPC traffic goes on the worke
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import sys
 import threading
@@ -46,6 +47,11 @@ class LoopBridge:
 
     def _run(self) -> None:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        # What the process made before its loop (modules, settings) lives as long as it does: out
+        # of the collector's sight, a full collection no longer walks it. Measured at 100 NPCs, a
+        # full collection paused the gateway's loop for 59 ms and a worker's for 58 ms; with this
+        # none was slower than 8 ms (docs/performance.md).
+        gc.freeze()
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 

@@ -9,10 +9,11 @@ can drop it. Dropping frees the outbox at once,
 queues the close frame behind what the socket already holds, and cuts the connection if the
 client does not answer it in time: a client that does not read cannot read a close frame either.
 
-Several frames queued at once, to a socket that took everything so far, leave in one write: a
-write is a system call, and at a few hundred NPCs it was a third of the gateway's CPU, one per
-token. Otherwise (the socket is full, or the connection compresses) each goes through aiohttp's
-``send_frame``, whose flow control makes the writer wait for the client.
+What is queued during one turn of the event loop is written at its end, in one write, while the
+socket takes everything (a write is a system call: at a few hundred NPCs one per token was a third
+of the gateway's CPU), without waking a task. Once the socket is full, or when the connection
+compresses, the writer's task sends each frame through aiohttp's ``send_frame``, whose flow control
+makes it wait for the client.
 """
 
 from __future__ import annotations
@@ -65,8 +66,12 @@ class FrameWriter:
         self._wake = asyncio.Event()
         self.stalled = False
         self.full = False  # too slow: nothing is queued any more
+        self._flushing = False  # a flush is due at the end of this turn of the loop
+        self._writing = False  # the task has the outbox (the socket was full): it alone writes
+        self._stopped = False
         self._dropping: asyncio.Task | None = None
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run())
 
     def send(self, data: bytes) -> bool:
         """Queue ``data``; False when the client is too slow (then nothing more is queued)."""
@@ -81,44 +86,65 @@ class FrameWriter:
             return False
         self._outbox.append(data)
         self.queued_bytes += len(data)
-        self._wake.set()
+        if not self._flushing:
+            self._flushing = True
+            self._loop.call_soon(self._flush)
         return True
 
     def __len__(self) -> int:
         return len(self._outbox)
 
+    def _fast(self) -> bool:
+        """Whether frames may go straight to the socket: it took everything so far, nothing
+        compresses, and no close has begun."""
+        transport = self._transport
+        return (
+            transport is not None
+            and not self._ws.compress
+            and not self._ws.closed
+            and not transport.is_closing()
+            and not transport.get_write_buffer_size()
+        )
+
+    def _flush(self) -> None:
+        self._flushing = False
+        if self._writing or self._stopped:
+            return  # the task drains the outbox in order; a stopped writer writes nothing
+        while self._outbox and self._fast():
+            self._write_joined()
+        if self._outbox:
+            self._wake.set()
+
     async def _run(self) -> None:
-        outbox, ws, transport = self._outbox, self._ws, self._transport
+        outbox, ws = self._outbox, self._ws
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                self._writing = True
                 while outbox:
-                    if (
-                        len(outbox) > 1
-                        and transport is not None
-                        and not ws.compress
-                        and not transport.is_closing()
-                        and not transport.get_write_buffer_size()
-                    ):
-                        transport.write(text_frames(self._take_joined()))
+                    if self._fast():
+                        self._write_joined()
                         continue
                     data = outbox.popleft()
                     self.queued_bytes -= len(data)
                     self.stalled = True  # seen by senders only if send_frame waits for the socket
                     await ws.send_frame(data, WSMsgType.TEXT)
                     self.stalled = False
+                self._writing = False
         except (ConnectionError, RuntimeError) as exc:
             self._log.debug("writer stopped: {}", exc)
 
-    def _take_joined(self) -> list[bytes]:
+    def _write_joined(self) -> None:
+        """The outbox's first frames, up to about MAX_JOINED_BYTES, in one write (``_fast`` said so)."""
         outbox, taken, size = self._outbox, [], 0
         while outbox and size < MAX_JOINED_BYTES:
             data = outbox.popleft()
             taken.append(data)
             size += len(data)
         self.queued_bytes -= size
-        return taken
+        assert self._transport is not None  # checked by _fast
+        self._transport.write(text_frames(taken))
 
     def drop(self, grace_s: float) -> None:
         """Close a client too slow to read with TOO_SLOW_CLOSE_CODE; cut it after ``grace_s``."""
@@ -140,5 +166,6 @@ class FrameWriter:
                 self._transport.abort()
 
     async def stop(self) -> None:
+        self._stopped = True
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
