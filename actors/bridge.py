@@ -31,6 +31,17 @@ from config.event_loop import new_event_loop
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
+def settle_process() -> None:
+    """Tune a server process (the gateway's, a worker's) once, before its loop starts: the GIL's
+    switch interval, and what the process made so far (modules, settings), which lives as long
+    as it does, put out of the garbage collector's sight after one last collection, so that a
+    full collection no longer walks it: at 100 NPCs one paused the gateway's loop for 59 ms and a
+    worker's for 58 ms; after this none was slower than 8 ms (docs/performance.md)."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    gc.collect()
+    gc.freeze()
+
+
 class LoopBridge:
     """Runs an asyncio loop in a daemon thread; carries work in and batched items out."""
 
@@ -46,12 +57,6 @@ class LoopBridge:
         self._thread.start()
 
     def _run(self) -> None:
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-        # What the process made before its loop (modules, settings) lives as long as it does: out
-        # of the collector's sight, a full collection no longer walks it. Measured at 100 NPCs, a
-        # full collection paused the gateway's loop for 59 ms and a worker's for 58 ms; with this
-        # none was slower than 8 ms (docs/performance.md).
-        gc.freeze()
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 

@@ -17,7 +17,7 @@ import os
 from loguru import logger
 from thespian.actors import Actor, ActorExitRequest, WakeupMessage, WatchMessage, requireCapability
 
-from actors.bridge import LoopBridge
+from actors.bridge import LoopBridge, settle_process
 from actors.host import AgentHost
 from actors.lease import GatewayLease
 from actors.lifeline import die_with_parent
@@ -69,6 +69,7 @@ class WorkerActor(Actor):
         settings = message.settings
         configure_logging(settings.log_level, f"worker-{message.index}")
         self.index = message.index
+        settle_process()
         self.bridge = LoopBridge(f"worker-{self.index}-loop", settings.event_loop)
         bridge = self.bridge
         # On the leader's machine a private Unix socket; on a worker node, the node's own address.

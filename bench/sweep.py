@@ -92,7 +92,7 @@ def ratios(results: list[dict]) -> list[str]:
     for (npcs, workers), pairs in sorted(groups.items()):
         cells = []
         for figure in RATIOS.values():
-            values = [figure(run) / figure(base) for run, base in pairs if figure(base)]
+            values = [figure(run) / figure(base) for run, base in pairs if figure(base) and figure(run) is not None]
             cells.append(f"{statistics.median(values):.2f}x [{min(values):.2f}-{max(values):.2f}]" if values else "-")
         lines.append(f"| {npcs} | {workers} | {len(pairs)} | " + " | ".join(cells) + " |")
     return lines

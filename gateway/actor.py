@@ -21,7 +21,7 @@ import signal
 from loguru import logger
 from thespian.actors import Actor, ActorExitRequest, WatchMessage
 
-from actors.bridge import LoopBridge
+from actors.bridge import LoopBridge, settle_process
 from actors.lifeline import die_with_parent, exit_fd
 from actors.messages import (
     GatewayStarted,
@@ -96,6 +96,7 @@ class GatewayActor(Actor):
         self.link_secret = new_secret()
         self.pool = message.pool
         self.send(self.pool, SpawnWorkers(self.settings, self.myAddress, self.link_secret))
+        settle_process()
         self.bridge = bridge = LoopBridge("gateway-loop", self.settings.event_loop)
         bridge.call(bridge.loop.add_reader, exit_fd(message.starter_pid), _starter_died, message.starter_pid)
         logger.info("starting {} workers (placement {})", self.settings.pooled_workers, self.settings.placement)

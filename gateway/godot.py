@@ -118,7 +118,9 @@ class GodotEndpoint:
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         # aiohttp's own cap closes the connection (1009); below it, an oversize frame gets an error.
-        ws = web.WebSocketResponse(max_msg_size=HARD_FRAME_FACTOR * self.max_frame_bytes, heartbeat=30)
+        # No compression (a browser offers it): each token's frame would be deflated on the gateway's
+        # loop, and frames queued together could not leave in one write (gateway/writer.py).
+        ws = web.WebSocketResponse(max_msg_size=HARD_FRAME_FACTOR * self.max_frame_bytes, heartbeat=30, compress=False)
         await ws.prepare(request)
         conn = GodotConnection(ws, request, self.settings)
         self.connections.add(conn)

@@ -26,7 +26,7 @@ from aiohttp import WSMsgType, web
 
 TOO_SLOW_CLOSE_CODE = 4001  # the client did not read what it was sent fast enough
 TOO_SLOW_REASON = b"too slow: send buffer full"
-MAX_JOINED_BYTES = 1 << 18  # one write joins frames up to about this much
+MAX_JOINED_BYTES = 1 << 16  # one write joins frames up to about this much: aiohttp's own write limit
 
 _TEXT = 0x81  # FIN and the text opcode: a whole text message, uncompressed (RFC 6455, 5.2)
 _SHORT, _MEDIUM, _LONG = struct.Struct("!BB"), struct.Struct("!BBH"), struct.Struct("!BBQ")

@@ -182,3 +182,10 @@ async def test_a_line_break_in_a_session_name_or_agent_id_forges_no_log_line(ser
         await peer.close()
     log = server.server_log()
     assert not [line for line in log.splitlines() if line.startswith(forged)], "a client forged a log line"
+
+
+async def test_neither_socket_takes_compression_a_browser_offers(server):
+    async with aiohttp.ClientSession() as http:
+        for path in ("/ws?session=deflate", "/events?session=deflate"):
+            async with http.ws_connect(server.url.replace("http", "ws", 1) + path, compress=15) as ws:
+                assert ws.compress == 0, path

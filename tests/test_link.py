@@ -143,22 +143,24 @@ async def test_a_stranger_is_refused_and_the_gateway_still_gets_in():
 
 async def test_a_batching_end_holds_what_follows_a_write_for_its_interval():
     """``frame_batch_s``: the first item leaves at once; what follows within the interval waits
-    and leaves with everything sent meanwhile, in one record (a loop stalled for 0.5 s between two
-    sends would split them; nothing else can)."""
+    and leaves with everything sent meanwhile, in one record, at the latest when the link closes.
+    The interval (60 s) is far longer than any wait here: nothing depends on how fast this runs."""
     records = []
-    listener = LinkListener(SECRET, 0, 0, lambda items: None, lambda: None, flush_interval_s=0.5)
+    listener = LinkListener(SECRET, 0, 0, lambda items: None, lambda: None, flush_interval_s=60)
     address = await listener.start(None)
     link = await connect(address, SECRET, 0, 0, records.append, lambda: None)
     await listener.connected.wait()
     listener.send(Frame("s", b"first"))
-    while not records:
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(10):  # at once, not after the interval
+        while not records:
+            await asyncio.sleep(0.01)
     listener.send(Frame("s", b"second"))
     for _ in range(3):
         await asyncio.sleep(0)  # a flush at once (interval 0) would run here
     listener.send(Frame("s", b"third"))
-    while len(records) < 2:
-        await asyncio.sleep(0.01)
+    await listener.aclose()  # closing sends what waits
+    async with asyncio.timeout(10):
+        while len(records) < 2:
+            await asyncio.sleep(0.01)
     assert records == [[Frame("s", b"first")], [Frame("s", b"second"), Frame("s", b"third")]]
     await link.aclose()
-    await listener.aclose()

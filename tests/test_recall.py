@@ -221,11 +221,25 @@ def test_facts_surely_in_the_window_are_never_matches(store):
     ]
 
 
+def _lookups(store) -> list[str]:
+    """The full-text lookups the store runs from now on (a list that grows)."""
+    _, db = store
+    ran: list[str] = []
+    db.set_trace_callback(lambda sql: ran.append(sql) if " match " in sql else None)
+    return ran
+
+
 def test_a_history_the_window_shows_whole_leaves_only_memories_to_recall(store):
     memories, _ = store
     for n in range(3):
         write_fact(store, "s", "ana", f"the key, again {n}")
+    lookups = _lookups(store)
     assert recall(store, "ana", "key", window_chars=10_000).matches == ()
+    assert lookups == [], "nothing to find: no word is looked up"
+    add(store, "bo", "the key opens the guard tower", scope="group:guard")
+    found = recall(store, "ana", "key", groups=("guard",), window_chars=10_000).matches
+    assert [(match.text, match.memory) for match in found] == [("the key opens the guard tower", True)]
+    assert lookups
     add(store, "ana", "the key opens the tower")
     found = recall(store, "ana", "key", window_chars=10_000).matches
     assert [(match.text, match.memory) for match in found] == [("the key opens the tower", True)]
