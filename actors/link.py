@@ -2,7 +2,10 @@
 
 Each side queues items with ``send``; everything queued during one turn of the event loop leaves
 as one record, so at low load an item leaves at once and under load records grow by themselves,
-with no acknowledgement to wait for. Either side learns that the other is gone from the end of
+with no acknowledgement to wait for. A worker's end also writes at most every ``frame_batch_s``
+(``flush_interval_s``): what follows a write within it waits for the next one, so that tokens
+arriving half a millisecond apart share a write and its read (a system call and a wake-up each).
+Either side learns that the other is gone from the end of
 the stream: the gateway ends the worker's turns at once; a worker stops itself (its gateway is
 gone, or declared it lost).
 
@@ -44,7 +47,8 @@ OnLost = Callable[[], None]
 
 
 class Link:
-    """One authenticated stream: items out, batched per loop turn; item lists in, in order."""
+    """One authenticated stream: items out, batched per loop turn (and at most one write per
+    ``flush_interval_s``, if given); item lists in, in order."""
 
     def __init__(
         self,
