@@ -10,6 +10,7 @@ Every mistake raises ``ValueError`` naming the table and key; ``config.settings`
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,9 +34,13 @@ class Endpoint:
 
     @property
     def key(self) -> str:
-        """Its name for breakers and clients: one breaker per model and endpoint. Never logged (a
-        key may hide in a base URL): ``label`` is what logs show."""
-        return f"{self.model}@{self.base_url}"
+        """Its name for breakers and clients: one per model, endpoint and API key (two accounts
+        on one provider are two rungs, each asked with its own key; the key itself is not in it,
+        a digest is). Never logged (a key may hide in a base URL): ``label`` is what logs show."""
+        name = f"{self.model}@{self.base_url}"
+        if self.api_key:
+            name += "#" + hashlib.sha256(self.api_key.encode()).hexdigest()[:16]
+        return name
 
     @property
     def label(self) -> str:

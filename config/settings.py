@@ -375,7 +375,7 @@ def _check(s: Settings) -> None:
     for endpoint in (*s.llm_fallbacks, *(e for tier in s.llm_tiers for e in tier.endpoints)):
         if endpoint.structured not in (*STRUCTURED_MODES, ""):
             raise SettingsError(
-                f"the structured mode of {endpoint.key} must be one of {', '.join(STRUCTURED_MODES)}, "
+                f"the structured mode of {endpoint.label} must be one of {', '.join(STRUCTURED_MODES)}, "
                 f"got {endpoint.structured!r}"
             )
     _check_prices(s.llm_prices)

@@ -90,3 +90,14 @@ def test_an_endpoints_log_label_hides_what_its_key_holds():
     endpoint = Endpoint("https://user:sk-SECRET@api.example/v1?api-key=SECRET2", "gpt")
     assert "SECRET" in endpoint.key  # the breakers' and clients' key, never logged
     assert endpoint.label == "gpt@https://api.example/v1"
+
+
+def test_two_accounts_on_one_endpoint_are_two_rungs_and_neither_key_shows():
+    first, second = (
+        Endpoint("https://api.example/v1", "gpt", "sk-first"),
+        Endpoint("https://api.example/v1", "gpt", "sk-second"),
+    )
+    assert first.key != second.key  # each its own client (its own key) and its own breaker
+    assert first.key == Endpoint("https://api.example/v1", "gpt", "sk-first").key
+    assert "sk-" not in first.key + second.key
+    assert first.label == second.label == "gpt@https://api.example/v1"
