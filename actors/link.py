@@ -78,7 +78,7 @@ class Link:
         self._pending.append(item)
         if not self._scheduled:
             self._scheduled = True
-            wait = self._flushed_at + self._interval - self._loop.time() if self._interval else 0.0
+            wait = self._flushed_at + self._interval - self._loop.time()
             if wait > 0:
                 self._loop.call_later(wait, self._flush)
             else:
@@ -86,8 +86,7 @@ class Link:
 
     def _flush(self) -> None:
         self._scheduled = False
-        if self._interval:
-            self._flushed_at = self._loop.time()
+        self._flushed_at = self._loop.time()
         items, self._pending = self._pending, []
         if items and self._open:
             self._writer.write(encode(items))

@@ -15,6 +15,7 @@ T = TypeVar("T")
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A new loop of ``kind`` ("uvloop" or "asyncio")."""
     if kind == "uvloop":
         try:
             import uvloop
